@@ -1,0 +1,101 @@
+"""The image pool: a history of generated images for the discriminators."""
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="cyclegan_keras")
+class ImagePool(keras.layers.Layer):
+    """A buffer of previously generated images (Shrivastava et al., 2017).
+
+    The discriminator is updated on a mix of the newest fakes and older ones,
+    which damps oscillation between generator and discriminator. For each
+    image of the batch, in order (the reference's `ImagePool.query`):
+    - while fewer than `pool_size` images are stored, store it and return it;
+    - once full, with probability 0.5 return a random stored image and store
+      the new one in its slot; otherwise return the new image.
+
+    The pool lives in `tf.Variable`s (stored images, fill count, random-draw
+    counter), so it works inside `tf.function` and XLA, is saved with the
+    model and resumes exactly. Randomness is stateless and derived from
+    `(seed, draw counter)`; XLA's Philox stream differs from TensorFlow's
+    kernels, so a run compiled with XLA draws other (equally valid) numbers.
+    Returned images carry no gradient.
+
+    Args:
+        pool_size: int. Images stored; 0 disables the pool (images are
+            returned as they are). Defaults to `50`.
+        seed: int. Seed of the pool's random draws. Defaults to `0`.
+
+    Input shape: `(batch, height, width, channels)`, height, width and
+    channels known when the layer is built.
+    """
+
+    def __init__(self, pool_size=50, seed=0, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if pool_size < 0:
+            raise ValueError(f"pool_size must be >= 0. Received: pool_size={pool_size}")
+        self.pool_size = pool_size
+        self.seed = seed
+
+    def build(self, input_shape):
+        if any(dim is None for dim in input_shape[1:]):
+            raise ValueError(
+                "ImagePool stores images of one size, so height, width and "
+                f"channels must be known. Received: input_shape={input_shape}"
+            )
+        self.images = self.add_weight(
+            shape=(max(self.pool_size, 1), *input_shape[1:]),
+            initializer="zeros",
+            trainable=False,
+            name="images",
+        )
+        self.count = self.add_weight(
+            shape=(), dtype="int32", initializer="zeros", trainable=False, name="count"
+        )
+        self.draws = self.add_weight(
+            shape=(), dtype="int32", initializer="zeros", trainable=False, name="draws"
+        )
+
+    def call(self, images):
+        images = tf.stop_gradient(tf.cast(images, self.images.dtype))
+        if self.pool_size == 0:
+            return images
+        batch_size = tf.shape(images)[0]
+        stored_images = self.images.value
+
+        def query(i, outputs):
+            image = images[i]
+            uniform = tf.random.stateless_uniform(
+                [2],
+                seed=tf.stack([tf.constant(self.seed, tf.int32), self.draws.value]),
+                alg="philox",
+            )
+            self.draws.assign_add(1)
+            count = self.count.value
+            full = count >= self.pool_size
+            swap = tf.logical_and(full, uniform[0] > 0.5)
+            random_slot = tf.minimum(
+                tf.cast(uniform[1] * self.pool_size, tf.int32), self.pool_size - 1
+            )
+            slot = tf.where(full, random_slot, count)
+            stored = stored_images[slot]
+            keep = tf.logical_and(full, tf.logical_not(swap))
+            stored_images.scatter_nd_update([[slot]], [tf.where(keep, stored, image)])
+            self.count.assign(tf.minimum(count + 1, self.pool_size))
+            output = tf.where(swap, stored, image)
+            return i + 1, tf.tensor_scatter_nd_update(outputs, [[i]], [output])
+
+        _, outputs = tf.while_loop(
+            lambda i, _: i < batch_size, query, (tf.constant(0), tf.zeros_like(images))
+        )
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(pool_size=self.pool_size, seed=self.seed)
+        return config

@@ -1,0 +1,394 @@
+"""The CycleGAN networks, layer for layer as in the authors' PyTorch code.
+
+Every builder returns a functional `keras.Model` with input shape
+`(None, None, channels)` (any image size the strides allow) and stable layer
+names: checkpoints and converted PyTorch weights are matched by those names.
+
+Geometry follows the reference exactly:
+- stride-2 convolutions pad one pixel on every side (PyTorch `padding=1`),
+  not Keras `"same"`, which pads `(0, 1)` on even sizes;
+- a PyTorch `ConvTranspose2d(k, stride=2, padding=p, output_padding=o)` is a
+  Keras `Conv2DTranspose(k, 2, "valid")` followed by a crop of `p` pixels at
+  the start and `p - o` at the end of each side.
+Convolutions before an instance norm (or before nothing, at the ends) have a
+bias; as in the reference, they have none under batch norm or no norm.
+
+Reference:
+    Zhu, Park, Isola, Efros, "Unpaired Image-to-Image Translation using
+    Cycle-Consistent Adversarial Networks", ICCV 2017.
+    https://github.com/junyanz/pytorch-CycleGAN-and-pix2pix (models/networks.py)
+"""
+
+import functools
+import math
+
+import keras
+
+from cyclegan_keras.layers import InstanceNormalization, ReflectionPadding2D
+
+NORMS = ("instance", "batch", "none")
+
+
+def _conv_init():
+    return keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
+
+
+def _check_norm(norm):
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}. Received: norm={norm!r}")
+
+
+def _norm(norm, name):
+    """The normalization layer for `norm`, or None for `"none"`."""
+    if norm == "instance":
+        return InstanceNormalization(name=name)
+    if norm == "batch":
+        # PyTorch's momentum 0.1 is Keras's 0.9; gamma ~ N(1, 0.02) as the
+        # reference's init_weights sets it.
+        return keras.layers.BatchNormalization(
+            momentum=0.9,
+            epsilon=1e-5,
+            gamma_initializer=keras.initializers.RandomNormal(1.0, 0.02),
+            name=name,
+        )
+    return None
+
+
+def _conv(x, filters, kernel_size, strides, padding, use_bias, name, pad_mode="zero"):
+    """PyTorch-style `Conv2d(..., padding=padding)`: explicit pad, then valid conv."""
+    if padding:
+        x = ReflectionPadding2D(padding, mode=pad_mode, name=f"{name}_pad")(x)
+    return keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="valid",
+        use_bias=use_bias,
+        kernel_initializer=_conv_init(),
+        name=name,
+    )(x)
+
+
+def _conv_transpose(x, filters, kernel_size, padding, output_padding, use_bias, name):
+    """PyTorch `ConvTranspose2d(k, stride=2, padding, output_padding)`."""
+    x = keras.layers.Conv2DTranspose(
+        filters,
+        kernel_size,
+        strides=2,
+        padding="valid",
+        use_bias=use_bias,
+        kernel_initializer=_conv_init(),
+        name=name,
+    )(x)
+    crop = (padding, padding - output_padding)
+    return keras.layers.Cropping2D((crop, crop), name=f"{name}_crop")(x)
+
+
+def _norm_act(x, norm, activation, name):
+    layer = _norm(norm, f"{name}_norm")
+    if layer is not None:
+        x = layer(x)
+    if activation == "relu":
+        return keras.layers.ReLU(name=f"{name}_relu")(x)
+    if activation == "leaky_relu":
+        return keras.layers.LeakyReLU(negative_slope=0.2, name=f"{name}_lrelu")(x)
+    return x
+
+
+def resnet_generator(
+    n_blocks=9,
+    filters=64,
+    input_channels=3,
+    output_channels=3,
+    norm="instance",
+    dropout=False,
+    padding="reflect",
+    name=None,
+):
+    """ResNet generator: c7s1-64, d128, d256, R256 x n_blocks, u128, u64, c7s1-3.
+
+    Args:
+        n_blocks: int. Residual blocks; 9 for 256x256 images, 6 for 128x128.
+            Defaults to `9`.
+        filters: int. Filters of the first layer (the reference's `ngf`).
+            Defaults to `64`.
+        input_channels: int. Channels of the input images. Defaults to `3`.
+        output_channels: int. Channels of the output images. Defaults to `3`.
+        norm: `"instance"`, `"batch"` or `"none"`. Defaults to `"instance"`.
+        dropout: bool. Dropout(0.5) inside each residual block. Defaults to
+            `False` (the reference's CycleGAN default, `--no_dropout`).
+        padding: `"reflect"`, `"replicate"` or `"zero"` padding inside the
+            residual blocks and around the 7x7 convolutions. Defaults to
+            `"reflect"`.
+        name: str. Model name. Defaults to `f"resnet_{n_blocks}blocks"`.
+
+    Returns:
+        A `keras.Model` mapping `(batch, H, W, input_channels)` in [-1, 1] to
+        `(batch, H, W, output_channels)` in [-1, 1]; H and W must be
+        multiples of 4.
+
+    Example:
+    >>> generator = resnet_generator(n_blocks=1, filters=8)
+    >>> generator(keras.ops.zeros((1, 32, 32, 3))).shape
+    TensorShape([1, 32, 32, 3])
+    """
+    _check_norm(norm)
+    if n_blocks < 0:
+        raise ValueError(f"n_blocks must be >= 0. Received: n_blocks={n_blocks}")
+    use_bias = norm == "instance"
+    inputs = keras.Input((None, None, input_channels), name="image")
+    x = _conv(inputs, filters, 7, 1, 3, use_bias, "stem_conv", pad_mode=padding)
+    x = _norm_act(x, norm, "relu", "stem")
+    for i in range(2):
+        x = _conv(x, filters * 2 ** (i + 1), 3, 2, 1, use_bias, f"down{i}_conv")
+        x = _norm_act(x, norm, "relu", f"down{i}")
+    for i in range(n_blocks):
+        shortcut = x
+        y = _conv(x, filters * 4, 3, 1, 1, use_bias, f"res{i}_conv0", pad_mode=padding)
+        y = _norm_act(y, norm, "relu", f"res{i}_0")
+        if dropout:
+            y = keras.layers.Dropout(0.5, name=f"res{i}_dropout")(y)
+        y = _conv(y, filters * 4, 3, 1, 1, use_bias, f"res{i}_conv1", pad_mode=padding)
+        y = _norm_act(y, norm, None, f"res{i}_1")
+        x = keras.layers.Add(name=f"res{i}_add")([shortcut, y])
+    for i in range(2):
+        x = _conv_transpose(x, filters * 2 ** (1 - i), 3, 1, 1, use_bias, f"up{i}_conv")
+        x = _norm_act(x, norm, "relu", f"up{i}")
+    x = _conv(x, output_channels, 7, 1, 3, True, "head_conv", pad_mode=padding)
+    outputs = keras.layers.Activation("tanh", name="head_tanh", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=name or f"resnet_{n_blocks}blocks")
+
+
+def unet_generator(
+    num_downs=8,
+    filters=64,
+    input_channels=3,
+    output_channels=3,
+    norm="instance",
+    dropout=False,
+    name=None,
+):
+    """U-Net generator with skip connections (the reference's `UnetGenerator`).
+
+    Level k (0 = outermost) downsamples by a 4x4 stride-2 conv to
+    `filters * min(2**k, 8)` channels; the decoder mirrors it with 4x4
+    stride-2 transposed convs and concatenates each level's input. The
+    reference's `unet_256` is `num_downs=8`, `unet_128` is `num_downs=7`.
+
+    Args:
+        num_downs: int. Downsamplings; H and W must be multiples of
+            `2**num_downs`. Defaults to `8`.
+        filters: int. Filters of the outermost layer (`ngf`). Defaults to `64`.
+        input_channels: int. Defaults to `3`.
+        output_channels: int. Defaults to `3`.
+        norm: `"instance"`, `"batch"` or `"none"`. Defaults to `"instance"`.
+        dropout: bool. Dropout(0.5) in the decoder of the `num_downs - 5`
+            innermost-but-one levels, as the reference. Defaults to `False`.
+        name: str. Defaults to `f"unet_{2**num_downs}"`.
+
+    Returns:
+        A `keras.Model` with input and output `(batch, H, W, channels)`.
+    """
+    _check_norm(norm)
+    if num_downs < 5:
+        raise ValueError(f"num_downs must be >= 5. Received: num_downs={num_downs}")
+    use_bias = norm == "instance"
+    inner = [filters * min(2**k, 8) for k in range(num_downs)]
+    outer = [output_channels] + inner[:-1]
+    innermost = num_downs - 1
+
+    inputs = keras.Input((None, None, input_channels), name="image")
+    skips = []
+    x = inputs
+    for k in range(num_downs):
+        skips.append(x)
+        if k > 0:
+            x = keras.layers.LeakyReLU(0.2, name=f"down{k}_lrelu")(x)
+        x = _conv(x, inner[k], 4, 2, 1, use_bias if k > 0 else True, f"down{k}_conv")
+        if 0 < k < innermost:
+            x = _norm_act(x, norm, None, f"down{k}")
+    for k in reversed(range(num_downs)):
+        if k < innermost:
+            x = keras.layers.Concatenate(name=f"up{k}_concat")([skips[k + 1], x])
+        x = keras.layers.ReLU(name=f"up{k}_relu")(x)
+        x = _conv_transpose(x, outer[k], 4, 1, 0, use_bias if k > 0 else True, f"up{k}_conv")
+        if k > 0:
+            x = _norm_act(x, norm, None, f"up{k}")
+            if dropout and 4 <= k < innermost:
+                x = keras.layers.Dropout(0.5, name=f"up{k}_dropout")(x)
+    outputs = keras.layers.Activation("tanh", name="head_tanh", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=name or f"unet_{2**num_downs}")
+
+
+def patchgan_discriminator(n_layers=3, filters=64, input_channels=3, norm="instance", name=None):
+    """PatchGAN discriminator: one real/fake logit per overlapping patch.
+
+    With `n_layers=3` this is the reference's `basic` 70x70 PatchGAN: a
+    256x256 input gives a 30x30 map of logits (no sigmoid).
+
+    Args:
+        n_layers: int. Stride-2 convolutions. Defaults to `3`.
+        filters: int. Filters of the first layer (`ndf`). Defaults to `64`.
+        input_channels: int. Defaults to `3`.
+        norm: `"instance"`, `"batch"` or `"none"`. Defaults to `"instance"`.
+        name: str. Defaults to `f"patchgan_{n_layers}layers"`.
+
+    Returns:
+        A `keras.Model` from `(batch, H, W, input_channels)` to
+        `(batch, H', W', 1)` logits.
+    """
+    _check_norm(norm)
+    if n_layers < 1:
+        raise ValueError(f"n_layers must be >= 1. Received: n_layers={n_layers}")
+    use_bias = norm == "instance"
+    inputs = keras.Input((None, None, input_channels), name="image")
+    x = _conv(inputs, filters, 4, 2, 1, True, "conv0")
+    x = keras.layers.LeakyReLU(0.2, name="conv0_lrelu")(x)
+    for n in range(1, n_layers + 1):
+        strides = 2 if n < n_layers else 1
+        x = _conv(x, filters * min(2**n, 8), 4, strides, 1, use_bias, f"conv{n}")
+        x = _norm_act(x, norm, "leaky_relu", f"conv{n}")
+    outputs = _conv(x, 1, 4, 1, 1, True, "logits")
+    outputs = keras.layers.Activation("linear", name="logits_float32", dtype="float32")(outputs)
+    return keras.Model(inputs, outputs, name=name or f"patchgan_{n_layers}layers")
+
+
+def pixel_discriminator(filters=64, input_channels=3, norm="instance", name="pixelgan"):
+    """1x1 PatchGAN (`pixel` in the reference): a real/fake logit per pixel.
+
+    Args:
+        filters: int. Defaults to `64`.
+        input_channels: int. Defaults to `3`.
+        norm: `"instance"`, `"batch"` or `"none"`. Defaults to `"instance"`.
+        name: str. Defaults to `"pixelgan"`.
+    """
+    _check_norm(norm)
+    use_bias = norm == "instance"
+    inputs = keras.Input((None, None, input_channels), name="image")
+    x = _conv(inputs, filters, 1, 1, 0, True, "conv0")
+    x = keras.layers.LeakyReLU(0.2, name="conv0_lrelu")(x)
+    x = _conv(x, filters * 2, 1, 1, 0, use_bias, "conv1")
+    x = _norm_act(x, norm, "leaky_relu", "conv1")
+    outputs = _conv(x, 1, 1, 1, 0, use_bias, "logits")
+    outputs = keras.layers.Activation("linear", name="logits_float32", dtype="float32")(outputs)
+    return keras.Model(inputs, outputs, name=name)
+
+
+GENERATORS = {
+    "resnet_9blocks": functools.partial(resnet_generator, n_blocks=9),
+    "resnet_6blocks": functools.partial(resnet_generator, n_blocks=6),
+    "unet_256": functools.partial(unet_generator, num_downs=8),
+    "unet_128": functools.partial(unet_generator, num_downs=7),
+}
+
+DISCRIMINATORS = {
+    "basic": functools.partial(patchgan_discriminator, n_layers=3),
+    "n_layers": patchgan_discriminator,
+    "pixel": pixel_discriminator,
+}
+
+
+def _lookup(registry, kind, name):
+    if name not in registry:
+        raise ValueError(f"Unknown {kind} {name!r}. Valid names: {', '.join(registry)}")
+    return registry[name]
+
+
+def build_generator(name, **kwargs):
+    """Builds a generator by the reference's `--netG` name (see `GENERATORS`)."""
+    return _lookup(GENERATORS, "generator", name)(**kwargs)
+
+
+def build_discriminator(name, **kwargs):
+    """Builds a discriminator by the reference's `--netD` name (see `DISCRIMINATORS`)."""
+    return _lookup(DISCRIMINATORS, "discriminator", name)(**kwargs)
+
+
+def size_multiple(network):
+    """The number the input height and width must be a multiple of.
+
+    The product of the strides of the downsampling convolutions: 4 for the
+    ResNet generators, `2**num_downs` for a U-Net.
+    """
+    multiple = 1
+    for layer in network.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            multiple *= layer.strides[0]
+    return multiple
+
+
+def min_size(network):
+    """The smallest input height and width `network` accepts.
+
+    A multiple of `size_multiple(network)` at which every reflection pad is
+    smaller than the feature map it pads: 8 for the ResNet generators,
+    whose residual blocks pad the 1/4-size map by 1.
+    """
+    multiple = size_multiple(network)
+    scale, needed = 1, 1
+    for layer in network.layers:
+        if isinstance(layer, ReflectionPadding2D) and layer.mode == "reflect":
+            needed = max(needed, (max(map(max, layer.padding)) + 1) * scale)
+        if isinstance(layer, keras.layers.Conv2D):
+            scale *= layer.strides[0]
+        elif isinstance(layer, keras.layers.Conv2DTranspose):
+            scale //= layer.strides[0]
+    return -(-needed // multiple) * multiple
+
+
+def vgg16_features(weights=None, layer="block4_conv2", input_channels=3):
+    """VGG16 features for the paper's "feature loss + GAN" baseline.
+
+    Takes images in [-1, 1] (RGB) and applies VGG's own preprocessing (BGR,
+    ImageNet mean subtracted, 0..255) inside the model as a fixed 1x1
+    convolution, so the model serializes without custom code. The paper
+    compares features at relu4_2 (`block4_conv2`, whose ReLU is built in).
+
+    Args:
+        weights: `None` (random, for tests), `"imagenet"` (downloads
+            `vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5` from the
+            Keras applications storage into `~/.keras/models`) or a path to
+            that file. Defaults to `None`.
+        layer: str. The VGG16 layer whose output is compared. Defaults to
+            `"block4_conv2"`.
+        input_channels: int. Must be 3. Defaults to `3`.
+
+    Returns:
+        A non-trainable `keras.Model` from images to features.
+    """
+    if input_channels != 3:
+        raise ValueError(
+            "The VGG16 feature loss needs RGB images. "
+            f"Received: input_channels={input_channels}"
+        )
+    import numpy as np
+
+    vgg = keras.applications.VGG16(include_top=False, weights=weights)
+    if layer not in [l.name for l in vgg.layers]:
+        raise ValueError(f"VGG16 has no layer {layer!r}.")
+    # [-1, 1] RGB -> caffe preprocessing: x * 127.5 + 127.5, RGB -> BGR, - mean.
+    kernel = np.zeros((1, 1, 3, 3), "float32")
+    for rgb, bgr in ((0, 2), (1, 1), (2, 0)):
+        kernel[0, 0, rgb, bgr] = 127.5
+    bias = 127.5 - np.array([103.939, 116.779, 123.68], "float32")
+    inputs = keras.Input((None, None, 3), name="image")
+    preprocess = keras.layers.Conv2D(3, 1, name="vgg_preprocess", trainable=False)
+    x = preprocess(inputs)
+    preprocess.set_weights([kernel, bias])
+    for vgg_layer in vgg.layers[1:]:
+        x = vgg_layer(x)
+        if vgg_layer.name == layer:
+            break
+    model = keras.Model(inputs, x, name=f"vgg16_{layer}")
+    model.trainable = False
+    return model
+
+
+def receptive_field(network):
+    """Receptive field in pixels of a stack of convolutions (70 for `basic`)."""
+    field, jump = 1, 1
+    for layer in network.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            field += (layer.kernel_size[0] - 1) * jump
+            jump *= layer.strides[0]
+    return field
