@@ -1,6 +1,178 @@
-"""Unpaired image data for CycleGAN as `tf.data` pipelines."""
+"""Unpaired image data for CycleGAN as `tf.data` pipelines.
+
+Sources: a folder in the reference layout (ROOT/trainA, trainB, testA,
+testB), any two folders, the tensorflow-datasets `cycle_gan` builder, and a
+built-in synthetic dataset that needs no download. Each becomes a `Domain`:
+images decoded and deterministically resized once (the cache), or, when they
+do not fit in memory, file paths decoded on the fly. Bad files are found
+while building a domain, reported by path and left out.
+
+Pipeline order: decode -> deterministic resize -> cache -> pairing -> random
+crop/flip -> batch -> prefetch. All randomness is stateless, derived from
+`(seed, epoch, position)`, so epoch e, step s can be rebuilt exactly after a
+restart (`unpaired_dataset(start_epoch=e).skip(s)`).
+"""
+
+import concurrent.futures
+import dataclasses
+import os
+from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+TFDS_CONFIGS = (
+    "apple2orange",
+    "summer2winter_yosemite",
+    "horse2zebra",
+    "monet2photo",
+    "cezanne2photo",
+    "ukiyoe2photo",
+    "vangogh2photo",
+    "maps",
+    "cityscapes",
+    "facades",
+    "iphone2dslr_flower",
+)
+DEFAULT_CACHE_BYTES = 4 * 2**30
+
+
+class DataError(ValueError):
+    """A problem with the user's data: the message names the file or folder."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How images become training tensors (the reference's `--preprocess`).
+
+    Modes: `resize_and_crop` (resize to load_size x load_size, crop
+    crop_size), `crop` (crop only), `scale_width` (width to load_size,
+    aspect kept), `scale_width_and_crop`, `none` (sides rounded to a multiple
+    of 4). Crops are random in training and centred at test time; images
+    smaller than the crop are first scaled up. Resizing is bicubic
+    (antialiased, as PIL's). Values end in [-1, 1], float32.
+
+    Args:
+        mode: one of `PREPROCESS_MODES`. Defaults to `"resize_and_crop"`.
+        load_size: int. Defaults to `286`.
+        crop_size: int. Defaults to `256`.
+        flip: bool. Random horizontal flips in training. Defaults to `True`.
+        channels: int. 3 (RGB), 1 (grayscale) or 4 (RGBA). Defaults to `3`.
+    """
+
+    mode: str = "resize_and_crop"
+    load_size: int = 286
+    crop_size: int = 256
+    flip: bool = True
+    channels: int = 3
+
+    def __post_init__(self):
+        if self.mode not in PREPROCESS_MODES:
+            raise ValueError(f"preprocess must be one of {PREPROCESS_MODES}. Received: {self.mode!r}")
+        if self.channels not in (1, 3, 4):
+            raise ValueError(f"channels must be 1, 3 or 4. Received: channels={self.channels}")
+        if self.load_size < 1 or self.crop_size < 1:
+            raise ValueError(
+                f"load_size and crop_size must be positive. Received: {self.load_size}, {self.crop_size}"
+            )
+        if self.mode in ("resize_and_crop", "scale_width_and_crop") and self.crop_size > self.load_size:
+            raise ValueError(
+                f"crop_size ({self.crop_size}) cannot be larger than load_size ({self.load_size}) "
+                f"with preprocess {self.mode!r}"
+            )
+
+    @property
+    def crops(self):
+        return self.mode in ("resize_and_crop", "crop", "scale_width_and_crop")
+
+    @property
+    def fixed_size(self):
+        """(height, width) of every output, or None when it depends on the image."""
+        return (self.crop_size, self.crop_size) if self.crops else None
+
+
+@dataclasses.dataclass
+class Domain:
+    """The images of one domain, after decoding and deterministic resizing.
+
+    Exactly one of `images` (the in-memory cache) and `paths` (decode on the
+    fly) is set. `bad` lists `(path, reason)` for files left out.
+    """
+
+    name: str
+    images: list = None
+    paths: list = None
+    bad: list = dataclasses.field(default_factory=list)
+
+    def __len__(self):
+        return len(self.images if self.images is not None else self.paths)
+
+
+# -- Decoding and the deterministic part of preprocessing ------------------------
+
+
+def decode_image(data, channels=3):
+    """Decodes JPEG/PNG/BMP/GIF bytes to uint8 `(height, width, channels)`.
+
+    Grayscale, RGBA and palette images are converted; 16-bit PNGs are scaled
+    to 8 bits; a GIF gives its first frame.
+    """
+    image = tf.io.decode_image(data, channels=channels, dtype=tf.uint16, expand_animations=False)
+    # Decoding at 16 bits and rounding keeps 16-bit PNGs exact to the byte.
+    return tf.cast(tf.round(tf.cast(image, tf.float32) / 257.0), tf.uint8)
+
+
+def resize_for(image, preprocessing):
+    """The deterministic resize of `preprocessing` (everything before the crop)."""
+    p = preprocessing
+    shape = tf.shape(image)
+    height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    if p.mode == "resize_and_crop":
+        new_height, new_width = tf.constant(float(p.load_size)), tf.constant(float(p.load_size))
+    elif p.mode in ("scale_width", "scale_width_and_crop"):
+        new_width = tf.constant(float(p.load_size))
+        new_height = tf.maximum(tf.floor(p.load_size * height / width), float(p.crop_size))
+    elif p.mode == "none":
+        new_height = tf.maximum(tf.round(height / 4.0) * 4.0, 4.0)
+        new_width = tf.maximum(tf.round(width / 4.0) * 4.0, 4.0)
+    else:  # crop
+        new_height, new_width = height, width
+    if p.crops:
+        # Images smaller than the crop are scaled up, aspect kept.
+        scale = tf.maximum(1.0, p.crop_size / tf.minimum(new_height, new_width))
+        new_height, new_width = tf.math.ceil(new_height * scale), tf.math.ceil(new_width * scale)
+    size = tf.cast(tf.stack([new_height, new_width]), tf.int32)
+    if tf.executing_eagerly() and bool(tf.reduce_all(size == shape[:2])):
+        return image
+    resized = tf.image.resize(image, size, method="bicubic", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+def augment(image, preprocessing, seed, training):
+    """The random part: crop (random in training, centred otherwise) and flip.
+
+    Args:
+        image: uint8 `(height, width, channels)` from `resize_for`.
+        seed: int32 tensor of shape (2,) for the stateless random ops.
+        training: bool.
+
+    Returns:
+        float32 image in [-1, 1].
+    """
+    p = preprocessing
+    if p.crops:
+        crop = [p.crop_size, p.crop_size, p.channels]
+        if training:
+            image = tf.image.stateless_random_crop(image, crop, seed=seed)
+        else:
+            shape = tf.shape(image)
+            top, left = (shape[0] - p.crop_size) // 2, (shape[1] - p.crop_size) // 2
+            image = tf.ensure_shape(image[top : top + p.crop_size, left : left + p.crop_size], crop)
+    if training and p.flip:
+        image = tf.image.stateless_random_flip_left_right(image, seed=seed[::-1])
+    return tf.cast(image, tf.float32) / 127.5 - 1.0
 
 
 # -- The built-in synthetic dataset ---------------------------------------------
@@ -69,3 +241,251 @@ def synthetic_images(domain, count, size=64, channels=3, seed=0):
         images = (images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
         images = np.clip(images + 0.5, 0, 255).astype(np.uint8)[..., None]
     return synthetic_mapping(images, "a2b") if domain == "B" else images
+
+
+# -- Sources --------------------------------------------------------------------
+
+
+def list_image_files(folder):
+    """Image files under `folder`, recursively, sorted; extensions in any case."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"Image folder not found: {folder}")
+    paths = sorted(
+        str(path) for path in folder.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+    )
+    if not paths:
+        raise DataError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in folder: {folder}")
+    return paths
+
+
+def folder_domain(folder, preprocessing, strict=False, cache_bytes=DEFAULT_CACHE_BYTES, name=None):
+    """A domain from every image under `folder`.
+
+    Each file is decoded once, in parallel: files that fail are listed in
+    `domain.bad` with the reason and left out (or, with `strict=True`, a
+    `DataError` lists them all before any training). Decoded, resized images
+    are kept in memory when they fit in `cache_bytes`; otherwise the domain
+    keeps their paths and decodes again on the fly.
+    """
+    paths = list_image_files(folder)
+    images, bad, total_bytes = [None] * len(paths), [], 0
+
+    def load(path):
+        try:
+            data = tf.io.read_file(path)
+            return resize_for(decode_image(data, preprocessing.channels), preprocessing).numpy()
+        except (tf.errors.OpError, ValueError) as error:
+            reason = getattr(error, "message", str(error)).strip().splitlines()[0]
+            return f"cannot decode: {reason}"
+
+    workers = min(8, os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for index, result in enumerate(pool.map(load, paths)):
+            if isinstance(result, str):
+                bad.append((paths[index], result))
+                continue
+            total_bytes += result.nbytes
+            images[index] = result if total_bytes <= cache_bytes else None
+    if bad and strict:
+        listing = "\n".join(f"  {path}: {reason}" for path, reason in bad)
+        raise DataError(f"{len(bad)} unreadable image(s) in {folder}:\n{listing}")
+    good = [i for i in range(len(paths)) if paths[i] not in {path for path, _ in bad}]
+    if not good:
+        raise DataError(f"None of the {len(paths)} image files in {folder} could be decoded")
+    name = name or Path(folder).name
+    if total_bytes <= cache_bytes:
+        return Domain(name, images=[images[i] for i in good], bad=bad)
+    return Domain(name, paths=[paths[i] for i in good], bad=bad)
+
+
+def reference_folder_domains(root, phase="train", preprocessing=None, strict=False, cache_bytes=DEFAULT_CACHE_BYTES):
+    """Domains A and B from ROOT/{phase}A and ROOT/{phase}B (the reference's layout)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"Dataset folder not found: {root}")
+    missing = [str(root / f"{phase}{d}") for d in "AB" if not (root / f"{phase}{d}").is_dir()]
+    if missing:
+        raise DataError(
+            f"Dataset folder {root} does not have the layout {phase}A/, {phase}B/ "
+            f"(as every CycleGAN dataset zip unpacks). Missing: {', '.join(missing)}"
+        )
+    preprocessing = preprocessing or Preprocessing()
+    return tuple(
+        folder_domain(root / f"{phase}{d}", preprocessing, strict, cache_bytes, name=f"{phase}{d}") for d in "AB"
+    )
+
+
+def array_domain(images, preprocessing, name):
+    """A domain from uint8 arrays `(height, width, channels)` already in memory."""
+    resized = []
+    for image in images:
+        image = tf.convert_to_tensor(image, tf.uint8)
+        if image.shape[-1] != preprocessing.channels:
+            image = tf.image.rgb_to_grayscale(image) if preprocessing.channels == 1 else tf.image.grayscale_to_rgb(image)
+        resized.append(resize_for(image, preprocessing).numpy())
+    if not resized:
+        raise DataError(f"Domain {name} has no images")
+    return Domain(name, images=resized)
+
+
+def synthetic_domains(count=256, size=64, phase="train", preprocessing=None, seed=0):
+    """Domains A and B of the built-in synthetic dataset (see `synthetic_images`)."""
+    preprocessing = preprocessing or Preprocessing(load_size=size, crop_size=size)
+    offset = 0 if phase == "train" else 1000
+    channels = 1 if preprocessing.channels == 1 else 3
+    return tuple(
+        array_domain(
+            synthetic_images(d, count, size, channels, seed=seed + offset + i), preprocessing, f"{phase}{d}"
+        )
+        for i, d in enumerate("AB")
+    )
+
+
+def tfds_domains(config, phase="train", preprocessing=None, data_dir=None, download=False):
+    """Domains A and B from tensorflow-datasets' `cycle_gan/{config}`.
+
+    Offline, an unprepared dataset fails at once with a `DataError` that says
+    what to do, instead of tfds retrying its download for minutes.
+
+    Args:
+        config: one of `TFDS_CONFIGS`.
+        phase: `"train"` or `"test"` (splits trainA/trainB or testA/testB).
+        data_dir: tfds data folder. Defaults to tfds's (`~/tensorflow_datasets`).
+        download: bool. Download and prepare the dataset if needed (needs the
+            internet: tfds fetches the authors' zip from
+            https://people.eecs.berkeley.edu/~taesung_park/CycleGAN/datasets/).
+            Defaults to `False`.
+    """
+    if config not in TFDS_CONFIGS:
+        raise DataError(f"Unknown dataset {config!r}. tfds cycle_gan configs: {', '.join(TFDS_CONFIGS)}")
+    import tensorflow_datasets as tfds
+
+    preprocessing = preprocessing or Preprocessing()
+    builder = tfds.builder(f"cycle_gan/{config}", data_dir=data_dir)
+    if download:
+        builder.download_and_prepare()
+    domains = []
+    for d in "AB":
+        try:
+            dataset = builder.as_dataset(split=f"{phase}{d}")
+        except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as error:
+            raise DataError(
+                f"Dataset cycle_gan/{config} is not prepared in {builder.data_dir}. It needs a "
+                "download: run with download=True (train.py --download) on a machine with "
+                "internet, or unpack the authors' zip and pass its folder (train.py --dataroot). "
+                f"tfds said: {str(error).splitlines()[0]}"
+            ) from None
+        images = [example["image"] for example in dataset.as_numpy_iterator()]
+        domains.append(array_domain(images, preprocessing, f"{phase}{d}"))
+    return tuple(domains)
+
+
+# -- Pairing ---------------------------------------------------------------------
+
+
+def steps_per_epoch(domain_a, domain_b, batch_size):
+    """Batches in one epoch of `max(|A|, |B|)` pairs (the last partial batch dropped)."""
+    return max(len(domain_a), len(domain_b)) // batch_size
+
+
+def _lookup(domain, preprocessing):
+    """A graph function index -> uint8 image of `domain`."""
+    if domain.images is not None:
+        flat = np.concatenate([image.reshape(-1) for image in domain.images])
+        sizes = [image.size for image in domain.images]
+        offsets = tf.constant(np.concatenate([[0], np.cumsum(sizes)]), tf.int64)
+        shapes = tf.constant(np.array([image.shape for image in domain.images]), tf.int64)
+        flat = tf.constant(flat)
+        return lambda i: tf.reshape(flat[offsets[i] : offsets[i + 1]], shapes[i])
+    paths = tf.constant(domain.paths)
+    return lambda i: resize_for(decode_image(tf.io.read_file(paths[i]), preprocessing.channels), preprocessing)
+
+
+def unpaired_dataset(
+    domain_a, domain_b, preprocessing, batch_size=1, seed=0, training=True, start_epoch=0, epochs=None
+):
+    """Batches of `(real_a, real_b)`, unaligned as the reference pairs them.
+
+    Policy (the reference's `UnalignedDataset` with a shuffling loader): an
+    epoch is `max(|A|, |B|)` pairs, `steps_per_epoch()` batches. The A index
+    is a fresh permutation of `range(max(|A|, |B|))` modulo `|A|` every epoch,
+    so every A image is seen once per epoch when |A| >= |B| (and the
+    smaller domain cycles otherwise); the B image of each pair is drawn
+    uniformly at random. Batches never straddle two epochs.
+
+    At test time (`training=False`) there is no randomness: pairs are
+    `(A[i mod |A|], B[i mod |B|])` in order, crops centred, no flip, one
+    epoch, and a last partial batch kept.
+
+    Args:
+        domain_a, domain_b: `Domain`s.
+        preprocessing: `Preprocessing`.
+        batch_size: int. Defaults to `1`.
+        seed: int. Defaults to `0`.
+        training: bool. Defaults to `True`.
+        start_epoch: int. First epoch to produce (to resume). Defaults to `0`.
+        epochs: int or None (endless). Defaults to `None` in training.
+
+    Returns:
+        A `tf.data.Dataset`. In training its batch dimension is static.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
+    if batch_size > 1 and preprocessing.fixed_size is None:
+        shapes = {image.shape for d in (domain_a, domain_b) for image in (d.images or [])}
+        if domain_a.paths is not None or domain_b.paths is not None or len(shapes) > 1:
+            raise DataError(
+                f"preprocess {preprocessing.mode!r} keeps each image's own size, so images "
+                f"cannot be batched: use batch_size=1 or a mode that crops. Received: batch_size={batch_size}"
+            )
+    n_a, n_b = len(domain_a), len(domain_b)
+    n = max(n_a, n_b)
+    if training and n < batch_size:
+        raise DataError(f"An epoch has {n} pairs, fewer than batch_size={batch_size}")
+    lookup_a, lookup_b = _lookup(domain_a, preprocessing), _lookup(domain_b, preprocessing)
+
+    def epoch_pairs(epoch):
+        epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
+        positions = tf.range(n, dtype=tf.int64)
+        if training:
+            order = tf.random.experimental.stateless_shuffle(positions, seed=epoch_seed)
+            index_a = order % n_a
+            index_b = tf.random.stateless_uniform([n], seed=epoch_seed + [0, 7919], maxval=n_b, dtype=tf.int64)
+        else:
+            index_a, index_b = positions % n_a, positions % n_b
+        pairs = tf.data.Dataset.from_tensor_slices((tf.fill([n], epoch), positions, index_a, index_b))
+        return pairs.map(load_pair, num_parallel_calls=tf.data.AUTOTUNE).batch(
+            batch_size, drop_remainder=training
+        )
+
+    def load_pair(epoch, position, index_a, index_b):
+        pair_seed = tf.cast(tf.stack([epoch * (2 * n) + 2 * position, seed]), tf.int32)
+        real_a = augment(lookup_a(index_a), preprocessing, pair_seed, training)
+        real_b = augment(lookup_b(index_b), preprocessing, pair_seed + [1, 0], training)
+        return real_a, real_b
+
+    if training:
+        last = None if epochs is None else start_epoch + epochs
+        epoch_numbers = tf.data.Dataset.range(start_epoch, last) if last else tf.data.Dataset.counter(start_epoch)
+    else:
+        epoch_numbers = tf.data.Dataset.range(start_epoch, start_epoch + 1)
+    return epoch_numbers.flat_map(epoch_pairs).prefetch(tf.data.AUTOTUNE)
+
+
+def domain_images(domain, preprocessing, count=None):
+    """The first `count` images of a domain, test-time preprocessed, as one array."""
+    lookup = _lookup(domain, preprocessing)
+    count = len(domain) if count is None else min(count, len(domain))
+    seed = tf.zeros([2], tf.int32)
+    return np.stack([augment(lookup(i), preprocessing, seed, False).numpy() for i in range(count)])
+
+
+def report_bad_files(domains):
+    """A summary of the files left out, one line each, or '' when none were."""
+    bad = [(domain.name, path, reason) for domain in domains for path, reason in domain.bad]
+    if not bad:
+        return ""
+    lines = [f"Skipped {len(bad)} unreadable image file(s):"]
+    lines += [f"  [{name}] {path}: {reason}" for name, path, reason in bad]
+    return "\n".join(lines)
