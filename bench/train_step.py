@@ -54,7 +54,7 @@ def measure(size, steps, warmup, jit_compile):
     images = rng.uniform(-1, 1, (2, 1, size, size, 3)).astype("float32")
     data = tf.data.Dataset.from_tensors((images[0][0], images[1][0])).repeat().batch(1, drop_remainder=True)
     timer = StepTimer()
-    model.fit(data, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[timer()])
+    model.fit(data, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[timer()], shuffle=False)
     times = timer.times[warmup:]
     seconds = float(np.median(times))
     result = {

@@ -16,6 +16,7 @@ restart (`unpaired_dataset(start_epoch=e).skip(s)`).
 import concurrent.futures
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,15 @@ DEFAULT_CACHE_BYTES = 4 * 2**30
 
 class DataError(ValueError):
     """A problem with the user's data: the message names the file or folder."""
+
+
+class UnreadableImage(DataError):
+    """One image file that cannot be decoded."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +132,21 @@ def decode_image(data, channels=3):
     image = tf.io.decode_image(data, channels=channels, dtype=tf.uint16, expand_animations=False)
     # Decoding at 16 bits and rounding keeps 16-bit PNGs exact to the byte.
     return tf.cast(tf.round(tf.cast(image, tf.float32) / 257.0), tf.uint8)
+
+
+def read_image(path, channels=3):
+    """Reads and decodes one image file (see `decode_image`).
+
+    Raises:
+        UnreadableImage: naming the file and why, without TensorFlow's
+            internal op names.
+    """
+    try:
+        return decode_image(tf.io.read_file(str(path)), channels)
+    except (tf.errors.OpError, ValueError) as error:
+        message = getattr(error, "message", str(error)).strip().splitlines()[0]
+        message = re.sub(r"\s*\[Op:.*$", "", re.sub(r"\{\{[^}]*\}\}\s*", "", message))
+        raise UnreadableImage(path, f"cannot decode: {message}") from None
 
 
 def resize_for(image, preprocessing):
@@ -273,11 +298,9 @@ def folder_domain(folder, preprocessing, strict=False, cache_bytes=DEFAULT_CACHE
 
     def load(path):
         try:
-            data = tf.io.read_file(path)
-            return resize_for(decode_image(data, preprocessing.channels), preprocessing).numpy()
-        except (tf.errors.OpError, ValueError) as error:
-            reason = getattr(error, "message", str(error)).strip().splitlines()[0]
-            return f"cannot decode: {reason}"
+            return resize_for(read_image(path, preprocessing.channels), preprocessing).numpy()
+        except UnreadableImage as error:
+            return error.reason
 
     workers = min(8, os.cpu_count() or 1)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -299,8 +322,13 @@ def folder_domain(folder, preprocessing, strict=False, cache_bytes=DEFAULT_CACHE
     return Domain(name, paths=[paths[i] for i in good], bad=bad)
 
 
-def reference_folder_domains(root, phase="train", preprocessing=None, strict=False, cache_bytes=DEFAULT_CACHE_BYTES):
-    """Domains A and B from ROOT/{phase}A and ROOT/{phase}B (the reference's layout)."""
+def reference_folder_domains(
+    root, phase="train", preprocessing=None, strict=False, cache_bytes=DEFAULT_CACHE_BYTES, preprocessing_b=None
+):
+    """Domains A and B from ROOT/{phase}A and ROOT/{phase}B (the reference's layout).
+
+    `preprocessing_b`, when given, is used for B (e.g. other channels).
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"Dataset folder not found: {root}")
@@ -310,9 +338,11 @@ def reference_folder_domains(root, phase="train", preprocessing=None, strict=Fal
             f"Dataset folder {root} does not have the layout {phase}A/, {phase}B/ "
             f"(as every CycleGAN dataset zip unpacks). Missing: {', '.join(missing)}"
         )
-    preprocessing = preprocessing or Preprocessing()
+    pre_a = preprocessing or Preprocessing()
+    pre_b = preprocessing_b or pre_a
     return tuple(
-        folder_domain(root / f"{phase}{d}", preprocessing, strict, cache_bytes, name=f"{phase}{d}") for d in "AB"
+        folder_domain(root / f"{phase}{d}", pre, strict, cache_bytes, name=f"{phase}{d}")
+        for d, pre in (("A", pre_a), ("B", pre_b))
     )
 
 
@@ -329,20 +359,26 @@ def array_domain(images, preprocessing, name):
     return Domain(name, images=resized)
 
 
-def synthetic_domains(count=256, size=64, phase="train", preprocessing=None, seed=0):
-    """Domains A and B of the built-in synthetic dataset (see `synthetic_images`)."""
-    preprocessing = preprocessing or Preprocessing(load_size=size, crop_size=size)
+def synthetic_domains(count=256, size=64, phase="train", preprocessing=None, seed=0, preprocessing_b=None):
+    """Domains A and B of the built-in synthetic dataset (see `synthetic_images`).
+
+    Train and test phases draw different images. `preprocessing_b`, when
+    given, is used for B.
+    """
+    pre_a = preprocessing or Preprocessing(load_size=size, crop_size=size)
+    pre_b = preprocessing_b or pre_a
     offset = 0 if phase == "train" else 1000
-    channels = 1 if preprocessing.channels == 1 else 3
     return tuple(
         array_domain(
-            synthetic_images(d, count, size, channels, seed=seed + offset + i), preprocessing, f"{phase}{d}"
+            synthetic_images(d, count, size, 1 if pre.channels == 1 else 3, seed=seed + offset + i),
+            pre,
+            f"{phase}{d}",
         )
-        for i, d in enumerate("AB")
+        for i, (d, pre) in enumerate((("A", pre_a), ("B", pre_b)))
     )
 
 
-def tfds_domains(config, phase="train", preprocessing=None, data_dir=None, download=False):
+def tfds_domains(config, phase="train", preprocessing=None, data_dir=None, download=False, preprocessing_b=None):
     """Domains A and B from tensorflow-datasets' `cycle_gan/{config}`.
 
     Offline, an unprepared dataset fails at once with a `DataError` that says
@@ -356,17 +392,19 @@ def tfds_domains(config, phase="train", preprocessing=None, data_dir=None, downl
             internet: tfds fetches the authors' zip from
             https://people.eecs.berkeley.edu/~taesung_park/CycleGAN/datasets/).
             Defaults to `False`.
+        preprocessing_b: `Preprocessing` for B, when it differs from A's.
     """
     if config not in TFDS_CONFIGS:
         raise DataError(f"Unknown dataset {config!r}. tfds cycle_gan configs: {', '.join(TFDS_CONFIGS)}")
     import tensorflow_datasets as tfds
 
-    preprocessing = preprocessing or Preprocessing()
+    pre_a = preprocessing or Preprocessing()
+    pre_b = preprocessing_b or pre_a
     builder = tfds.builder(f"cycle_gan/{config}", data_dir=data_dir)
     if download:
         builder.download_and_prepare()
     domains = []
-    for d in "AB":
+    for d, pre in (("A", pre_a), ("B", pre_b)):
         try:
             dataset = builder.as_dataset(split=f"{phase}{d}")
         except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as error:
@@ -377,7 +415,7 @@ def tfds_domains(config, phase="train", preprocessing=None, data_dir=None, downl
                 f"tfds said: {str(error).splitlines()[0]}"
             ) from None
         images = [example["image"] for example in dataset.as_numpy_iterator()]
-        domains.append(array_domain(images, preprocessing, f"{phase}{d}"))
+        domains.append(array_domain(images, pre, f"{phase}{d}"))
     return tuple(domains)
 
 
@@ -403,7 +441,16 @@ def _lookup(domain, preprocessing):
 
 
 def unpaired_dataset(
-    domain_a, domain_b, preprocessing, batch_size=1, seed=0, training=True, start_epoch=0, epochs=None
+    domain_a,
+    domain_b,
+    preprocessing,
+    batch_size=1,
+    seed=0,
+    training=True,
+    start_epoch=0,
+    epochs=None,
+    steps_per_epoch=None,
+    preprocessing_b=None,
 ):
     """Batches of `(real_a, real_b)`, unaligned as the reference pairs them.
 
@@ -426,12 +473,18 @@ def unpaired_dataset(
         training: bool. Defaults to `True`.
         start_epoch: int. First epoch to produce (to resume). Defaults to `0`.
         epochs: int or None (endless). Defaults to `None` in training.
+        steps_per_epoch: int or None. Cap each epoch at this many batches, so
+            epochs stay aligned with a `fit(steps_per_epoch=...)` that
+            stops early. Defaults to `None` (whole epochs).
+        preprocessing_b: `Preprocessing` for B when it differs from A's
+            (other channels). Defaults to `preprocessing`.
 
     Returns:
         A `tf.data.Dataset`. In training its batch dimension is static.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
+    preprocessing_b = preprocessing_b or preprocessing
     if batch_size > 1 and preprocessing.fixed_size is None:
         shapes = {image.shape for d in (domain_a, domain_b) for image in (d.images or [])}
         if domain_a.paths is not None or domain_b.paths is not None or len(shapes) > 1:
@@ -443,7 +496,7 @@ def unpaired_dataset(
     n = max(n_a, n_b)
     if training and n < batch_size:
         raise DataError(f"An epoch has {n} pairs, fewer than batch_size={batch_size}")
-    lookup_a, lookup_b = _lookup(domain_a, preprocessing), _lookup(domain_b, preprocessing)
+    lookup_a, lookup_b = _lookup(domain_a, preprocessing), _lookup(domain_b, preprocessing_b)
 
     def epoch_pairs(epoch):
         epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
@@ -455,14 +508,15 @@ def unpaired_dataset(
         else:
             index_a, index_b = positions % n_a, positions % n_b
         pairs = tf.data.Dataset.from_tensor_slices((tf.fill([n], epoch), positions, index_a, index_b))
-        return pairs.map(load_pair, num_parallel_calls=tf.data.AUTOTUNE).batch(
+        batches = pairs.map(load_pair, num_parallel_calls=tf.data.AUTOTUNE).batch(
             batch_size, drop_remainder=training
         )
+        return batches.take(steps_per_epoch) if steps_per_epoch else batches
 
     def load_pair(epoch, position, index_a, index_b):
         pair_seed = tf.cast(tf.stack([epoch * (2 * n) + 2 * position, seed]), tf.int32)
         real_a = augment(lookup_a(index_a), preprocessing, pair_seed, training)
-        real_b = augment(lookup_b(index_b), preprocessing, pair_seed + [1, 0], training)
+        real_b = augment(lookup_b(index_b), preprocessing_b, pair_seed + [1, 0], training)
         return real_a, real_b
 
     if training:

@@ -399,11 +399,7 @@ class CycleGAN(keras.Model):
         return self.generator_ab if direction == "a2b" else self.generator_ba
 
     def translate(self, images, direction="a2b", batch_size=8):
-        """Translates images of any size, in batches.
-
-        Height and width that are not multiples of what the generator's
-        strides need (4 for ResNet generators) are reflect-padded and the
-        output is cropped back to the input size.
+        """Translates images of any size, in batches (see `translate_images`).
 
         Args:
             images: array `(n, height, width, channels)` or one image
@@ -412,26 +408,13 @@ class CycleGAN(keras.Model):
             batch_size: int. Images per generator call. Defaults to `8`.
 
         Returns:
-            A float32 numpy array of the input's shape (output channels of
-            the generator), values in [-1, 1].
+            A float32 numpy array of the input's height and width (output
+            channels of the generator), values in [-1, 1].
         """
         generator = self.generator(direction)
-        images = np.asarray(images, dtype="float32")
-        single = images.ndim == 3
-        if single:
-            images = images[None]
-        channels = generator.input_shape[-1]
-        if images.ndim != 4 or images.shape[-1] != channels:
-            raise ValueError(
-                f"translate({direction!r}) expects images of shape (n, height, width, {channels}). "
-                f"Received: images.shape={images.shape}"
-            )
         if direction not in self._translate_fns:
-            self._translate_fns[direction] = _padded_generator(generator)
-        fn = self._translate_fns[direction]
-        outputs = [fn(images[i : i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
-        outputs = np.concatenate(outputs) if outputs else np.zeros((0, *images.shape[1:3], generator.output_shape[-1]), "float32")
-        return outputs[0] if single else outputs
+            self._translate_fns[direction] = padded_generator(generator)
+        return translate_images(generator, images, batch_size, self._translate_fns[direction])
 
     # -- Serialization -----------------------------------------------------------
 
@@ -477,8 +460,13 @@ class CycleGAN(keras.Model):
 
 
 
-def _padded_generator(generator):
-    """A `tf.function` running `generator` on any image size (one trace)."""
+def padded_generator(generator):
+    """A `tf.function` running `generator` on any image size (traced once).
+
+    Height and width are reflect-padded up to what the generator's strides
+    and paddings need (`networks.size_multiple`, `networks.min_size`) and
+    the output is cropped back to the input size.
+    """
     multiple, smallest = size_multiple(generator), min_size(generator)
     spec = tf.TensorSpec((None, None, None, generator.input_shape[-1]), tf.float32)
 
@@ -487,3 +475,35 @@ def _padded_generator(generator):
         return ops.call_padded(lambda x: generator(x, training=False), images, multiple, smallest)
 
     return translate
+
+
+def translate_images(generator, images, batch_size=8, padded_fn=None):
+    """Runs an image-to-image generator on images of any size, in batches.
+
+    Args:
+        generator: `keras.Model`, e.g. `CycleGAN.generator("a2b")`.
+        images: array `(n, height, width, channels)` or one image
+            `(height, width, channels)`, float values in [-1, 1].
+        batch_size: int. Defaults to `8`.
+        padded_fn: the result of `padded_generator(generator)`, to reuse its
+            trace across calls. Defaults to a new one.
+
+    Returns:
+        float32 numpy array with the input's height and width.
+    """
+    images = np.asarray(images, dtype="float32")
+    single = images.ndim == 3
+    if single:
+        images = images[None]
+    channels = generator.input_shape[-1]
+    if images.ndim != 4 or images.shape[-1] != channels:
+        raise ValueError(
+            f"Generator {generator.name!r} expects images of shape (n, height, width, {channels}). "
+            f"Received: images.shape={images.shape}"
+        )
+    fn = padded_fn or padded_generator(generator)
+    outputs = [fn(images[i : i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
+    if not outputs:
+        return np.zeros((0, *images.shape[1:3], generator.output_shape[-1]), "float32")
+    outputs = np.concatenate(outputs)
+    return outputs[0] if single else outputs
