@@ -1,0 +1,327 @@
+"""Ship a generator: SavedModel for TF Serving, TFLite/LiteRT for phones, verified.
+
+`export(generator, out_dir, ...)` writes
+
+    OUT/saved_model/1/                 TF Serving layout (version 1)
+    OUT/generator_<variant>.tflite     float32, float16, dynamic, int8
+    OUT/reference.npz                  sample inputs and the Keras outputs
+    OUT/export_report.json             parity, size, ops and latency of each
+
+and `verify(out_dir)`, run in a fresh process, reloads every artifact and
+measures it against the Keras outputs.
+
+SavedModel signatures (any batch, any height and width; sides that are not
+multiples of what the generator needs are reflect-padded and cropped back
+inside the graph; image inputs are declared with unknown rank so that a
+wrong rank or channel count gets a message naming the expected layout):
+- `serving_default`: `images` float32 (n, h, w, c) in [-1, 1] -> `translated`.
+- `uint8`: `images` uint8 (n, h, w, c) 0..255 -> `translated` uint8.
+- `bytes`: `encoded_images` string (n,) of JPEG/PNG/BMP/GIF -> `translated_png`
+  string (n,) of PNGs (what TF Serving's REST API carries as base64).
+
+TFLite files take float32 (1, h, w, c) in [-1, 1], resized at run time with
+`resize_tensor_input`. The int8 variant quantizes weights and activations
+with a representative dataset; ops without an int8 kernel stay float (the
+report lists them), and its interface stays float32.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cyclegan_keras import ops
+from cyclegan_keras.networks import min_size, size_multiple
+
+TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
+FLOAT32_TOLERANCE = 1e-4
+
+
+def _translate_fn(generator):
+    multiple, smallest = size_multiple(generator), min_size(generator)
+
+    def translate(images):
+        return ops.call_padded(lambda x: generator(x, training=False), images, multiple, smallest)
+
+    return translate
+
+
+def _checked(images, channels):
+    """`images` after checks that fail with a message naming the expected layout.
+
+    The signatures declare an unknown rank so that these run: with a static
+    rank in the signature, TensorFlow would fold the checks away and a wrong
+    input would fail deep inside a kernel instead.
+    """
+    expected = f"images must be NHWC: (batch, height, width, {channels})"
+    shape = tf.shape(images)
+    with tf.control_dependencies(
+        [
+            tf.debugging.assert_equal(tf.size(shape), 4, message=f"{expected}; got another rank"),
+            tf.debugging.assert_equal(shape[-1], channels, message=f"{expected}; got another channel count"),
+        ]
+    ):
+        return tf.ensure_shape(tf.identity(images), (None, None, None, channels))
+
+
+def export_saved_model(generator, path):
+    """Writes a SavedModel with the three signatures to `path` (e.g. OUT/saved_model/1)."""
+    channels = generator.input_shape[-1]
+    translate = _translate_fn(generator)
+
+    def serve_float(images):
+        return {"translated": translate(_checked(images, channels))}
+
+    def serve_uint8(images):
+        floats = tf.cast(_checked(images, channels), tf.float32) / 127.5 - 1.0
+        return {"translated": _to_uint8(translate(floats))}
+
+    def serve_bytes(encoded_images):
+        def one(encoded):
+            image = tf.io.decode_image(encoded, channels=channels, dtype=tf.uint8, expand_animations=False)
+            image = tf.ensure_shape(image, (None, None, channels))
+            output = translate(tf.cast(image, tf.float32)[None] / 127.5 - 1.0)[0]
+            return tf.io.encode_png(_to_uint8(output))
+
+        return {"translated_png": tf.map_fn(one, encoded_images, fn_output_signature=tf.string)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(generator)
+    # Unknown rank, so that a wrong input meets `_checked`'s message.
+    archive.add_endpoint("serving_default", serve_float, [tf.TensorSpec(None, tf.float32, name="images")])
+    archive.add_endpoint("uint8", serve_uint8, [tf.TensorSpec(None, tf.uint8, name="images")])
+    archive.add_endpoint("bytes", serve_bytes, [tf.TensorSpec((None,), tf.string, name="encoded_images")])
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    archive.write_out(str(path), verbose=False)
+    return Path(path)
+
+
+def _to_uint8(images):
+    return tf.cast(tf.clip_by_value(tf.round((images + 1.0) * 127.5), 0.0, 255.0), tf.uint8)
+
+
+def export_tflite(generator, path, variant="float32", representative_images=None):
+    """Writes a `.tflite` file of `generator` (padding included).
+
+    Args:
+        variant: `"float32"`, `"float16"` (weights in float16), `"dynamic"`
+            (int8 weights, float activations) or `"int8"` (int8 weights and
+            activations, calibrated on `representative_images`).
+        representative_images: float images (h, w, c) in [-1, 1] from the
+            user's domain (sizes may differ), needed for `"int8"`.
+    """
+    if variant not in TFLITE_VARIANTS:
+        raise ValueError(f"variant must be one of {TFLITE_VARIANTS}. Received: {variant!r}")
+    if variant == "int8" and (representative_images is None or len(representative_images) == 0):
+        raise ValueError("The int8 variant needs representative images from the input domain")
+    channels = generator.input_shape[-1]
+    translate = _translate_fn(generator)
+    with tempfile.TemporaryDirectory() as tmp:
+        # The converter freezes variables reliably only from a SavedModel.
+        archive = keras.export.ExportArchive()
+        archive.track(generator)
+        archive.add_endpoint(
+            "serving_default",
+            lambda images: {"translated": translate(images)},
+            [tf.TensorSpec((1, None, None, channels), tf.float32, name="images")],
+        )
+        archive.write_out(tmp, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
+        if variant != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if variant == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if variant == "int8":
+            samples = [np.asarray(image, "float32") for image in representative_images]
+            converter.representative_dataset = lambda: ([sample[None]] for sample in samples)
+            # Integer kernels where they exist, float builtins where they do not.
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        blob = converter.convert()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(blob)
+    return Path(path)
+
+
+def sample_images(generator, size=256, count=2, seed=0):
+    """Synthetic parity samples: a square one and an odd-sized one."""
+    from cyclegan_keras.data import synthetic_images
+
+    channels = generator.input_shape[-1]
+    images = []
+    for i in range(count):
+        height, width = (size, size) if i % 2 == 0 else (size - 6, size + 10)
+        image = synthetic_images("A", 1, (height, width), 1 if channels == 1 else 3, seed=seed + i)[0]
+        if channels not in (1, 3):
+            image = np.concatenate([image, np.full((height, width, channels - 3), 255, np.uint8)], axis=-1)
+        images.append(image.astype("float32") / 127.5 - 1.0)
+    return images
+
+
+def export(generator, out_dir, formats=("saved_model", "tflite"), variants=("float32",), representative=None, samples=None):
+    """Exports `generator` and verifies every artifact in a fresh process.
+
+    Args:
+        generator: `keras.Model`, e.g. `CycleGAN.generator("a2b")`.
+        out_dir: output folder.
+        formats: any of `"saved_model"`, `"tflite"`.
+        variants: TFLite variants (see `export_tflite`).
+        representative: list of float images in [-1, 1] for int8 calibration
+            (defaults to `samples`).
+        samples: list of float images (h, w, c) in [-1, 1] for the parity
+            check. Defaults to `sample_images(generator)`.
+
+    Returns:
+        The report (also `OUT/export_report.json`).
+
+    Raises:
+        ExportError: a float32 export differs from Keras by more than 1e-4,
+            or an artifact does not load and run.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples = samples if samples is not None else sample_images(generator)
+    artifacts = []
+    if "saved_model" in formats:
+        export_saved_model(generator, out_dir / "saved_model" / "1")
+        artifacts.append({"format": "saved_model", "variant": "float32", "path": "saved_model/1"})
+    if "tflite" in formats:
+        calibration = _calibration_images(representative if representative is not None else samples)
+        for variant in variants:
+            path = export_tflite(generator, out_dir / f"generator_{variant}.tflite", variant, calibration)
+            artifacts.append({"format": "tflite", "variant": variant, "path": path.name})
+    keras_fn = _translate_fn(generator)
+    references, keras_seconds = [], []
+    for image in samples:
+        start = time.perf_counter()
+        references.append(keras_fn(tf.constant(image[None])).numpy()[0])
+        keras_seconds.append(time.perf_counter() - start)
+    np.savez(
+        out_dir / "reference.npz",
+        **{f"input_{i}": image for i, image in enumerate(samples)},
+        **{f"output_{i}": output for i, output in enumerate(references)},
+    )
+    (out_dir / "artifacts.json").write_text(json.dumps(artifacts))
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from cyclegan_keras.export import verify; verify(sys.argv[1])", str(out_dir)],
+        capture_output=True,
+        text=True,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+    report_path = out_dir / "export_report.json"
+    if result.returncode != 0 or not report_path.exists():
+        raise ExportError(f"Verifying the exports in a fresh process failed:\n{result.stderr[-3000:]}")
+    report = json.loads(report_path.read_text())
+    report["keras_latency_ms_per_image"] = round(1000 * float(np.median(keras_seconds[1:] or keras_seconds)), 1)
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    failures = []
+    for artifact in report["artifacts"]:
+        if artifact.get("error"):
+            failures.append(f"{artifact['path']}: {artifact['error']}")
+        elif artifact["variant"] == "float32" and not artifact["max_abs_error"] <= FLOAT32_TOLERANCE:
+            error = artifact["max_abs_error"]
+            failures.append(f"{artifact['path']}: max abs error {error:.2e} > {FLOAT32_TOLERANCE}")
+    if failures:
+        raise ExportError("Export verification failed: " + "; ".join(failures))
+    return report
+
+
+class ExportError(RuntimeError):
+    """An exported artifact does not compute what the Keras model computes."""
+
+
+def _calibration_images(images, count=32):
+    return [np.asarray(image, "float32") for image in list(images)[:count]]
+
+
+# -- Verification, in a fresh process --------------------------------------------------
+
+
+def verify(out_dir):
+    """Reloads every artifact listed in OUT/artifacts.json and writes OUT/export_report.json."""
+    out_dir = Path(out_dir)
+    artifacts = json.loads((out_dir / "artifacts.json").read_text())
+    reference = np.load(out_dir / "reference.npz")
+    inputs = [reference[f"input_{i}"] for i in range(len(reference.files) // 2)]
+    expected = [reference[f"output_{i}"] for i in range(len(inputs))]
+    for artifact in artifacts:
+        path = out_dir / artifact["path"]
+        try:
+            run, extra = (_saved_model_runner if artifact["format"] == "saved_model" else _tflite_runner)(path)
+            outputs, seconds = [], []
+            for image in inputs:
+                start = time.perf_counter()
+                outputs.append(run(image))
+                seconds.append(time.perf_counter() - start)
+            artifact.update(extra)
+            artifact.update(_parity(outputs, expected))
+            artifact["latency_ms_per_image"] = round(1000 * float(np.median(seconds[1:] or seconds)), 1)
+        except Exception as error:  # reported, not raised: the parent decides
+            artifact["error"] = f"{type(error).__name__}: {error}"
+        artifact["size_bytes"] = _size(path)
+    report = {"samples": [list(image.shape) for image in inputs], "artifacts": artifacts}
+    (out_dir / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _saved_model_runner(path):
+    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    return (lambda image: signature(images=tf.constant(image[None]))["translated"].numpy()[0]), {
+        "signatures": ["serving_default", "uint8", "bytes"]
+    }
+
+
+def _tflite_runner(path):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    ops_used, float_ops = _tflite_ops(path, Interpreter, OpResolverType)
+    interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count())
+    input_index = interpreter.get_input_details()[0]["index"]
+
+    def run(image):
+        interpreter.resize_tensor_input(input_index, (1, *image.shape), strict=False)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(input_index, image[None].astype("float32"))
+        interpreter.invoke()
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
+
+    return run, {"ops": ops_used, "float_ops": float_ops}
+
+
+def _tflite_ops(path, Interpreter, OpResolverType):
+    """Op types of a .tflite file, and those computing in float (no delegate hides them)."""
+    interpreter = Interpreter(
+        model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+    dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    details = interpreter._get_ops_details()
+    used = sorted({op["op_name"] for op in details})
+    floating = sorted(
+        {
+            op["op_name"]
+            for op in details
+            if any(dtypes.get(i) in (np.float32, np.float16) for i in op["outputs"])
+            and op["op_name"] not in ("DEQUANTIZE", "QUANTIZE")
+        }
+    )
+    return used, floating
+
+
+def _parity(outputs, expected):
+    errors = [float(np.max(np.abs(o - e))) for o, e in zip(outputs, expected)]
+    mse = float(np.mean([np.mean(((o - e) / 2.0) ** 2) for o, e in zip(outputs, expected)]))
+    psnr = float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
+    return {"max_abs_error": max(errors), "psnr_db": round(psnr, 2) if math.isfinite(psnr) else "inf"}
+
+
+def _size(path):
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.exists() else 0

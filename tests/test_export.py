@@ -1,0 +1,146 @@
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import export as export_cli
+from cyclegan_keras import export, networks
+from cyclegan_keras.model import translate_images
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SIGNATURE_CHECKS = r"""
+import io, json, sys
+import numpy as np, tensorflow as tf
+from PIL import Image
+loaded = tf.saved_model.load(sys.argv[1])
+signatures = loaded.signatures
+inputs = np.load(sys.argv[2])
+result = {}
+result["float"] = signatures["serving_default"](images=tf.constant(inputs["float"]))["translated"].numpy().tolist()
+uint8 = signatures["uint8"](images=tf.constant(inputs["uint8"]))["translated"]
+result["uint8_dtype"], result["uint8_shape"] = uint8.dtype.name, list(uint8.shape)
+encoded = [inputs["png"].tobytes(), inputs["jpeg"].tobytes()]
+pngs = signatures["bytes"](encoded_images=tf.constant(encoded))["translated_png"].numpy()
+result["bytes_sizes"] = [list(Image.open(io.BytesIO(p)).size) for p in pngs]
+result["bytes_formats"] = [Image.open(io.BytesIO(p)).format for p in pngs]
+errors = {}
+for name, bad in {"rank": np.zeros((8, 8, 3), "float32"), "channels": np.zeros((1, 8, 8, 4), "float32"), "dtype": np.zeros((1, 8, 8, 3), "int32")}.items():
+    try:
+        signatures["serving_default"](images=tf.constant(bad))
+        errors[name] = None
+    except Exception as error:
+        errors[name] = str(error)
+result["errors"] = errors
+print(json.dumps(result))
+"""
+
+
+def encoded(array, fmt):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt)
+    return np.frombuffer(buffer.getvalue(), np.uint8)
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return networks.resnet_generator(n_blocks=1, filters=8)
+
+
+def test_saved_model_signatures_in_a_fresh_process(tmp_path, generator, rng):
+    path = export.export_saved_model(generator, tmp_path / "saved_model" / "1")
+    images = rng.uniform(-1, 1, (2, 13, 21, 3)).astype("float32")
+    np.savez(
+        tmp_path / "inputs.npz",
+        float=images,
+        uint8=rng.integers(0, 256, (1, 10, 7, 3), dtype=np.uint8),
+        png=encoded(rng.integers(0, 256, (17, 23, 3), dtype=np.uint8), "PNG"),
+        jpeg=encoded(rng.integers(0, 256, (30, 9, 3), dtype=np.uint8), "JPEG"),
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", SIGNATURE_CHECKS, str(path), str(tmp_path / "inputs.npz")],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(np.array(result["float"]), translate_images(generator, images), atol=1e-5)
+    assert result["uint8_dtype"] == "uint8" and result["uint8_shape"] == [1, 10, 7, 3]
+    assert result["bytes_sizes"] == [[23, 17], [9, 30]] and result["bytes_formats"] == ["PNG", "PNG"]
+    errors = result["errors"]
+    assert "images must be NHWC: (batch, height, width, 3); got another rank" in errors["rank"]
+    assert "got another channel count" in errors["channels"]
+    assert "expected to be a float tensor but is a int32 tensor" in errors["dtype"]
+
+
+def test_saved_model_cli_lists_the_signatures(tmp_path, generator):
+    path = export.export_saved_model(generator, tmp_path / "1")
+    cli = Path(sys.executable).parent / "saved_model_cli"
+    shown = subprocess.run([str(cli), "show", "--dir", str(path), "--all"], capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    for name in ("signature_def['serving_default']", "signature_def['uint8']", "signature_def['bytes']",
+                 "inputs['images']", "inputs['encoded_images']", "outputs['translated']", "outputs['translated_png']"):
+        assert name in shown.stdout, name
+
+
+def test_every_tflite_variant_runs_with_parity(tmp_path, generator):
+    samples = export.sample_images(generator, size=48, count=3)
+    report = export.export(generator, tmp_path, ("saved_model", "tflite"), export.TFLITE_VARIANTS, samples=samples)
+    by_variant = {(a["format"], a["variant"]): a for a in report["artifacts"]}
+    assert by_variant[("saved_model", "float32")]["max_abs_error"] < 1e-5
+    assert by_variant[("tflite", "float32")]["max_abs_error"] < 1e-4
+    for variant in ("float16", "dynamic", "int8"):
+        artifact = by_variant[("tflite", variant)]
+        assert "error" not in artifact
+        assert np.isfinite(artifact["psnr_db"]) and artifact["psnr_db"] > 15, (variant, artifact["psnr_db"])
+        assert artifact["size_bytes"] < by_variant[("tflite", "float32")]["size_bytes"]
+        assert (tmp_path / f"generator_{variant}.tflite").exists()
+    assert "INSTANCE" not in " ".join(by_variant[("tflite", "float32")]["ops"])
+    assert "MEAN" in by_variant[("tflite", "float32")]["float_ops"]
+    saved = json.loads((tmp_path / "export_report.json").read_text())
+    assert saved["samples"] == [[48, 48, 3], [42, 58, 3], [48, 48, 3]]
+    assert saved["keras_latency_ms_per_image"] > 0
+
+
+def test_int8_unet_with_instance_norm_allocates_and_runs(tmp_path, rng):
+    unet = networks.unet_generator(num_downs=5, filters=8)
+    calibration = [rng.uniform(-1, 1, (32, 32, 3)).astype("float32") for _ in range(4)]
+    samples = [rng.uniform(-1, 1, (40, 24, 3)).astype("float32")]
+    report = export.export(unet, tmp_path, ("tflite",), ("int8",), representative=calibration, samples=samples)
+    artifact = report["artifacts"][0]
+    assert "error" not in artifact and np.isfinite(artifact["psnr_db"])
+
+
+def test_bad_export_requests_are_named(tmp_path, generator, capsys):
+    with pytest.raises(ValueError, match="representative images"):
+        export.export_tflite(generator, tmp_path / "x.tflite", "int8")
+    with pytest.raises(ValueError, match="variant"):
+        export.export_tflite(generator, tmp_path / "x.tflite", "int4")
+    code = export_cli.main(["--model", str(tmp_path / "missing.keras"), "--out", str(tmp_path / "out")])
+    assert code == 2 and "Model file not found" in capsys.readouterr().err
+
+
+def test_cli_exports_a_trained_cyclegan(tmp_path, capsys):
+    from conftest import tiny_cyclegan
+
+    model = tiny_cyclegan()
+    model.compile()
+    model.save(tmp_path / "model.keras")
+    folder = tmp_path / "representative"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((40, 30, 3), 60 * i, np.uint8)).save(folder / f"{i}.png")
+    code = export_cli.main(
+        ["--model", str(tmp_path), "--out", str(tmp_path / "out"), "--direction", "b2a",
+         "--tflite-quantization", "int8", "--representative", str(folder), "--sample-size", "32"]
+    )
+    output = capsys.readouterr().out
+    assert code == 0, output
+    assert "saved_model/1" in output and "generator_int8.tflite" in output
+    assert (tmp_path / "out" / "saved_model" / "1" / "saved_model.pb").exists()
+    report = json.loads((tmp_path / "out" / "export_report.json").read_text())
+    assert report["samples"] == [[32, 32, 3], [32, 32, 3]]
