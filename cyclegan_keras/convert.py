@@ -1,0 +1,338 @@
+"""The authors' pretrained PyTorch generators, in Keras, without PyTorch.
+
+The reference publishes generators as state dicts (`latest_net_G.pth`):
+https://github.com/junyanz/pytorch-CycleGAN-and-pix2pix/blob/master/scripts/download_cyclegan_model.sh
+downloads `http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/{name}.pth`
+for `name` in horse2zebra, zebra2horse, monet2photo, style_monet,
+style_cezanne, style_ukiyoe, style_vangogh, summer2winter_yosemite,
+winter2summer_yosemite, apple2orange, orange2apple, map2sat, sat2map,
+cityscapes_photo2label, cityscapes_label2photo, facades_photo2label,
+facades_label2photo, iphone2dslr_flower.
+
+A `.pth` file is untrusted input: it is a pickle, and unpickling can run any
+code. `read_state_dict` therefore never uses `pickle.load` on it unguarded:
+its unpickler resolves only the handful of globals a plain state dict needs
+(tensor rebuilding, storage types, OrderedDict) and refuses everything else
+before anything runs. Both PyTorch formats are read: the zip archive
+(PyTorch >= 1.6) and the older sequential "legacy" format the published
+files of 2017-2019 use.
+"""
+
+import collections
+import io
+import pickle
+import re
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from cyclegan_keras import networks
+
+# PyTorch storage types -> numpy dtypes.
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": None,  # no numpy dtype: converted from uint16 below
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The file asks to run or build something a state dict never needs."""
+
+
+class ConversionError(ValueError):
+    """The state dict is not a generator this converter knows; says what it found."""
+
+
+class _Storage:
+    def __init__(self, dtype_name, numel):
+        self.dtype_name = dtype_name
+        self.numel = numel
+        self.array = None
+
+    def load(self, raw):
+        if self.dtype_name == "BFloat16Storage":
+            bits = np.frombuffer(raw, np.uint16).astype(np.uint32) << 16
+            self.array = bits.view(np.float32)
+        else:
+            self.array = np.frombuffer(raw, _STORAGE_DTYPES[self.dtype_name])
+
+
+class _TensorRef:
+    """A tensor waiting for its storage's bytes (the legacy format stores them last)."""
+
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+
+    def to_numpy(self):
+        base = self.storage.array
+        itemsize = base.dtype.itemsize
+        view = np.lib.stride_tricks.as_strided(
+            base[self.offset :], shape=self.size, strides=[s * itemsize for s in self.stride]
+        )
+        return np.array(view)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
+    return _TensorRef(storage, storage_offset, size, stride)
+
+
+def _rebuild_parameter(data, requires_grad, backward_hooks, *unused):
+    return data
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    ALLOWED = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    }
+
+    def __init__(self, file, storages, path):
+        super().__init__(file)
+        self.storages = storages
+        self.path = path
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return self.ALLOWED[(module, name)]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return name  # persistent_load receives the storage type by name
+        raise UnsafePickleError(
+            f"{self.path}: refusing to load {module}.{name}: a PyTorch state dict needs only tensors, "
+            "and this file asks for more (it may run code). Nothing was executed."
+        )
+
+    def persistent_load(self, saved_id):
+        if not (isinstance(saved_id, tuple) and saved_id and saved_id[0] == "storage"):
+            raise UnsafePickleError(f"{self.path}: unexpected persistent id {saved_id!r}")
+        storage_type, key, _location, numel = saved_id[1:5]
+        if storage_type not in _STORAGE_DTYPES:
+            raise UnsafePickleError(f"{self.path}: unknown storage type {storage_type!r}")
+        if key not in self.storages:
+            self.storages[key] = _Storage(storage_type, numel)
+        return self.storages[key]
+
+
+def read_state_dict(path):
+    """Reads a PyTorch `.pth` state dict into `{key: numpy array}`, safely.
+
+    Raises:
+        UnsafePickleError: the pickle names anything but tensors and dicts.
+        ConversionError: the file is not a PyTorch state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"PyTorch file not found: {path}")
+    storages = {}
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+            if not pickles:
+                raise ConversionError(f"{path} is a zip file without data.pkl: not a PyTorch file")
+            prefix = pickles[0][: -len("data.pkl")]
+            state = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), storages, path).load()
+            for key, storage in storages.items():
+                storage.load(archive.read(f"{prefix}data/{key}"))
+    else:
+        with open(path, "rb") as file:
+            state = _read_legacy(file, storages, path)
+    return _to_numpy(state, path)
+
+
+def _read_legacy(file, storages, path):
+    """PyTorch's format before 1.6: magic, protocol, sys info, the pickle, keys, raw storages."""
+    header = _RestrictedUnpickler(file, storages, path)
+    try:
+        magic = header.load()
+    except UnsafePickleError:
+        raise
+    except Exception as error:
+        raise ConversionError(f"{path} is neither a zip nor a legacy PyTorch file: {error}") from None
+    if magic != _LEGACY_MAGIC:
+        # Not PyTorch's header: the whole file was one pickle, already refused
+        # or harmless; a state dict it is not.
+        raise ConversionError(f"{path} is not a PyTorch file (no PyTorch header)")
+    _RestrictedUnpickler(file, storages, path).load()  # protocol version
+    _RestrictedUnpickler(file, storages, path).load()  # sys info
+    state = _RestrictedUnpickler(file, storages, path).load()
+    keys = _RestrictedUnpickler(file, storages, path).load()
+    for key in keys:
+        storage = storages[key]
+        (numel,) = struct.unpack("<q", file.read(8))
+        itemsize = 2 if storage.dtype_name == "BFloat16Storage" else np.dtype(_STORAGE_DTYPES[storage.dtype_name]).itemsize
+        storage.load(file.read(numel * itemsize))
+    return state
+
+
+def _to_numpy(state, path):
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConversionError(f"{path} holds a {type(state).__name__}, not a state dict")
+    result = collections.OrderedDict()
+    for key, value in state.items():
+        if isinstance(value, _TensorRef):
+            result[key.removeprefix("module.")] = value.to_numpy()
+    if not result:
+        raise ConversionError(f"{path} holds no tensors")
+    return result
+
+
+# -- From state-dict keys to a Keras generator ---------------------------------------------
+
+
+def _conv(weight):
+    """PyTorch Conv2d (out, in, kh, kw) -> Keras Conv2D (kh, kw, in, out)."""
+    return weight.transpose(2, 3, 1, 0)
+
+
+def _conv_transpose(weight):
+    """PyTorch ConvTranspose2d (in, out, kh, kw) -> Keras Conv2DTranspose (kh, kw, out, in).
+
+    No spatial flip: both frameworks' transposed convolutions are the
+    gradient of the same cross-correlation. (A flip is needed only when a
+    transposed convolution is rewritten as a forward one.)
+    """
+    return weight.transpose(2, 3, 1, 0)
+
+
+def _check_norm_keys(state):
+    norm_weights = [k for k in state if re.search(r"\.(running_mean|running_var)$", k)]
+    affine = [k[: -len(".running_mean")] + ".weight" for k in norm_weights if k.endswith("running_mean")]
+    if any(key in state for key in affine):
+        raise ConversionError(
+            "This is a batch-norm generator (found norm weights and running statistics, e.g. "
+            f"{affine[0]}); expected an instance-norm one, as the authors publish (--norm instance)"
+        )
+
+
+def infer_architecture(state):
+    """`(builder name, kwargs)` of the reference generator that `state` belongs to.
+
+    Raises:
+        ConversionError: saying what was expected and what was found.
+    """
+    keys = list(state)
+    _check_norm_keys(state)
+    if any(k.startswith("model.model.") for k in keys):
+        depth = max(k.count(".model.") for k in keys if k.startswith("model.model."))
+        num_downs = depth  # "model.model." + "1.model." / "3.model." per level below the outermost
+        outer = state["model.model.0.weight"]
+        final = state["model.model.3.weight"]
+        return "unet", dict(
+            num_downs=num_downs, filters=outer.shape[0], input_channels=outer.shape[1], output_channels=final.shape[1]
+        )
+    blocks = sorted({int(m.group(1)) for k in keys for m in [re.match(r"model\.(\d+)\.conv_block\.", k)] if m})
+    if "model.1.weight" in state and blocks:
+        stem = state["model.1.weight"]
+        if stem.shape[2:] != (7, 7):
+            raise ConversionError(f"Expected a 7x7 first convolution (model.1.weight), found {stem.shape}")
+        last = 10 + len(blocks) + 7
+        if blocks != list(range(10, 10 + len(blocks))) or f"model.{last}.weight" not in state:
+            raise ConversionError(
+                f"Residual blocks at model.{blocks[0]}..model.{blocks[-1]} do not follow the reference's "
+                f"ResnetGenerator layout (blocks from model.10, final conv model.{last})"
+            )
+        dropout = "model.10.conv_block.6.weight" in state  # Dropout shifts the second conv from 5 to 6
+        return "resnet", dict(
+            n_blocks=len(blocks),
+            filters=stem.shape[0],
+            input_channels=stem.shape[1],
+            output_channels=state[f"model.{last}.weight"].shape[0],
+            dropout=dropout,
+        )
+    if "model.0.weight" in state and state["model.0.weight"].shape[2:] in ((4, 4), (1, 1)):
+        raise ConversionError(
+            "This is a discriminator's state dict (4x4 or 1x1 convolutions from model.0, found "
+            f"{len(keys)} keys such as {keys[0]}); expected a generator: latest_net_G.pth or *_net_G_A.pth"
+        )
+    raise ConversionError(
+        "Not a reference generator: expected ResnetGenerator keys (model.1.weight, "
+        "model.10.conv_block.1.weight, ...) or UnetGenerator keys (model.model.0.weight, ...); "
+        f"found {len(keys)} keys such as {', '.join(keys[:4])}"
+    )
+
+
+def _resnet_weights(state, n_blocks, dropout):
+    second = 6 if dropout else 5
+    conv_layers = {"stem_conv": "model.1", "down0_conv": "model.4", "down1_conv": "model.7"}
+    for i in range(n_blocks):
+        conv_layers[f"res{i}_conv0"] = f"model.{10 + i}.conv_block.1"
+        conv_layers[f"res{i}_conv1"] = f"model.{10 + i}.conv_block.{second}"
+    conv_layers["head_conv"] = f"model.{10 + n_blocks + 7}"
+    transposed = {"up0_conv": f"model.{10 + n_blocks}", "up1_conv": f"model.{10 + n_blocks + 3}"}
+    return conv_layers, transposed
+
+
+def _unet_weights(num_downs):
+    prefixes = ["model.model."]
+    for level in range(1, num_downs):
+        prefixes.append(prefixes[-1] + ("1.model." if level == 1 else "3.model."))
+    conv_layers, transposed = {}, {}
+    innermost = num_downs - 1
+    for level, prefix in enumerate(prefixes):
+        if level == 0:
+            conv_layers["down0_conv"], transposed["up0_conv"] = prefix + "0", prefix + "3"
+        elif level == innermost:
+            conv_layers[f"down{level}_conv"], transposed[f"up{level}_conv"] = prefix + "1", prefix + "3"
+        else:
+            conv_layers[f"down{level}_conv"], transposed[f"up{level}_conv"] = prefix + "1", prefix + "5"
+    return conv_layers, transposed
+
+
+def state_dict_to_generator(state):
+    """A Keras generator (from `cyclegan_keras.networks`) holding `state`'s weights."""
+    kind, kwargs = infer_architecture(state)
+    if kind == "resnet":
+        generator = networks.resnet_generator(**kwargs)
+        conv_layers, transposed = _resnet_weights(state, kwargs["n_blocks"], kwargs["dropout"])
+    else:
+        generator = networks.unet_generator(**kwargs)
+        conv_layers, transposed = _unet_weights(kwargs["num_downs"])
+    used = set()
+    for mapping, convert in ((conv_layers, _conv), (transposed, _conv_transpose)):
+        for layer_name, key in mapping.items():
+            layer = generator.get_layer(layer_name)
+            weights = [convert(_take(state, f"{key}.weight", used))]
+            if layer.use_bias:
+                weights.append(_take(state, f"{key}.bias", used))
+            expected = [tuple(w.shape) for w in layer.get_weights()]
+            if [w.shape for w in weights] != expected:
+                raise ConversionError(
+                    f"{key}: found shapes {[w.shape for w in weights]}, expected {expected} for {layer_name}"
+                )
+            layer.set_weights(weights)
+    leftover = [k for k in state if k not in used and not re.search(r"running_(mean|var)$|num_batches_tracked$", k)]
+    if leftover:
+        raise ConversionError(f"Keys the inferred {kind} generator has no place for: {', '.join(leftover[:6])}")
+    return generator
+
+
+def _take(state, key, used):
+    if key not in state:
+        raise ConversionError(f"Expected key {key} in the state dict; not found")
+    used.add(key)
+    return state[key]
+
+
+def load_torch_generator(path):
+    """Reads a reference generator `.pth` (e.g. `latest_net_G.pth`) into a Keras model.
+
+    Example:
+        generator = load_torch_generator("horse2zebra.pth")
+        zebras = cyclegan_keras.model.translate_images(generator, horses)
+    """
+    return state_dict_to_generator(read_state_dict(path))
