@@ -243,3 +243,19 @@ def test_full_size_training_step(rng):
     history = model.fit(a, a, batch_size=1, epochs=1, verbose=0).history
     assert all(np.isfinite(values[-1]) for values in history.values())
     assert model.pool_a.images.shape == (50, 256, 256, 3)
+
+
+def test_fit_under_tf_distribute(rng, tmp_path):
+    # The optimizers are built in compile() and the pools are per-replica
+    # (on-read) variables, so the model trains inside a strategy's scope.
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = tiny_cyclegan(pool_size=2)
+        model.compile()
+    data, _, _ = unpaired_batches(rng)
+    history = model.fit(data, epochs=2, verbose=0).history
+    assert np.isfinite(history["cycle_loss"][-1])
+    assert model.generator_optimizer.iterations.numpy() == 4
+    assert model.pool_a.draws.numpy() == 8 and model.pool_a.count.numpy() == 2
+    model.save(tmp_path / "distributed.keras")
+    assert keras.models.load_model(tmp_path / "distributed.keras").pool_a.draws.numpy() == 8
