@@ -31,6 +31,7 @@ def messy_folder(tmp_path):
     save(folder / "rgba.png", rgba)
     save(folder / "sixteen.png", np.full((40, 48), 65535, np.uint16))
     save(folder / "palette.gif", rgb(30)[..., 0], mode="L")
+    Image.fromarray(np.full((40, 48, 3), [10, 200, 30], np.uint8)).convert("P", palette=Image.ADAPTIVE).save(folder / "indexed.png")
     save(folder / "plain.bmp", rgb(70))
     good_jpeg = (folder / "good.jpg").read_bytes()
     (folder / "corrupt.jpg").write_bytes(good_jpeg[:200] + bytes(range(256)) * 4)
@@ -46,7 +47,7 @@ BAD = {"corrupt.jpg", "truncated.png", "notes.jpg"}
 def test_bad_files_are_reported_and_skipped(messy_folder):
     p = Preprocessing(mode="none")
     domain = data.folder_domain(messy_folder, p)
-    assert len(domain) == 7
+    assert len(domain) == 8
     assert {path.split("/")[-1] for path, _ in domain.bad} == BAD
     assert all("cannot decode" in reason for _, reason in domain.bad)
     report = data.report_bad_files([domain])
@@ -55,7 +56,7 @@ def test_bad_files_are_reported_and_skipped(messy_folder):
     assert images == {(40, 48, 3)}
     # The whole epoch runs without an error.
     batches = list(data.unpaired_dataset(domain, domain, p, epochs=1).as_numpy_iterator())
-    assert len(batches) == 7
+    assert len(batches) == 8
 
 
 def test_strict_mode_fails_before_training_with_the_list(messy_folder):
@@ -66,7 +67,14 @@ def test_strict_mode_fails_before_training_with_the_list(messy_folder):
 
 
 def test_formats_convert_to_rgb_and_gray(messy_folder):
-    for name, expected in [("gray.png", [50, 50, 50]), ("rgba.png", [255, 0, 0]), ("sixteen.png", [255] * 3), ("plain.bmp", [70] * 3)]:
+    cases = [
+        ("gray.png", [50, 50, 50]),
+        ("rgba.png", [255, 0, 0]),
+        ("sixteen.png", [255] * 3),
+        ("plain.bmp", [70] * 3),
+        ("indexed.png", [10, 200, 30]),
+    ]
+    for name, expected in cases:
         image = data.decode_image(tf.io.read_file(str(messy_folder / name)), 3).numpy()
         np.testing.assert_array_equal(image[0, 0], expected, err_msg=name)
     gray = data.decode_image(tf.io.read_file(str(messy_folder / "good.jpg")), 1).numpy()
