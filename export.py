@@ -35,7 +35,9 @@ def parser():
         help="none (float32), float16, dynamic (int8 weights), int8 (calibrated), or all (default: none)",
     )
     result.add_argument("--representative", help="folder of input-domain images: int8 calibration and parity samples")
-    result.add_argument("--sample-size", type=int, default=256, help="side of the synthetic parity samples (default: 256)")
+    result.add_argument(
+        "--sample-size", type=int, default=256, help="side of the synthetic parity samples (default: 256)"
+    )
     return result
 
 
@@ -69,7 +71,11 @@ def main(argv=None):
             representative = load_representative(args.representative, channels, args.sample_size)
             samples = representative[:2]
         formats = ("saved_model", "tflite") if args.format == "all" else (args.format,)
-        variants = tuple(QUANTIZATIONS.values()) if args.tflite_quantization == "all" else (QUANTIZATIONS[args.tflite_quantization],)
+        variants = (
+            tuple(QUANTIZATIONS.values())
+            if args.tflite_quantization == "all"
+            else (QUANTIZATIONS[args.tflite_quantization],)
+        )
         if samples is None:
             samples = export.sample_images(generator, args.sample_size)
         report = export.export(generator, args.out, formats, variants, representative, samples)
@@ -83,7 +89,8 @@ def main(argv=None):
             f"{artifact['size_bytes'] / 2**20:7.2f} {artifact['latency_ms_per_image']:9.1f}  "
             f"{','.join(artifact.get('float_ops', [])) or '-'}"
         )
-    print(f"Keras: {report['keras_latency_ms_per_image']} ms/image. Report: {os.path.join(args.out, 'export_report.json')}")
+    report_path = os.path.join(args.out, "export_report.json")
+    print(f"Keras: {report['keras_latency_ms_per_image']} ms/image. Report: {report_path}")
     return 0
 
 

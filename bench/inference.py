@@ -37,7 +37,6 @@ def main():
     args = parser.parse_args()
 
     import keras
-    import numpy as np
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 

@@ -172,7 +172,9 @@ def _read_legacy(file, storages, path):
     for key in keys:
         storage = storages[key]
         (numel,) = struct.unpack("<q", file.read(8))
-        itemsize = 2 if storage.dtype_name == "BFloat16Storage" else np.dtype(_STORAGE_DTYPES[storage.dtype_name]).itemsize
+        itemsize = (
+            2 if storage.dtype_name == "BFloat16Storage" else np.dtype(_STORAGE_DTYPES[storage.dtype_name]).itemsize
+        )
         storage.load(file.read(numel * itemsize))
     return state
 

@@ -84,9 +84,7 @@ class Preprocessing:
         if self.channels not in (1, 3, 4):
             raise ValueError(f"channels must be 1, 3 or 4. Received: channels={self.channels}")
         if self.load_size < 1 or self.crop_size < 1:
-            raise ValueError(
-                f"load_size and crop_size must be positive. Received: {self.load_size}, {self.crop_size}"
-            )
+            raise ValueError(f"load_size and crop_size must be positive. Received: {self.load_size}, {self.crop_size}")
         if self.mode in ("resize_and_crop", "scale_width_and_crop") and self.crop_size > self.load_size:
             raise ValueError(
                 f"crop_size ({self.crop_size}) cannot be larger than load_size ({self.load_size}) "
@@ -263,7 +261,7 @@ def synthetic_images(domain, count, size=64, channels=3, seed=0):
             image[mask] = colour
     images = np.clip(images * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if channels == 1:
-        images = (images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+        images = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         images = np.clip(images + 0.5, 0, 255).astype(np.uint8)[..., None]
     return synthetic_mapping(images, "a2b") if domain == "B" else images
 
@@ -352,7 +350,9 @@ def array_domain(images, preprocessing, name):
     for image in images:
         image = tf.convert_to_tensor(image, tf.uint8)
         if image.shape[-1] != preprocessing.channels:
-            image = tf.image.rgb_to_grayscale(image) if preprocessing.channels == 1 else tf.image.grayscale_to_rgb(image)
+            image = (
+                tf.image.rgb_to_grayscale(image) if preprocessing.channels == 1 else tf.image.grayscale_to_rgb(image)
+            )
         resized.append(resize_for(image, preprocessing).numpy())
     if not resized:
         raise DataError(f"Domain {name} has no images")
@@ -508,9 +508,7 @@ def unpaired_dataset(
         else:
             index_a, index_b = positions % n_a, positions % n_b
         pairs = tf.data.Dataset.from_tensor_slices((tf.fill([n], epoch), positions, index_a, index_b))
-        batches = pairs.map(load_pair, num_parallel_calls=tf.data.AUTOTUNE).batch(
-            batch_size, drop_remainder=training
-        )
+        batches = pairs.map(load_pair, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size, drop_remainder=training)
         return batches.take(steps_per_epoch) if steps_per_epoch else batches
 
     def load_pair(epoch, position, index_a, index_b):

@@ -165,7 +165,9 @@ def sample_images(generator, size=256, count=2, seed=0):
     return images
 
 
-def export(generator, out_dir, formats=("saved_model", "tflite"), variants=("float32",), representative=None, samples=None):
+def export(
+    generator, out_dir, formats=("saved_model", "tflite"), variants=("float32",), representative=None, samples=None
+):
     """Exports `generator` and verifies every artifact in a fresh process.
 
     Args:
@@ -210,7 +212,12 @@ def export(generator, out_dir, formats=("saved_model", "tflite"), variants=("flo
     )
     (out_dir / "artifacts.json").write_text(json.dumps(artifacts))
     result = subprocess.run(
-        [sys.executable, "-c", "import sys; from cyclegan_keras.export import verify; verify(sys.argv[1])", str(out_dir)],
+        [
+            sys.executable,
+            "-c",
+            "import sys; from cyclegan_keras.export import verify; verify(sys.argv[1])",
+            str(out_dir),
+        ],
         capture_output=True,
         text=True,
         cwd=str(Path(__file__).resolve().parent.parent),

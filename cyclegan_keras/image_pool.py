@@ -45,6 +45,7 @@ class ImagePool(keras.layers.Layer):
                 "ImagePool stores images of one size, so height, width and "
                 f"channels must be known. Received: input_shape={input_shape}"
             )
+
         # Under tf.distribute each replica keeps its own pool (on-read
         # synchronization, which add_weight cannot set); a checkpoint stores
         # the first replica's. Assigned as attributes, the layer tracks them.
@@ -81,25 +82,19 @@ class ImagePool(keras.layers.Layer):
             count = self.count.value
             full = count >= self.pool_size
             swap = tf.logical_and(full, uniform[0] > 0.5)
-            random_slot = tf.minimum(
-                tf.cast(uniform[1] * self.pool_size, tf.int32), self.pool_size - 1
-            )
+            random_slot = tf.minimum(tf.cast(uniform[1] * self.pool_size, tf.int32), self.pool_size - 1)
             slot = tf.where(full, random_slot, count)
             stored = stored_images[slot]
             keep = tf.logical_and(full, tf.logical_not(swap))
             # A whole-variable assign, not scatter_nd_update: distributed
             # variables lack the latter. XLA makes it in-place; on a CPU it
             # costs about 1 ms per 256x256 image against seconds per step.
-            stored_images.assign(
-                tf.tensor_scatter_nd_update(stored_images, [[slot]], [tf.where(keep, stored, image)])
-            )
+            stored_images.assign(tf.tensor_scatter_nd_update(stored_images, [[slot]], [tf.where(keep, stored, image)]))
             self.count.assign(tf.minimum(count + 1, self.pool_size))
             output = tf.where(swap, stored, image)
             return i + 1, tf.tensor_scatter_nd_update(outputs, [[i]], [output])
 
-        _, outputs = tf.while_loop(
-            lambda i, _: i < batch_size, query, (tf.constant(0), tf.zeros_like(images))
-        )
+        _, outputs = tf.while_loop(lambda i, _: i < batch_size, query, (tf.constant(0), tf.zeros_like(images)))
         return outputs
 
     def compute_output_shape(self, input_shape):

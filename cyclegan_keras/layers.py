@@ -65,20 +65,9 @@ class InstanceNormalization(keras.layers.Layer):
     def build(self, input_shape):
         channels = input_shape[-1]
         if channels is None:
-            raise ValueError(
-                "InstanceNormalization needs a known channel count. "
-                f"Received: input_shape={input_shape}"
-            )
-        self.gamma = (
-            self.add_weight(shape=(channels,), initializer="ones", name="gamma")
-            if self.scale
-            else None
-        )
-        self.beta = (
-            self.add_weight(shape=(channels,), initializer="zeros", name="beta")
-            if self.center
-            else None
-        )
+            raise ValueError(f"InstanceNormalization needs a known channel count. Received: input_shape={input_shape}")
+        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma") if self.scale else None
+        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta") if self.center else None
 
     def call(self, inputs):
         # Statistics in float32 even under mixed precision: a float16 variance
@@ -120,9 +109,7 @@ class ReflectionPadding2D(keras.layers.Layer):
     def __init__(self, padding=1, mode="reflect", **kwargs):
         super().__init__(**kwargs)
         if mode not in ops.PAD_MODES:
-            raise ValueError(
-                f"mode must be one of {ops.PAD_MODES}. Received: mode={mode!r}"
-            )
+            raise ValueError(f"mode must be one of {ops.PAD_MODES}. Received: mode={mode!r}")
         if isinstance(padding, int):
             padding = ((padding, padding), (padding, padding))
         elif len(padding) == 2 and all(isinstance(p, int) for p in padding):

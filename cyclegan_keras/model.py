@@ -230,9 +230,7 @@ class CycleGAN(keras.Model):
         for key, value in weights.items():
             if value < 0:
                 raise ValueError(f"{key} must be >= 0. Received: {key}={value}")
-        same_channels = all(
-            g.input_shape[-1] == g.output_shape[-1] for g in (self.generator_ab, self.generator_ba)
-        )
+        same_channels = all(g.input_shape[-1] == g.output_shape[-1] for g in (self.generator_ab, self.generator_ba))
         if (lambda_identity > 0 or lambda_pixel > 0) and not same_channels:
             raise ValueError(
                 "The identity and pixel losses compare a generator's input and "
@@ -457,7 +455,6 @@ class CycleGAN(keras.Model):
         for key in ("generator_optimizer", "discriminator_optimizer"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         self.compile(**config)
-
 
 
 def padded_generator(generator):

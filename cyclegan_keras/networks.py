@@ -20,7 +20,6 @@ Reference:
 """
 
 import functools
-import math
 
 import keras
 
@@ -357,14 +356,11 @@ def vgg16_features(weights=None, layer="block4_conv2", input_channels=3):
         A non-trainable `keras.Model` from images to features.
     """
     if input_channels != 3:
-        raise ValueError(
-            "The VGG16 feature loss needs RGB images. "
-            f"Received: input_channels={input_channels}"
-        )
+        raise ValueError(f"The VGG16 feature loss needs RGB images. Received: input_channels={input_channels}")
     import numpy as np
 
     vgg = keras.applications.VGG16(include_top=False, weights=weights)
-    if layer not in [l.name for l in vgg.layers]:
+    if layer not in [vgg_layer.name for vgg_layer in vgg.layers]:
         raise ValueError(f"VGG16 has no layer {layer!r}.")
     # [-1, 1] RGB -> caffe preprocessing: x * 127.5 + 127.5, RGB -> BGR, - mean.
     kernel = np.zeros((1, 1, 3, 3), "float32")

@@ -58,10 +58,7 @@ def _fits_mirror_pad(pads, size):
 def _spatial_size(images):
     """(height, width), as Python ints where static, so shapes stay known."""
     dynamic = tf.shape(images)
-    return tuple(
-        images.shape[axis] if images.shape[axis] is not None else dynamic[axis]
-        for axis in (1, 2)
-    )
+    return tuple(images.shape[axis] if images.shape[axis] is not None else dynamic[axis] for axis in (1, 2))
 
 
 def pad_to_multiple(images, multiple, min_size=1):

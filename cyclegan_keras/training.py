@@ -333,7 +333,13 @@ def train(config, workdir, verbose=1):
         stop_on_non_finite,
         cb.LinearDecaySchedule(config.lr, config.n_epochs, config.n_epochs_decay),
         keras.callbacks.CSVLogger(str(workdir / "log.csv"), append=True),
-        cb.ImageSnapshot(snapshot_a, snapshot_b, workdir / "snapshots", config.snapshot_every, tensorboard_dir=workdir / "tensorboard"),
+        cb.ImageSnapshot(
+            snapshot_a,
+            snapshot_b,
+            workdir / "snapshots",
+            config.snapshot_every,
+            tensorboard_dir=workdir / "tensorboard",
+        ),
         checkpoint,
         cb.LossCurve(workdir / "log.csv", workdir / "loss_curve.png"),
     ]
@@ -354,11 +360,27 @@ def train(config, workdir, verbose=1):
         # Finish the interrupted epoch first: its remaining steps, from the
         # exact batch where it stopped.
         checkpoint.step_offset = step
-        model.fit(stream(epoch).skip(step), initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps - step, callbacks=callbacks, verbose=verbose, shuffle=False)
+        model.fit(
+            stream(epoch).skip(step),
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            steps_per_epoch=steps - step,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,
+        )
         checkpoint.step_offset = 0
         epoch += 1
     if epoch < total_epochs and not stop_on_non_finite.error:
-        model.fit(stream(epoch), initial_epoch=epoch, epochs=total_epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=verbose, shuffle=False)
+        model.fit(
+            stream(epoch),
+            initial_epoch=epoch,
+            epochs=total_epochs,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,
+        )
     if stop_on_non_finite.error:
         raise TrainingError(
             f"Training stopped: {stop_on_non_finite.error}. The last good checkpoint is kept in "

@@ -1,4 +1,3 @@
-import io
 import json
 import os
 import pickle
@@ -31,12 +30,14 @@ def test_converted_generator_equals_pytorch(reference, name, suffix):
 def test_architecture_is_inferred_from_the_keys():
     state = convert.read_state_dict(FIXTURES / "resnet_tiny.pth")
     assert convert.infer_architecture(state) == (
-        "resnet", dict(n_blocks=2, filters=4, input_channels=3, output_channels=3, dropout=False)
+        "resnet",
+        dict(n_blocks=2, filters=4, input_channels=3, output_channels=3, dropout=False),
     )
     assert state["model.1.weight"].shape == (4, 3, 7, 7) and state["model.1.weight"].dtype == np.float32
     unet = convert.read_state_dict(FIXTURES / "unet_tiny_legacy.pth")
     assert convert.infer_architecture(unet) == (
-        "unet", dict(num_downs=5, filters=4, input_channels=3, output_channels=3)
+        "unet",
+        dict(num_downs=5, filters=4, input_channels=3, output_channels=3),
     )
 
 

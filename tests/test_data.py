@@ -31,7 +31,9 @@ def messy_folder(tmp_path):
     save(folder / "rgba.png", rgba)
     save(folder / "sixteen.png", np.full((40, 48), 65535, np.uint16))
     save(folder / "palette.gif", rgb(30)[..., 0], mode="L")
-    Image.fromarray(np.full((40, 48, 3), [10, 200, 30], np.uint8)).convert("P", palette=Image.ADAPTIVE).save(folder / "indexed.png")
+    Image.fromarray(np.full((40, 48, 3), [10, 200, 30], np.uint8)).convert("P", palette=Image.ADAPTIVE).save(
+        folder / "indexed.png"
+    )
     save(folder / "plain.bmp", rgb(70))
     good_jpeg = (folder / "good.jpg").read_bytes()
     (folder / "corrupt.jpg").write_bytes(good_jpeg[:200] + bytes(range(256)) * 4)

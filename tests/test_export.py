@@ -30,7 +30,12 @@ pngs = signatures["bytes"](encoded_images=tf.constant(encoded))["translated_png"
 result["bytes_sizes"] = [list(Image.open(io.BytesIO(p)).size) for p in pngs]
 result["bytes_formats"] = [Image.open(io.BytesIO(p)).format for p in pngs]
 errors = {}
-for name, bad in {"rank": np.zeros((8, 8, 3), "float32"), "channels": np.zeros((1, 8, 8, 4), "float32"), "dtype": np.zeros((1, 8, 8, 3), "int32")}.items():
+bad_inputs = {
+    "rank": np.zeros((8, 8, 3), "float32"),
+    "channels": np.zeros((1, 8, 8, 4), "float32"),
+    "dtype": np.zeros((1, 8, 8, 3), "int32"),
+}
+for name, bad in bad_inputs.items():
     try:
         signatures["serving_default"](images=tf.constant(bad))
         errors[name] = None
@@ -64,7 +69,10 @@ def test_saved_model_signatures_in_a_fresh_process(tmp_path, generator, rng):
     )
     run = subprocess.run(
         [sys.executable, "-c", SIGNATURE_CHECKS, str(path), str(tmp_path / "inputs.npz")],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
@@ -82,8 +90,15 @@ def test_saved_model_cli_lists_the_signatures(tmp_path, generator):
     cli = Path(sys.executable).parent / "saved_model_cli"
     shown = subprocess.run([str(cli), "show", "--dir", str(path), "--all"], capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0, shown.stderr[-2000:]
-    for name in ("signature_def['serving_default']", "signature_def['uint8']", "signature_def['bytes']",
-                 "inputs['images']", "inputs['encoded_images']", "outputs['translated']", "outputs['translated_png']"):
+    for name in (
+        "signature_def['serving_default']",
+        "signature_def['uint8']",
+        "signature_def['bytes']",
+        "inputs['images']",
+        "inputs['encoded_images']",
+        "outputs['translated']",
+        "outputs['translated_png']",
+    ):
         assert name in shown.stdout, name
 
 
@@ -135,8 +150,20 @@ def test_cli_exports_a_trained_cyclegan(tmp_path, capsys):
     for i in range(3):
         Image.fromarray(np.full((40, 30, 3), 60 * i, np.uint8)).save(folder / f"{i}.png")
     code = export_cli.main(
-        ["--model", str(tmp_path), "--out", str(tmp_path / "out"), "--direction", "b2a",
-         "--tflite-quantization", "int8", "--representative", str(folder), "--sample-size", "32"]
+        [
+            "--model",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "out"),
+            "--direction",
+            "b2a",
+            "--tflite-quantization",
+            "int8",
+            "--representative",
+            str(folder),
+            "--sample-size",
+            "32",
+        ]
     )
     output = capsys.readouterr().out
     assert code == 0, output

@@ -196,7 +196,9 @@ def test_translate_errors_name_the_problem():
     model = tiny_cyclegan()
     with pytest.raises(ValueError, match="direction"):
         model.translate(np.zeros((1, 8, 8, 3)), "a2c")
-    with pytest.raises(ValueError, match=r"expects images of shape \(n, height, width, 3\).*images.shape=\(1, 8, 8, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"expects images of shape \(n, height, width, 3\).*images.shape=\(1, 8, 8, 4\)"
+    ):
         model.translate(np.zeros((1, 8, 8, 4)))
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from PIL import Image
 from conftest import tiny_cyclegan
+from PIL import Image
 
 import train
 import translate
@@ -18,8 +18,22 @@ from cyclegan_keras import callbacks as cb
 from cyclegan_keras import data
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--generator", "resnet_6blocks", "--ngf", "4", "--ndf", "4", "--load-size", "36", "--crop-size", "32",
-        "--pool-size", "3", "--snapshot-count", "2"]
+TINY = [
+    "--generator",
+    "resnet_6blocks",
+    "--ngf",
+    "4",
+    "--ndf",
+    "4",
+    "--load-size",
+    "36",
+    "--crop-size",
+    "32",
+    "--pool-size",
+    "3",
+    "--snapshot-count",
+    "2",
+]
 
 
 @pytest.fixture
@@ -128,7 +142,9 @@ def test_cli_end_to_end_on_a_folder(tmp_path, dataroot, capsys):
     sizes = [(37, 51), (20, 9), (64, 64)]
     for i, (h, w) in enumerate(sizes):
         Image.fromarray(np.full((h, w, 3), 40 * i, np.uint8)).save(inputs / f"img{i}.jpg")
-    code, output = run_cli(translate, ["--model", workdir, "--input", inputs, "--out", tmp_path / "out", "--direction", "b2a"], capsys)
+    code, output = run_cli(
+        translate, ["--model", workdir, "--input", inputs, "--out", tmp_path / "out", "--direction", "b2a"], capsys
+    )
     assert code == 0, output
     for i, (h, w) in enumerate(sizes):
         with Image.open(tmp_path / "out" / f"img{i}.png") as image:
@@ -197,8 +213,18 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, dataroot):
     # 3 epochs of 8 steps, checkpoints every 2 steps; killed at step 13
     # (epoch 2, step 5): resumes from epoch 2, step 4 and must end with the
     # same weights as a run that was never interrupted.
-    flags = ["--dataroot", dataroot, "--n-epochs", 2, "--n-epochs-decay", 1, "--checkpoint-every", 2,
-             "--deterministic", *TINY]
+    flags = [
+        "--dataroot",
+        dataroot,
+        "--n-epochs",
+        2,
+        "--n-epochs-decay",
+        1,
+        "--checkpoint-every",
+        2,
+        "--deterministic",
+        *TINY,
+    ]
     straight = run_train_process([*flags, "--workdir", tmp_path / "straight"])
     assert straight.returncode == 0, straight.stderr[-3000:]
 
