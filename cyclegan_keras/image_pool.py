@@ -87,8 +87,9 @@ class ImagePool(keras.layers.Layer):
             stored = stored_images[slot]
             keep = tf.logical_and(full, tf.logical_not(swap))
             # A whole-variable assign, not scatter_nd_update: distributed
-            # variables lack the latter. XLA makes it in-place; on a CPU it
-            # costs about 1 ms per 256x256 image against seconds per step.
+            # variables lack the latter. XLA makes it in-place; on a 2-core
+            # CPU a query costs 6 ms per 256x256 image with a full pool of
+            # 50 (measured), against 11 s per training step.
             stored_images.assign(tf.tensor_scatter_nd_update(stored_images, [[slot]], [tf.where(keep, stored, image)]))
             self.count.assign(tf.minimum(count + 1, self.pool_size))
             output = tf.where(swap, stored, image)
