@@ -68,18 +68,15 @@ def parser():
     result.add_argument("--workdir", help="where the run is written (default: runs/DATASET)")
     for field in dataclasses.fields(TrainConfig):
         flag = FLAG_NAMES.get(field.name, "--" + field.name.replace("_", "-"))
-        default = field.default
         text = HELP[field.name]
-        if isinstance(default, bool):
+        if field.type is bool:
             result.add_argument(flag, dest=field.name, action="store_true", default=None, help=text)
             continue
-        shown = f"default: {default}"
+        shown = f"default: {field.default}"
         if field.name in SYNTHETIC_DEFAULTS:
             shown += f"; {SYNTHETIC_DEFAULTS[field.name]} on the synthetic dataset"
-        value_type = float if isinstance(default, float) else int if isinstance(default, int) else str
-        if field.name in ("steps_per_epoch", "snapshot_every"):
-            value_type = int
-        result.add_argument(flag, dest=field.name, type=value_type, default=None, help=f"{text} ({shown})")
+        # None means "not given", so make_config can tell defaults from choices.
+        result.add_argument(flag, dest=field.name, type=field.type, default=None, help=f"{text} ({shown})")
     return result
 
 

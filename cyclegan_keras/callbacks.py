@@ -279,14 +279,25 @@ class Checkpoint(keras.callbacks.Callback):
         self.directory.mkdir(parents=True, exist_ok=True)
         previous = self.latest(self.directory)
         name = f"ckpt-epoch{epoch:04d}-step{step:07d}.keras"
-        partial = self.directory / f".{name}.partial.keras"
-        self.model.save(partial)
-        os.replace(partial, self.directory / name)
-        state = self.directory / f".{self.STATE}.partial"
-        state.write_text(json.dumps({"epoch": epoch, "step": step, "file": name}))
-        os.replace(state, self.directory / self.STATE)
+        replace_atomically(self.directory / name, self.model.save)
+        state = json.dumps({"epoch": epoch, "step": step, "file": name})
+        replace_atomically(self.directory / self.STATE, lambda path: path.write_text(state))
         if previous is not None and previous[0].name != name and previous[0].exists():
             previous[0].unlink()
+
+
+def replace_atomically(path, write):
+    """Writes `path` by `write(temporary_path)` and then one `os.replace`.
+
+    A kill at any moment leaves either the old file or the new one, never a
+    part of one. The temporary name keeps the suffix (`.keras` files must
+    end in `.keras`).
+    """
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial{path.suffix}")
+    write(partial)
+    os.replace(partial, path)
+    return path
 
 
 def _finite(logs):

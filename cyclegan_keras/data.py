@@ -95,11 +95,6 @@ class Preprocessing:
     def crops(self):
         return self.mode in ("resize_and_crop", "crop", "scale_width_and_crop")
 
-    @property
-    def fixed_size(self):
-        """(height, width) of every output, or None when it depends on the image."""
-        return (self.crop_size, self.crop_size) if self.crops else None
-
 
 @dataclasses.dataclass
 class Domain:
@@ -292,7 +287,6 @@ def folder_domain(folder, preprocessing, strict=False, cache_bytes=DEFAULT_CACHE
     keeps their paths and decodes again on the fly.
     """
     paths = list_image_files(folder)
-    images, bad, total_bytes = [None] * len(paths), [], 0
 
     def load(path):
         try:
@@ -300,24 +294,28 @@ def folder_domain(folder, preprocessing, strict=False, cache_bytes=DEFAULT_CACHE
         except UnreadableImage as error:
             return error.reason
 
+    good_paths, images, bad, total_bytes = [], [], [], 0
     workers = min(8, os.cpu_count() or 1)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for index, result in enumerate(pool.map(load, paths)):
+        for path, result in zip(paths, pool.map(load, paths)):
             if isinstance(result, str):
-                bad.append((paths[index], result))
+                bad.append((path, result))
                 continue
+            good_paths.append(path)
             total_bytes += result.nbytes
-            images[index] = result if total_bytes <= cache_bytes else None
+            if total_bytes <= cache_bytes:  # the total only grows: once past, always past
+                images.append(result)
+            else:  # past the budget: keep no pixels, the domain streams instead
+                images = None
     if bad and strict:
         listing = "\n".join(f"  {path}: {reason}" for path, reason in bad)
         raise DataError(f"{len(bad)} unreadable image(s) in {folder}:\n{listing}")
-    good = [i for i in range(len(paths)) if paths[i] not in {path for path, _ in bad}]
-    if not good:
+    if not good_paths:
         raise DataError(f"None of the {len(paths)} image files in {folder} could be decoded")
     name = name or Path(folder).name
-    if total_bytes <= cache_bytes:
-        return Domain(name, images=[images[i] for i in good], bad=bad)
-    return Domain(name, paths=[paths[i] for i in good], bad=bad)
+    if images is not None:
+        return Domain(name, images=images, bad=bad)
+    return Domain(name, paths=good_paths, bad=bad)
 
 
 def reference_folder_domains(
@@ -485,7 +483,7 @@ def unpaired_dataset(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
     preprocessing_b = preprocessing_b or preprocessing
-    if batch_size > 1 and preprocessing.fixed_size is None:
+    if batch_size > 1 and not preprocessing.crops:
         shapes = {image.shape for d in (domain_a, domain_b) for image in (d.images or [])}
         if domain_a.paths is not None or domain_b.paths is not None or len(shapes) > 1:
             raise DataError(

@@ -38,20 +38,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cyclegan_keras import ops
-from cyclegan_keras.networks import min_size, size_multiple
+from cyclegan_keras.model import padded_call
 
 TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
 FLOAT32_TOLERANCE = 1e-4
-
-
-def _translate_fn(generator):
-    multiple, smallest = size_multiple(generator), min_size(generator)
-
-    def translate(images):
-        return ops.call_padded(lambda x: generator(x, training=False), images, multiple, smallest)
-
-    return translate
 
 
 def _checked(images, channels):
@@ -75,7 +65,7 @@ def _checked(images, channels):
 def export_saved_model(generator, path):
     """Writes a SavedModel with the three signatures to `path` (e.g. OUT/saved_model/1)."""
     channels = generator.input_shape[-1]
-    translate = _translate_fn(generator)
+    translate = padded_call(generator)
 
     def serve_float(images):
         return {"translated": translate(_checked(images, channels))}
@@ -118,35 +108,49 @@ def export_tflite(generator, path, variant="float32", representative_images=None
         representative_images: float images (h, w, c) in [-1, 1] from the
             user's domain (sizes may differ), needed for `"int8"`.
     """
+    _check_variant(variant, representative_images)
+    with tempfile.TemporaryDirectory() as source:
+        _write_tflite_source(generator, source)
+        return _convert_tflite(source, path, variant, representative_images)
+
+
+def _check_variant(variant, representative_images):
     if variant not in TFLITE_VARIANTS:
         raise ValueError(f"variant must be one of {TFLITE_VARIANTS}. Received: {variant!r}")
     if variant == "int8" and (representative_images is None or len(representative_images) == 0):
         raise ValueError("The int8 variant needs representative images from the input domain")
-    channels = generator.input_shape[-1]
-    translate = _translate_fn(generator)
-    with tempfile.TemporaryDirectory() as tmp:
-        # The converter freezes variables reliably only from a SavedModel.
-        archive = keras.export.ExportArchive()
-        archive.track(generator)
-        archive.add_endpoint(
-            "serving_default",
-            lambda images: {"translated": translate(images)},
-            [tf.TensorSpec((1, None, None, channels), tf.float32, name="images")],
-        )
-        archive.write_out(tmp, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
-        if variant != "float32":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if variant == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        if variant == "int8":
-            samples = [np.asarray(image, "float32") for image in representative_images]
-            converter.representative_dataset = lambda: ([sample[None]] for sample in samples)
-            # Integer kernels where they exist, float builtins where they do not.
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-        blob = converter.convert()
+
+
+def _write_tflite_source(generator, directory):
+    """The SavedModel every TFLite variant is converted from.
+
+    The converter freezes variables reliably only from a SavedModel. Batch 1,
+    any height and width.
+    """
+    translate = padded_call(generator)
+    archive = keras.export.ExportArchive()
+    archive.track(generator)
+    archive.add_endpoint(
+        "serving_default",
+        lambda images: {"translated": translate(images)},
+        [tf.TensorSpec((1, None, None, generator.input_shape[-1]), tf.float32, name="images")],
+    )
+    archive.write_out(str(directory), verbose=False)
+
+
+def _convert_tflite(source, path, variant, representative_images):
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(source), signature_keys=["serving_default"])
+    if variant != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if variant == "int8":
+        samples = [np.asarray(image, "float32") for image in representative_images]
+        converter.representative_dataset = lambda: ([sample[None]] for sample in samples)
+        # Integer kernels where they exist, float builtins where they do not.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_bytes(blob)
+    Path(path).write_bytes(converter.convert())
     return Path(path)
 
 
@@ -195,11 +199,15 @@ def export(
         export_saved_model(generator, out_dir / "saved_model" / "1")
         artifacts.append({"format": "saved_model", "variant": "float32", "path": "saved_model/1"})
     if "tflite" in formats:
-        calibration = _calibration_images(representative if representative is not None else samples)
+        calibration = list(representative if representative is not None else samples)[:32]
         for variant in variants:
-            path = export_tflite(generator, out_dir / f"generator_{variant}.tflite", variant, calibration)
-            artifacts.append({"format": "tflite", "variant": variant, "path": path.name})
-    keras_fn = _translate_fn(generator)
+            _check_variant(variant, calibration)
+        with tempfile.TemporaryDirectory() as source:
+            _write_tflite_source(generator, source)  # once, for every variant
+            for variant in variants:
+                path = _convert_tflite(source, out_dir / f"generator_{variant}.tflite", variant, calibration)
+                artifacts.append({"format": "tflite", "variant": variant, "path": path.name})
+    keras_fn = padded_call(generator)
     references, keras_seconds = [], []
     for image in samples:
         start = time.perf_counter()
@@ -244,10 +252,6 @@ class ExportError(RuntimeError):
     """An exported artifact does not compute what the Keras model computes."""
 
 
-def _calibration_images(images, count=32):
-    return [np.asarray(image, "float32") for image in list(images)[:count]]
-
-
 # -- Verification, in a fresh process --------------------------------------------------
 
 
@@ -278,9 +282,10 @@ def verify(out_dir):
 
 
 def _saved_model_runner(path):
-    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    loaded = tf.saved_model.load(str(path))
+    signature = loaded.signatures["serving_default"]
     return (lambda image: signature(images=tf.constant(image[None]))["translated"].numpy()[0]), {
-        "signatures": ["serving_default", "uint8", "bytes"]
+        "signatures": sorted(loaded.signatures)
     }
 
 

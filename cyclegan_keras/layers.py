@@ -34,7 +34,8 @@ class InstanceNormalization(keras.layers.Layer):
     Why not `keras.layers.GroupNormalization(groups=-1)`, which computes the
     same: `bench/instance_norm.py` measures both. On this 2-core CPU with
     Keras 3.15 they train equally fast (a resnet_6blocks forward+backward
-    pass at 128x128: 0.317 s vs 0.312 s; the 2x gap once reported is gone).
+    pass at 128x128: 0.318 s vs 0.317 s, bench/results/instance_norm.json;
+    the 2x gap once reported is gone).
     Exported to TFLite float32 and run at 256x256, this layer drifts less
     from TensorFlow (max abs 9e-6 vs 3e-5 for that generator) thanks to its
     two-stage reduction (see `_spatial_mean`). It also keeps its statistics

@@ -457,21 +457,22 @@ class CycleGAN(keras.Model):
         self.compile(**config)
 
 
-def padded_generator(generator):
-    """A `tf.function` running `generator` on any image size (traced once).
+def padded_call(generator):
+    """A function running `generator` in inference mode on any image size.
 
     Height and width are reflect-padded up to what the generator's strides
     and paddings need (`networks.size_multiple`, `networks.min_size`) and
-    the output is cropped back to the input size.
+    the output is cropped back to the input size. The exporters trace it
+    into their signatures.
     """
     multiple, smallest = size_multiple(generator), min_size(generator)
+    return lambda images: ops.call_padded(lambda x: generator(x, training=False), images, multiple, smallest)
+
+
+def padded_generator(generator):
+    """`padded_call(generator)` as a `tf.function`, traced once for any size."""
     spec = tf.TensorSpec((None, None, None, generator.input_shape[-1]), tf.float32)
-
-    @tf.function(input_signature=[spec])
-    def translate(images):
-        return ops.call_padded(lambda x: generator(x, training=False), images, multiple, smallest)
-
-    return translate
+    return tf.function(padded_call(generator), input_signature=[spec])
 
 
 def translate_images(generator, images, batch_size=8, padded_fn=None):

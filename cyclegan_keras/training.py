@@ -17,7 +17,6 @@ checkpoint; a finished run is not trained again.
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import keras
@@ -273,13 +272,8 @@ def check_workdir(config, workdir):
             )
         return
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, json.dumps(wanted, indent=2) + "\n")
-
-
-def _atomic_write_text(path, text):
-    partial = Path(f"{path}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
+    text = json.dumps(wanted, indent=2) + "\n"
+    cb.replace_atomically(path, lambda partial: partial.write_text(text))
 
 
 def train(config, workdir, verbose=1):
@@ -386,9 +380,7 @@ def train(config, workdir, verbose=1):
             f"Training stopped: {stop_on_non_finite.error}. The last good checkpoint is kept in "
             f"{checkpoint_dir}; lower --lr or check the data, then run again to resume."
         )
-    partial = workdir / ".model.partial.keras"
-    model.save(partial)
-    os.replace(partial, final_path)
+    cb.replace_atomically(final_path, model.save)
     print(f"Saved the trained model to {final_path}")
     if config.dataset == "synthetic" and not config.uses_folders:
         print(synthetic_report(model, config))

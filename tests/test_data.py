@@ -200,9 +200,12 @@ def test_synthetic_domains_are_deterministic_and_related():
     a1, b1 = data.synthetic_domains(4, 32, preprocessing=p, seed=2)
     a2, _ = data.synthetic_domains(4, 32, preprocessing=p, seed=2)
     np.testing.assert_array_equal(a1.images[0], a2.images[0])
-    raw_a = data.synthetic_images("A", 2, 16)
-    assert raw_a[..., 0].mean() > raw_a[..., 2].mean() - 60  # warm shapes present
-    b = data.synthetic_images("B", 2, 16)
+    raw_a = data.synthetic_images("A", 8, 32)
+    red, blue = raw_a[..., 0].mean(), raw_a[..., 2].mean()
+    assert blue > red + 10  # a navy background
+    assert (raw_a[..., 0] > 150).mean() > 0.05  # warm shapes on it
+    b = data.synthetic_images("B", 8, 32)
+    assert b[..., 0].mean() > b[..., 2].mean() + 10  # the channel roll makes B's background red
     np.testing.assert_array_equal(data.synthetic_mapping(data.synthetic_mapping(b, "b2a"), "a2b"), b)
     assert data.synthetic_images("A", 1, (24, 40), channels=1).shape == (1, 24, 40, 1)
 

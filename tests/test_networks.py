@@ -62,11 +62,16 @@ def test_patchgan_output_size(n_layers, size, expected):
 
 def test_stride2_convs_pad_symmetrically():
     # A Keras "same" stride-2 conv pads (0, 1) on even sizes; the reference
-    # pads (1, 1). A one-hot input at the corner shows which.
+    # pads (1, 1). With an all-ones 3x3 kernel, an impulse at (1, 1) of a 4x4
+    # input reaches all four outputs under (1, 1) padding, one under (0, 1).
     generator = networks.resnet_generator(n_blocks=0, filters=1, norm="none")
-    down = generator.get_layer("down0_conv")
-    assert generator.get_layer("down0_conv_pad").padding == ((1, 1), (1, 1))
-    assert down.padding == "valid" and down.strides == (2, 2)
+    pad, down = generator.get_layer("down0_conv_pad"), generator.get_layer("down0_conv")
+    down.set_weights([np.ones(down.kernel.shape, "float32")])
+    impulse = np.zeros((1, 4, 4, 1), "float32")
+    impulse[0, 1, 1, 0] = 1.0
+    output = np.asarray(down(pad(impulse)))[0, :, :, 0]
+    np.testing.assert_array_equal(output, np.ones((2, 2)))
+    assert down.strides == (2, 2)
 
 
 def test_transposed_conv_matches_pytorch_geometry():
