@@ -57,6 +57,9 @@ HELP = {
     "strict_data": "fail before training if any image file cannot be read (default: skip and report it)",
     "jit_compile": "compile the training step with XLA",
     "deterministic": "deterministic ops (slower; for bit-exact reruns)",
+    "strategy": "auto, one_device, mirrored (all local GPUs), multi_worker (TF_CONFIG) or tpu; "
+    "--batch-size is per replica",
+    "precision": "float32, mixed_bfloat16 (TPU, recent GPUs, CPUs with AMX/AVX512-BF16) or mixed_float16 (GPUs)",
 }
 FLAG_NAMES = {"jit_compile": "--xla"}
 

@@ -449,6 +449,7 @@ def unpaired_dataset(
     epochs=None,
     steps_per_epoch=None,
     preprocessing_b=None,
+    shard=None,
 ):
     """Batches of `(real_a, real_b)`, unaligned as the reference pairs them.
 
@@ -476,6 +477,10 @@ def unpaired_dataset(
             stops early. Defaults to `None` (whole epochs).
         preprocessing_b: `Preprocessing` for B when it differs from A's
             (other channels). Defaults to `preprocessing`.
+        shard: `(count, index)` or None. Keep only the pairs at positions
+            `index, index + count, ...` of each epoch, for one of `count`
+            input pipelines (workers) that together make each global batch.
+            Defaults to `None` (all pairs).
 
     Returns:
         A `tf.data.Dataset`. In training its batch dimension is static.
@@ -506,6 +511,8 @@ def unpaired_dataset(
         else:
             index_a, index_b = positions % n_a, positions % n_b
         pairs = tf.data.Dataset.from_tensor_slices((tf.fill([n], epoch), positions, index_a, index_b))
+        if shard is not None:
+            pairs = pairs.shard(*shard)
         batches = pairs.map(load_pair, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size, drop_remainder=training)
         return batches.take(steps_per_epoch) if steps_per_epoch else batches
 

@@ -47,8 +47,11 @@ class ImagePool(keras.layers.Layer):
             )
 
         # Under tf.distribute each replica keeps its own pool (on-read
-        # synchronization, which add_weight cannot set); a checkpoint stores
-        # the first replica's. Assigned as attributes, the layer tracks them.
+        # synchronization, which add_weight cannot set) of the fakes it made
+        # from its own data, with its own random draws. A checkpoint stores
+        # the first replica's pool, and restoring gives every replica that
+        # copy; they drift apart again with their first new images.
+        # Assigned as attributes, the layer tracks them.
         def state(name, shape, dtype):
             return keras.Variable(
                 "zeros",
@@ -70,14 +73,16 @@ class ImagePool(keras.layers.Layer):
             return images
         batch_size = tf.shape(images)[0]
         stored_images = self.images.value
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
 
         def query(i, outputs):
             image = images[i]
-            uniform = tf.random.stateless_uniform(
-                [2],
-                seed=tf.stack([tf.constant(self.seed, tf.int32), self.draws.value]),
-                alg="philox",
-            )
+            seed = tf.stack([tf.constant(self.seed, tf.int32), self.draws.value])
+            if replicas > 1:
+                # Each replica's pool draws its own numbers.
+                seed = tf.random.experimental.stateless_fold_in(seed, context.replica_id_in_sync_group)
+            uniform = tf.random.stateless_uniform([2], seed=seed, alg="philox")
             self.draws.assign_add(1)
             count = self.count.value
             full = count >= self.pool_size

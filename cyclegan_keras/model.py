@@ -32,6 +32,27 @@ def l1_loss(x, y):
     return tf.reduce_mean(tf.abs(tf.cast(x, "float32") - tf.cast(y, "float32")))
 
 
+def replica_share():
+    """1 / replicas in sync: turns a replica's mean loss into its share of the global mean.
+
+    Under `tf.distribute`, each replica computes its losses as means over its
+    own part of the batch, and the optimizer *sums* the replicas' gradients.
+    Scaling each replica's loss by this factor makes N replicas with batch b
+    take the same step as one device with batch N * b (the per-image losses
+    are means over equal per-replica batches, as the data drop remainders).
+    """
+    context = tf.distribute.get_replica_context()
+    return 1.0 / context.num_replicas_in_sync if context is not None else 1.0
+
+
+def mean_over_replicas(value):
+    """The mean of `value` over all replicas (identity on one device)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+
+
 @keras.saving.register_keras_serializable(package="cyclegan_keras")
 class CycleGAN(keras.Model):
     """CycleGAN: unpaired image-to-image translation between domains A and B.
@@ -244,8 +265,8 @@ class CycleGAN(keras.Model):
         super().compile(**kwargs)
         self.gan_mode = gan_mode
         self.loss_weights = weights
-        self.generator_optimizer = generator_optimizer or self._default_optimizer()
-        self.discriminator_optimizer = discriminator_optimizer or self._default_optimizer()
+        self.generator_optimizer = self._loss_scaled(generator_optimizer or self._default_optimizer())
+        self.discriminator_optimizer = self._loss_scaled(discriminator_optimizer or self._default_optimizer())
         # Build the optimizer state now, not lazily inside the first step:
         # lazy creation fails under tf.distribute, and loading a saved model
         # needs the variables to exist before their values are restored.
@@ -255,6 +276,20 @@ class CycleGAN(keras.Model):
     @staticmethod
     def _default_optimizer():
         return keras.optimizers.Adam(learning_rate=2e-4, beta_1=0.5, beta_2=0.999)
+
+    def _loss_scaled(self, optimizer):
+        """`optimizer` wrapped in a `LossScaleOptimizer` when the networks compute in float16.
+
+        float16 gradients underflow without loss scaling; bfloat16 has
+        float32's exponent range and needs none.
+        """
+        float16 = any(
+            network.dtype_policy.compute_dtype == "float16"
+            for network in (self.generator_ab, self.generator_ba, self.discriminator_a, self.discriminator_b)
+        )
+        if float16 and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            return keras.optimizers.LossScaleOptimizer(optimizer)
+        return optimizer
 
     @property
     def generator_variables(self):
@@ -357,12 +392,17 @@ class CycleGAN(keras.Model):
     def train_step(self, data):
         real_a, real_b = self._unpack(data)
         if not self.built:
-            # The TF trainer builds nothing before the first trace; the pools'
-            # variables are created here, once, at trace time.
+            # Without a strategy the TF trainer builds nothing before the
+            # first trace; the pools' variables are created here, once.
             self.build(real_a.shape)
+        # Under tf.distribute each replica's loss is its share of the global
+        # batch's (see `replica_share`); a LossScaleOptimizer (mixed_float16)
+        # scales it further and skips steps whose gradients overflow.
+        share = replica_share()
         with tf.GradientTape() as tape:
             generator_loss, losses, fake_a, fake_b = self._generator_losses(real_a, real_b, True)
-        gradients = tape.gradient(generator_loss, self.generator_variables)
+            scaled_loss = self.generator_optimizer.scale_loss(generator_loss * share)
+        gradients = tape.gradient(scaled_loss, self.generator_variables)
         self.generator_optimizer.apply_gradients(zip(gradients, self.generator_variables))
 
         pooled_fake_a = self.pool_a(fake_a)
@@ -371,7 +411,8 @@ class CycleGAN(keras.Model):
             losses["disc_a_loss"] = self._discriminator_loss(self.discriminator_a, real_a, pooled_fake_a, True)
             losses["disc_b_loss"] = self._discriminator_loss(self.discriminator_b, real_b, pooled_fake_b, True)
             discriminator_loss = losses["disc_a_loss"] + losses["disc_b_loss"]
-        gradients = tape.gradient(discriminator_loss, self.discriminator_variables)
+            scaled_loss = self.discriminator_optimizer.scale_loss(discriminator_loss * share)
+        gradients = tape.gradient(scaled_loss, self.discriminator_variables)
         self.discriminator_optimizer.apply_gradients(zip(gradients, self.discriminator_variables))
         return self._update_trackers(losses)
 
@@ -386,7 +427,37 @@ class CycleGAN(keras.Model):
     def _update_trackers(self, losses):
         for name in self._reported_losses():
             self.loss_trackers[name].update_state(losses[name])
-        return {tracker.name: tracker.result() for tracker in self.metrics}
+        # Each replica's trackers hold its own running means (on-read
+        # variables, read locally); the logs are their mean over replicas.
+        logs = {tracker.name: mean_over_replicas(tracker.result()) for tracker in self.metrics}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # fit() reduces each log with `strategy.reduce("MEAN", value,
+            # axis=0)` there, which fails on scalars ("Invalid reduction
+            # dimension 0", tensorflow/tensorflow#72388): give it vectors of
+            # one element, which it reduces to the scalar mean.
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under MultiWorkerMirroredStrategy, Keras 3.15 reduces the first
+        # batch with `strategy.reduce("MEAN", batch)`, which fails for a tuple
+        # of PerReplica values ("Attempt to convert a value (PerReplica...)",
+        # keras-team/keras#20585). Take the first replica's part of the batch
+        # instead: building needs its shape, not a mean of images.
+        strategy = self._distribute_strategy
+        if iterator is not None and strategy is not None:
+            for _, _, batches in iterator:
+                data_batch = next(batches)
+                break
+            data_batch = tf.nest.map_structure(
+                lambda value: (
+                    strategy.experimental_local_results(value)[0]
+                    if isinstance(value, tf.distribute.DistributedValues)
+                    else value
+                ),
+                data_batch,
+            )
+        return super()._maybe_symbolic_build(data_batch=data_batch)
 
     # -- Inference -------------------------------------------------------------
 

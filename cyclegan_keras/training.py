@@ -17,6 +17,9 @@ checkpoint; a finished run is not trained again.
 
 import dataclasses
 import json
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import keras
@@ -24,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan_keras import callbacks as cb
-from cyclegan_keras import data, networks
+from cyclegan_keras import data, distribute, networks
 from cyclegan_keras.model import CycleGAN
 
 DIRECTIONS = ("AtoB", "BtoA")
@@ -95,6 +98,8 @@ class TrainConfig:
     strict_data: bool = False
     jit_compile: bool = False
     deterministic: bool = False
+    strategy: str = "auto"
+    precision: str = "float32"
 
     def __post_init__(self):
         def fail(message):
@@ -127,8 +132,15 @@ class TrainConfig:
             preprocessing = self.preprocessing("A")
         except ValueError as error:
             fail(f"--preprocess/--load-size/--crop-size: {error}")
-        probe = networks.build_generator(self.generator, filters=1)  # a few ms: the strides' truth
-        multiple, smallest = networks.size_multiple(probe), networks.min_size(probe)
+        if self.strategy not in distribute.STRATEGIES:
+            fail(f"--strategy must be one of {', '.join(distribute.STRATEGIES)}. Received: {self.strategy!r}")
+        if self.precision not in distribute.PRECISIONS:
+            fail(f"--precision must be one of {', '.join(distribute.PRECISIONS)}. Received: {self.precision!r}")
+        # A few ms: the strides' truth. Built in a graph of its own, so no
+        # eager op runs before a multi-worker strategy is made.
+        with tf.Graph().as_default():
+            probe = networks.build_generator(self.generator, filters=1)
+            multiple, smallest = networks.size_multiple(probe), networks.min_size(probe)
         if preprocessing.crops and (self.crop_size % multiple or self.crop_size < smallest):
             fail(
                 f"--crop-size {self.crop_size} must be a multiple of {multiple} and at least {smallest} "
@@ -257,27 +269,77 @@ class TrainingError(RuntimeError):
     """Training stopped for a reason the user must see (e.g. a NaN loss)."""
 
 
-def check_workdir(config, workdir):
-    """Writes config.json, or checks that the one there matches `config`."""
-    path = Path(workdir) / "config.json"
+# Settings that may change when a run is resumed: they change how the rest of
+# the run is done or logged, not what was trained so far. A change is logged.
+RESUMABLE = (
+    "lr",
+    "checkpoint_every",
+    "snapshot_every",
+    "snapshot_count",
+    "strict_data",
+    "strategy",
+    "jit_compile",
+    "deterministic",
+    "download",
+    "data_dir",
+)
+
+
+def check_workdir(config, workdir, write=True):
+    """Checks that `workdir` holds no other run, then records `config` there.
+
+    A work directory holds a run once training has written a checkpoint or
+    the final model; before that (a first try that failed on its data, say)
+    its config.json is simply replaced. Settings in `RESUMABLE` may differ
+    from the run's; each change is printed.
+
+    Args:
+        write: whether to write config.json (only the chief does).
+    """
+    workdir = Path(workdir)
+    path = workdir / "config.json"
     wanted = dataclasses.asdict(config)
-    if path.exists():
+    started = cb.Checkpoint.latest(workdir / "checkpoints") is not None or (workdir / "model.keras").exists()
+    if started and path.exists():
         found = json.loads(path.read_text())
         differences = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
-        if differences:
-            listing = ", ".join(f"{k}: {found.get(k)!r} -> {wanted.get(k)!r}" for k in differences)
+        fixed = [k for k in differences if k not in RESUMABLE]
+        if fixed:
+            listing = ", ".join(f"{k}: {found.get(k)!r} -> {wanted.get(k)!r}" for k in fixed)
             raise ConfigError(
                 f"Work directory {workdir} holds a run with a different configuration ({listing}). "
                 "Use another --workdir, or the same settings to resume it."
             )
-        return
-    Path(workdir).mkdir(parents=True, exist_ok=True)
-    text = json.dumps(wanted, indent=2) + "\n"
-    cb.replace_atomically(path, lambda partial: partial.write_text(text))
+        for key in differences:
+            print(f"Resuming with {key} changed: {found.get(key)!r} -> {wanted.get(key)!r}")
+    if write:
+        workdir.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(wanted, indent=2) + "\n"
+        cb.replace_atomically(path, lambda partial: partial.write_text(text))
 
 
-def train(config, workdir, verbose=1):
+def make_strategy(config):
+    """The `tf.distribute.Strategy` of `config.strategy`; a bad choice is a `ConfigError`."""
+    try:
+        return distribute.make_strategy(config.strategy)
+    except distribute.DistributeError as error:
+        raise ConfigError(str(error)) from None
+
+
+def train(config, workdir, verbose=1, strategy=None):
     """Trains a CycleGAN as `config` says, resuming from `workdir` if it can.
+
+    Under a multi-worker strategy every worker runs this with the same
+    arguments; the chief writes `workdir`, the others write to a temporary
+    folder that they delete, and all resume from the chief's checkpoints
+    (so `workdir` must be on storage that every worker can read).
+
+    Args:
+        config: `TrainConfig`.
+        workdir: the run's folder.
+        verbose: `fit()`'s verbosity. Defaults to `1`.
+        strategy: a `tf.distribute.Strategy`, or None to make the one
+            `config.strategy` names. Defaults to `None`.
 
     Returns:
         The trained `CycleGAN`, also saved as `WORKDIR/model.keras`.
@@ -287,12 +349,34 @@ def train(config, workdir, verbose=1):
         TrainingError: a loss became NaN or infinite (the last good
             checkpoint is kept).
     """
+    # First: a multi-worker strategy must exist before any other TF op.
+    strategy = strategy or make_strategy(config)
+    chief = distribute.is_chief(strategy)
     workdir = Path(workdir)
-    check_workdir(config, workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"--workdir {workdir} is a file, not a folder")
+    run_dir = workdir if chief else Path(tempfile.mkdtemp(prefix="cyclegan-worker-"))
+    try:
+        return _train(config, workdir, run_dir, strategy, verbose)
+    finally:
+        if not chief:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _train(config, workdir, run_dir, strategy, verbose):
+    """`train()` once the strategy exists: reads `workdir`, writes `run_dir`."""
+    try:
+        warning = distribute.check_precision(config.precision)
+    except distribute.DistributeError as error:
+        raise ConfigError(str(error)) from None
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    check_workdir(config, workdir, write=run_dir == workdir)
     final_path = workdir / "model.keras"
     if final_path.exists():
         print(f"{workdir} already holds a trained model: {final_path}")
-        return keras.models.load_model(final_path)
+        with strategy.scope():
+            return keras.models.load_model(final_path)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
 
@@ -300,62 +384,88 @@ def train(config, workdir, verbose=1):
     report = data.report_bad_files([domain_a, domain_b])
     if report:
         print(report)
-        (workdir / "bad_files.txt").write_text(report + "\n")
+        (run_dir / "bad_files.txt").write_text(report + "\n")
     test_domains = load_domains(config, "test") or (domain_a, domain_b)
     count = min(config.snapshot_count, len(test_domains[0]), len(test_domains[1]))
     snapshot_a = data.domain_images(test_domains[0], config.preprocessing("A"), count)
     snapshot_b = data.domain_images(test_domains[1], config.preprocessing("B"), count)
 
-    steps = data.steps_per_epoch(domain_a, domain_b, config.batch_size)
+    replicas = strategy.num_replicas_in_sync
+    global_batch = config.batch_size * replicas
+    steps = data.steps_per_epoch(domain_a, domain_b, global_batch)
     if steps < 1:
-        raise data.DataError(f"An epoch of {max(len(domain_a), len(domain_b))} pairs is less than one batch")
+        raise data.DataError(
+            f"An epoch of {max(len(domain_a), len(domain_b))} pairs is less than one global batch "
+            f"({global_batch} = --batch-size {config.batch_size} x {replicas} replicas)"
+        )
     steps = min(steps, config.steps_per_epoch or steps)
     total_epochs = config.n_epochs + config.n_epochs_decay
+    print(
+        f"Training on {replicas} replica(s) ({type(strategy).__name__}), global batch {global_batch} "
+        f"(--batch-size {config.batch_size} per replica), precision {config.precision}, "
+        f"{steps} steps per epoch."
+    )
 
-    checkpoint_dir = workdir / "checkpoints"
-    latest = cb.Checkpoint.latest(checkpoint_dir)
-    if latest is not None:
-        path, epoch, step = latest
-        model = keras.models.load_model(path)
-        print(f"Resumed from {path}: epoch {epoch + 1}, step {step} of {steps} done before.")
-    else:
-        model, epoch, step = build_model(config), 0, 0
+    latest = cb.Checkpoint.latest(workdir / "checkpoints")
+    with strategy.scope():
+        if latest is not None:
+            path, epoch, step = latest
+            model = keras.models.load_model(path)
+            print(f"Resumed from {path}: epoch {epoch + 1}, step {step} of {steps} done before.")
+        else:
+            with distribute.precision_policy(config.precision):
+                model = build_model(config)
+            epoch, step = 0, 0
 
     stop_on_non_finite = cb.StopOnNonFinite()
-    checkpoint = cb.Checkpoint(checkpoint_dir, steps, config.checkpoint_every or None)
+    checkpoint = cb.Checkpoint(run_dir / "checkpoints", steps, config.checkpoint_every or None)
     callbacks = [
         stop_on_non_finite,
         cb.LinearDecaySchedule(config.lr, config.n_epochs, config.n_epochs_decay),
-        keras.callbacks.CSVLogger(str(workdir / "log.csv"), append=True),
+        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
         cb.ImageSnapshot(
             snapshot_a,
             snapshot_b,
-            workdir / "snapshots",
+            run_dir / "snapshots",
             config.snapshot_every,
-            tensorboard_dir=workdir / "tensorboard",
+            tensorboard_dir=run_dir / "tensorboard",
         ),
         checkpoint,
-        cb.LossCurve(workdir / "log.csv", workdir / "loss_curve.png"),
+        cb.LossCurve(run_dir / "log.csv", run_dir / "loss_curve.png"),
     ]
 
-    def stream(start_epoch):
-        return data.unpaired_dataset(
-            domain_a,
-            domain_b,
-            config.preprocessing("A"),
-            preprocessing_b=config.preprocessing("B"),
-            batch_size=config.batch_size,
-            seed=config.seed,
-            start_epoch=start_epoch,
-            steps_per_epoch=steps,
-        )
+    def stream(start_epoch, skip_steps=0):
+        """The training batches from `start_epoch`, `skip_steps` into it, split over the replicas."""
+
+        def pipeline(context):
+            # One input pipeline per worker, feeding its replicas one batch
+            # each per step; the pipelines' shards of each epoch together
+            # make the global batches one device would see.
+            local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+            pipelines = context.num_input_pipelines
+            batches = data.unpaired_dataset(
+                domain_a,
+                domain_b,
+                config.preprocessing("A"),
+                preprocessing_b=config.preprocessing("B"),
+                batch_size=config.batch_size,
+                seed=config.seed,
+                start_epoch=start_epoch,
+                steps_per_epoch=steps * local_replicas,
+                shard=(pipelines, context.input_pipeline_id) if pipelines > 1 else None,
+            )
+            return batches.skip(skip_steps * local_replicas) if skip_steps else batches
+
+        if strategy is tf.distribute.get_strategy():
+            return pipeline(tf.distribute.InputContext())
+        return strategy.distribute_datasets_from_function(pipeline)
 
     if 0 < step < steps and epoch < total_epochs:
         # Finish the interrupted epoch first: its remaining steps, from the
         # exact batch where it stopped.
         checkpoint.step_offset = step
         model.fit(
-            stream(epoch).skip(step),
+            stream(epoch, step),
             initial_epoch=epoch,
             epochs=epoch + 1,
             steps_per_epoch=steps - step,
@@ -376,14 +486,19 @@ def train(config, workdir, verbose=1):
             shuffle=False,
         )
     if stop_on_non_finite.error:
-        raise TrainingError(
-            f"Training stopped: {stop_on_non_finite.error}. The last good checkpoint is kept in "
-            f"{checkpoint_dir}; lower --lr or check the data, then run again to resume."
+        kept = cb.Checkpoint.latest(workdir / "checkpoints")
+        where = (
+            f"The last good checkpoint, {kept[0]}, is kept: lower --lr or check the data, then run "
+            "the same command again to resume from it."
+            if kept
+            else "No checkpoint was written before it: lower --lr or check the data and run again."
         )
-    cb.replace_atomically(final_path, model.save)
-    print(f"Saved the trained model to {final_path}")
-    if config.dataset == "synthetic" and not config.uses_folders:
-        print(synthetic_report(model, config))
+        raise TrainingError(f"Training stopped: {stop_on_non_finite.error}. {where}")
+    cb.replace_atomically(run_dir / "model.keras", model.save)
+    if run_dir == workdir:
+        print(f"Saved the trained model to {final_path}")
+        if config.dataset == "synthetic" and not config.uses_folders:
+            print(synthetic_report(model, config))
     return model
 
 

@@ -5,6 +5,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPUs, so tf.distribute tests run real cross-replica code (one
+# replica hides the bugs of gradients summed over replicas). Must happen
+# before TensorFlow initializes its devices; tests that use no strategy run
+# on the first one as before.
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
 
 from cyclegan_keras import CycleGAN, networks  # noqa: E402
 

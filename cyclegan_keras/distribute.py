@@ -1,0 +1,173 @@
+"""Where training runs: `tf.distribute` strategies and mixed-precision policies.
+
+`make_strategy(name)` turns `--strategy` into a `tf.distribute.Strategy`;
+`precision_policy(name)` sets a Keras mixed-precision policy while networks
+are built. Both check the request against the machine first, so a wrong
+choice fails with one line naming the flag, not deep inside TensorFlow.
+
+Multi-worker training follows TensorFlow's own protocol: each worker
+process gets `TF_CONFIG` (see the README), every worker runs the same
+program, and only the chief writes into the work directory (`is_chief`).
+"""
+
+import contextlib
+import json
+import os
+import platform
+
+import keras
+import tensorflow as tf
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+class DistributeError(ValueError):
+    """A strategy or precision the machine cannot provide; the message names the flag."""
+
+
+def cluster_workers():
+    """The number of workers (chief included) that `TF_CONFIG` names, 0 without it."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        return 0
+    try:
+        cluster = json.loads(text).get("cluster", {})
+    except (json.JSONDecodeError, AttributeError):
+        raise DistributeError(f"TF_CONFIG is not a JSON object: {text[:200]!r}") from None
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
+def resolve(name):
+    """The strategy that `name` means here: `auto` picks one, the others are checked.
+
+    `auto`: `multi_worker` when `TF_CONFIG` names more than one worker,
+    `mirrored` when more than one GPU is visible, else `one_device`.
+    """
+    if name not in STRATEGIES:
+        raise DistributeError(f"--strategy must be one of {', '.join(STRATEGIES)}. Received: {name!r}")
+    if name == "auto":
+        if cluster_workers() > 1:
+            return "multi_worker"
+        return "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "one_device"
+    if name == "multi_worker" and cluster_workers() == 0:
+        raise DistributeError(
+            "--strategy multi_worker needs TF_CONFIG (the cluster's addresses and this worker's "
+            "index) in each worker's environment; see the README's 'Train on several machines'"
+        )
+    return name
+
+
+def make_strategy(name="auto"):
+    """The `tf.distribute.Strategy` for `--strategy name` (see `resolve`).
+
+    `one_device` is TensorFlow's default strategy (no distribution at all).
+    `multi_worker` must be created before any other TensorFlow op runs in
+    the process: make the strategy first.
+
+    Raises:
+        DistributeError: the machine lacks what `name` needs.
+    """
+    name = resolve(name)
+    if name == "one_device":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as error:
+            raise DistributeError(
+                f"--strategy multi_worker: {error}. Create the strategy before any other "
+                "TensorFlow op (train() does so when given the strategy name)"
+            ) from None
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DistributeError(f"--strategy tpu: no TPU found ({first_line})") from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def is_chief(strategy):
+    """Whether this process writes the run's files.
+
+    The chief is the `chief` task if `TF_CONFIG` has one, else worker 0; a
+    process without a cluster is its own chief.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    if has_chief:
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def check_precision(name):
+    """Checks `--precision name`; returns a warning for a slow choice, or None.
+
+    float16 has fast kernels on GPUs only; on a CPU it is emulated. bfloat16
+    is fast on GPUs (Ampere and newer), TPUs and CPUs with AMX or
+    AVX512-BF16; elsewhere it is emulated and slower than float32.
+    """
+    if name not in PRECISIONS:
+        raise DistributeError(f"--precision must be one of {', '.join(PRECISIONS)}. Received: {name!r}")
+    if name == "float32" or tf.config.list_physical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        return None
+    if name == "mixed_float16":
+        return (
+            "--precision mixed_float16 on a CPU: TensorFlow has no fast float16 kernels there, so "
+            "training is slower than float32. Use mixed_bfloat16 on a CPU with AMX or AVX512-BF16."
+        )
+    flags = cpu_flags()
+    if not {"amx_bf16", "avx512_bf16"} & flags:
+        return (
+            "--precision mixed_bfloat16: this CPU has neither AMX nor AVX512-BF16, so bfloat16 is "
+            "emulated and slower than float32."
+        )
+    return None
+
+
+def cpu_flags():
+    """The CPU feature flags of /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model():
+    """The CPU's model name, for benchmark records."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@contextlib.contextmanager
+def precision_policy(name):
+    """Sets Keras's global dtype policy to `name` inside the block.
+
+    Networks built inside compute in `name`'s compute dtype and keep float32
+    weights; the package's own float32 islands (instance-norm statistics,
+    generator outputs, discriminator logits, losses, image pools) stay
+    float32. The previous policy is restored on exit.
+    """
+    check_precision(name)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

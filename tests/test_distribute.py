@@ -1,0 +1,94 @@
+"""CycleGAN under tf.distribute with two replicas (two logical CPUs, see conftest)."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from conftest import tiny_cyclegan
+
+TWO_CPUS = ["/cpu:0", "/cpu:1"]
+
+
+def _batches(rng, steps, global_batch):
+    a = rng.uniform(-1, 1, (steps * global_batch, 32, 32, 3)).astype("float32")
+    b = rng.uniform(-1, 1, (steps * global_batch, 32, 32, 3)).astype("float32")
+    return tf.data.Dataset.from_tensor_slices((a, b)).batch(global_batch, drop_remainder=True)
+
+
+def _trained(strategy, weights, data, steps, pool_size=0, **compile_kwargs):
+    with strategy.scope():
+        model = tiny_cyclegan(pool_size=pool_size)
+        model.compile(**compile_kwargs)
+        model.build((None, 32, 32, 3))
+    model.set_weights(weights)
+    history = model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False).history
+    return model, history
+
+
+def test_two_replicas_take_the_step_of_one_device_with_the_global_batch(rng):
+    # Each replica's mean loss is scaled by 1/replicas, since the optimizer
+    # sums the replicas' gradients. SGD, whose step is proportional to the
+    # gradient, shows a factor 2 that Adam's normalized step would hide.
+    # Two steps from fixed weights: over more steps a tiny network's GAN
+    # dynamics amplify float rounding (1e-7 after one step) past 1e-5.
+    keras.utils.set_random_seed(0)
+    reference = tiny_cyclegan(pool_size=0)
+    reference.build((None, 32, 32, 3))
+    weights = reference.get_weights()
+    data = _batches(rng, steps=2, global_batch=2)
+    sgd = dict(generator_optimizer=keras.optimizers.SGD(0.01), discriminator_optimizer=keras.optimizers.SGD(0.01))
+    one, one_history = _trained(tf.distribute.OneDeviceStrategy("/cpu:0"), weights, data, 2, **sgd)
+    sgd = {key: keras.optimizers.SGD(0.01) for key in sgd}
+    two, two_history = _trained(tf.distribute.MirroredStrategy(TWO_CPUS), weights, data, 2, **sgd)
+    assert two.distribute_strategy.num_replicas_in_sync == 2
+    moved = max(np.abs(w1 - w0).max() for w1, w0 in zip(one.get_weights(), weights))
+    assert moved > 1e-2  # the comparison below compares trained weights
+    for w1, w2, variable in zip(one.get_weights(), two.get_weights(), one.weights):
+        np.testing.assert_allclose(w2, w1, atol=1e-5, err_msg=variable.path)
+    # The logged losses are means over the global batch on both.
+    for name in one_history:
+        np.testing.assert_allclose(two_history[name], one_history[name], rtol=1e-4, err_msg=name)
+
+
+def test_each_replica_keeps_its_own_pool(rng):
+    strategy = tf.distribute.MirroredStrategy(TWO_CPUS)
+    reference = tiny_cyclegan(pool_size=2)
+    reference.build((None, 32, 32, 3))
+    model, _ = _trained(strategy, reference.get_weights(), _batches(rng, 4, 2), 4, pool_size=2)
+    for pool in (model.pool_a, model.pool_b):
+        first, second = (np.asarray(v) for v in pool.images.value.values)
+        assert pool.count.value.values[0].numpy() == pool.count.value.values[1].numpy() == 2
+        assert np.abs(first - second).max() > 0.01, pool.name
+        assert np.abs(first).max() > 0  # filled, not the initial zeros
+
+
+def test_replicas_draw_different_pool_numbers():
+    # Identical images on both replicas: only the random draws can make the
+    # pools' outputs differ.
+    strategy = tf.distribute.MirroredStrategy(TWO_CPUS)
+    from cyclegan_keras import ImagePool
+
+    with strategy.scope():
+        pool = ImagePool(pool_size=1, seed=3)
+        pool.build((None, 1, 1, 1))
+    outputs = []
+
+    @tf.function
+    def query(images):
+        return strategy.run(pool, args=(images,))
+
+    for step in range(16):
+        images = tf.fill((1, 1, 1, 1), float(step))
+        outputs.append([float(v.numpy().ravel()[0]) for v in query(images).values])
+    assert any(first != second for first, second in outputs)
+
+
+def test_distributed_model_saves_and_loads(rng, tmp_path):
+    strategy = tf.distribute.MirroredStrategy(TWO_CPUS)
+    reference = tiny_cyclegan(pool_size=2)
+    reference.build((None, 32, 32, 3))
+    model, _ = _trained(strategy, reference.get_weights(), _batches(rng, 2, 2), 2, pool_size=2)
+    model.save(tmp_path / "distributed.keras")
+    loaded = keras.models.load_model(tmp_path / "distributed.keras")
+    images = rng.uniform(-1, 1, (1, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(loaded.translate(images), model.translate(images), atol=1e-6)
+    assert int(loaded.generator_optimizer.iterations) == 2
