@@ -3,6 +3,8 @@ import json
 import os
 import pickle
 import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from cyclegan_keras import convert
 from cyclegan_keras.convert import ConversionError, CorruptCheckpointError, UnsafePickleError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ROOT = FIXTURES.parent.parent
 CORRUPT_LINE = re.compile(r"^cut\.pth is truncated or corrupt: [^\n]+; download it again$")
 
 
@@ -267,3 +270,46 @@ def test_random_byte_flips_give_the_exact_weights_or_one_clear_error():
                 outcome = "conversion error"
         seen.add(outcome)
     assert {"one value", "corrupt"} <= seen
+
+
+def test_export_from_a_cut_file_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
+    cases = {
+        "resnet_tiny_legacy.pth": (8, "expected 12 bytes for tensor model.19.bias, found 4"),
+        "resnet_tiny.pth": (100, "the zip directory at its end is missing or damaged (File is not a zip file)"),
+    }
+    for name, (cut, detail) in cases.items():
+        path = tmp_path / name
+        path.write_bytes((FIXTURES / name).read_bytes()[:-cut])
+        out = tmp_path / "out" / "nested"
+        with pytest.raises(SystemExit) as exit_:
+            export_cli.main(["--from-torch", str(path), "--out", str(out), "--sample-size", "32"])
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert exit_.value.code == 2
+        assert len(errors) == 1 and errors[0].endswith(
+            f" error: argument --from-torch: {path} is truncated or corrupt: {detail}; download it again"
+        )
+        assert not (tmp_path / "out").exists()
+
+
+def test_export_from_a_cut_file_in_a_fresh_process(tmp_path):
+    path = tmp_path / "cut.pth"
+    path.write_bytes((FIXTURES / "resnet_tiny_legacy.pth").read_bytes()[:-8])
+    run = subprocess.run(
+        [sys.executable, "export.py", "--from-torch", str(path), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert _own_lines(run.stderr)[-1] == (
+        f"export.py: error: argument --from-torch: {path} is truncated or corrupt: expected 12 bytes for tensor "
+        "model.19.bias, found 4; download it again"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def _own_lines(stderr):
+    """stderr without TensorFlow's C++ start-up log lines (I0000 ..., 'WARNING: All log messages ...')."""
+    tf_log = re.compile(r"^([IWE]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl|To enable the following)")
+    return [line for line in stderr.splitlines() if line.strip() and not tf_log.match(line)]

@@ -138,8 +138,9 @@ def test_bad_export_requests_are_named(tmp_path, generator, capsys):
         export.export_tflite(generator, tmp_path / "x.tflite", "int8")
     with pytest.raises(ValueError, match="variant"):
         export.export_tflite(generator, tmp_path / "x.tflite", "int4")
-    code = export_cli.main(["--model", str(tmp_path / "missing.keras"), "--out", str(tmp_path / "out")])
-    assert code == 2 and "Model file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        export_cli.main(["--model", str(tmp_path / "missing.keras"), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2 and "argument --model: " in capsys.readouterr().err
 
 
 def test_a_failed_export_leaves_the_output_folder_as_it_was(tmp_path, generator, monkeypatch):
