@@ -48,7 +48,7 @@ def parser():
         "--batch-size",
         type=cli_args.IntRange(1),
         default=4,
-        help="images of the same size translated together; at most this many are held in memory (default: 4)",
+        help="images of the same size translated together, >= 1; at most this many are held in memory (default: 4)",
     )
     result.add_argument(
         "--preprocess",
@@ -62,7 +62,7 @@ def parser():
         "--load-size",
         type=cli_args.IntRange(1),
         default=None,
-        help=f"side of the square with --preprocess resize (default: {DEFAULT_LOAD_SIZE}, the reference's)",
+        help=f"side of the square with --preprocess resize, >= 1 (default: {DEFAULT_LOAD_SIZE}, the reference's)",
     )
     return result
 

@@ -16,6 +16,10 @@ its unpickler resolves only the handful of globals a plain state dict needs
 before anything runs. Both PyTorch formats are read: the zip archive
 (PyTorch >= 1.6) and the older sequential "legacy" format the published
 files of 2017-2019 use.
+
+A download cut short or damaged fails with `CorruptCheckpointError`
+("PATH is truncated or corrupt: expected N bytes for tensor K, found M;
+download it again") instead of converting into a wrong model.
 """
 
 import collections
@@ -509,5 +513,9 @@ def load_torch_generator(path):
     Example:
         generator = load_torch_generator("horse2zebra.pth")
         zebras = cyclegan_keras.model.translate_images(generator, horses)
+
+    Raises:
+        CorruptCheckpointError, UnsafePickleError, ConversionError: see
+            `read_state_dict` and `infer_architecture`.
     """
     return state_dict_to_generator(read_state_dict(path))
