@@ -1,9 +1,14 @@
 """Translate images with a trained CycleGAN (or a converted generator).
 
     python translate.py --model runs/synthetic/model.keras --input photos/ --out translated/
-    python translate.py --model runs/horse2zebra --direction b2a --input 'zebras/*.jpg' --out horses/
+    python translate.py --model runs/horse2zebra --direction BtoA --input 'zebras/*.jpg' --out horses/
+    python translate.py --model horse2zebra/generator.keras --input horses/ --out zebras/ --preprocess resize
 
-Outputs have each input's own size; OUT/index.html shows input | output.
+By default each image is translated at its own size and aspect ratio
+(--preprocess none). --preprocess resize is the reference's test.py: every
+image resized to --load-size square (256), outputs that size. OUT/index.html
+shows input | output. --out never overwrites an input: it may not be inside
+an --input folder, and clashing names get _1, _2, ... suffixes.
 """
 
 import argparse
@@ -13,28 +18,87 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import cli_args  # noqa: E402  (after the environment, imports nothing heavy)
+
+DEFAULT_LOAD_SIZE = 256  # cyclegan_keras.inference.DEFAULT_LOAD_SIZE, without importing TensorFlow
+
 
 def parser():
     result = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    result.add_argument("--model", required=True, help="a .keras file or a training work directory")
-    result.add_argument("--input", required=True, help="an image file, a folder (recursive) or a glob pattern")
-    result.add_argument("--out", required=True, help="output folder")
-    result.add_argument("--direction", default="a2b", choices=["a2b", "b2a"], help="default: a2b")
-    result.add_argument("--batch-size", type=int, default=4, help="images of the same size per batch (default: 4)")
+    result.add_argument(
+        "--model", required=True, type=cli_args.keras_model, help="a .keras file or a training work directory"
+    )
+    result.add_argument(
+        "--input",
+        required=True,
+        type=cli_args.image_source,
+        help="an image file, a folder (recursive) or a glob pattern (quote it)",
+    )
+    result.add_argument(
+        "--out", required=True, type=cli_args.output_folder, help="output folder, outside any --input folder"
+    )
+    result.add_argument(
+        "--direction",
+        default="a2b",
+        type=cli_args.direction,
+        metavar="{a2b,b2a}",
+        help="which generator of a CycleGAN; the reference's AtoB/BtoA also work (default: a2b)",
+    )
+    result.add_argument(
+        "--batch-size",
+        type=cli_args.IntRange(1),
+        default=4,
+        help="images of the same size translated together, >= 1; at most this many are held in memory (default: 4)",
+    )
+    result.add_argument(
+        "--preprocess",
+        default="none",
+        choices=["none", "resize"],
+        help="none: native size and aspect ratio, the output has the input's size; resize: the reference's "
+        "test.py, a square --load-size resize (default: none, since a photo of any shape should come back "
+        "in its own shape; use resize to compare with the reference's results)",
+    )
+    result.add_argument(
+        "--load-size",
+        type=cli_args.IntRange(1),
+        default=None,
+        help=f"side of the square with --preprocess resize, >= 1 (default: {DEFAULT_LOAD_SIZE}, the reference's)",
+    )
     return result
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    if args.load_size is not None and args.preprocess != "resize":
+        cli.error(f"argument --load-size: applies only with --preprocess resize. Received: {args.load_size}")
     from cyclegan_keras.data import DataError
-    from cyclegan_keras.inference import load_generator, translate_files
+    from cyclegan_keras.inference import ModelLoadError, OutputConflict, load_generator, plan_outputs, translate_files
 
     try:
+        plan_outputs(args.input, args.out)
+    except OutputConflict as error:
+        cli.error(f"argument --out: {error}")
+    except DataError as error:
+        cli.error(f"argument --input: {error}")
+    try:
         generator = load_generator(args.model, args.direction)
-        written, bad = translate_files(generator, args.input, args.out, args.batch_size)
-    except (DataError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except ModelLoadError as error:
+        cli.error(f"argument --model: {error}")
+    except ValueError as error:
+        cli.error(f"argument --direction: {error}")
+    try:
+        written, bad = translate_files(
+            generator,
+            args.input,
+            args.out,
+            args.batch_size,
+            args.preprocess,
+            args.load_size or DEFAULT_LOAD_SIZE,
+            verbose=sys.stdout.isatty(),  # no progress bar escapes in logs
+        )
+    except DataError as error:
+        cli.error(f"argument --input: {error}")
     for path, reason in bad:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     print(f"Wrote {len(written)} image(s) and {os.path.join(args.out, 'index.html')}")

@@ -28,10 +28,12 @@ report lists them), and its interface stays float32.
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import keras
@@ -53,12 +55,15 @@ def _checked(images, channels):
     """
     expected = f"images must be NHWC: (batch, height, width, {channels})"
     shape = tf.shape(images)
+    # The rank first: the other checks index the shape.
     with tf.control_dependencies(
-        [
-            tf.debugging.assert_equal(tf.size(shape), 4, message=f"{expected}; got another rank"),
-            tf.debugging.assert_equal(shape[-1], channels, message=f"{expected}; got another channel count"),
-        ]
+        [tf.debugging.assert_equal(tf.size(shape), 4, message=f"{expected}; got another rank")]
     ):
+        checks = [
+            tf.debugging.assert_equal(shape[-1], channels, message=f"{expected}; got another channel count"),
+            tf.debugging.assert_positive(shape[0], message=f"{expected} with batch >= 1; got an empty batch"),
+        ]
+    with tf.control_dependencies(checks):
         return tf.ensure_shape(tf.identity(images), (None, None, None, channels))
 
 
@@ -170,9 +175,20 @@ def sample_images(generator, size=256, count=2, seed=0):
 
 
 def export(
-    generator, out_dir, formats=("saved_model", "tflite"), variants=("float32",), representative=None, samples=None
+    generator,
+    out_dir,
+    formats=("saved_model", "tflite"),
+    variants=("float32",),
+    representative=None,
+    samples=None,
+    save_generator=False,
 ):
     """Exports `generator` and verifies every artifact in a fresh process.
+
+    Everything is written to a hidden folder beside `out_dir` and moved into
+    `out_dir` only once verified, so a failure leaves `out_dir` as it was
+    (absent if it was). Into an existing `out_dir` only this function's own
+    files are replaced (`saved_model/1`, not other versions beside it).
 
     Args:
         generator: `keras.Model`, e.g. `CycleGAN.generator("a2b")`.
@@ -183,6 +199,8 @@ def export(
             (defaults to `samples`).
         samples: list of float images (h, w, c) in [-1, 1] for the parity
             check. Defaults to `sample_images(generator)`.
+        save_generator: bool. Also write the Keras generator as
+            `OUT/generator.keras`. Defaults to `False`.
 
     Returns:
         The report (also `OUT/export_report.json`).
@@ -192,9 +210,49 @@ def export(
             or an artifact does not load and run.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"out_dir must be a folder. Received a file: {out_dir}")
+    # Beside or inside out_dir, so the final moves stay on one file system.
+    parent = out_dir if out_dir.is_dir() else _existing_ancestor(out_dir)
+    stage = parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    stage.mkdir()
+    try:
+        report, written = _export_into(stage, generator, formats, variants, representative, samples, save_generator)
+        _publish(stage, out_dir, written)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return report
+
+
+def _existing_ancestor(path):
+    path = Path(os.path.abspath(path)).parent
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _publish(stage, out_dir, written):
+    """Moves `written` (paths relative to `stage`) into `out_dir`, replacing what they replace."""
+    if not out_dir.exists():
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(stage, out_dir)
+        return
+    for relative in written:
+        source, target = stage / relative, out_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        os.replace(source, target)
+
+
+def _export_into(out_dir, generator, formats, variants, representative, samples, save_generator):
     samples = samples if samples is not None else sample_images(generator)
-    artifacts = []
+    artifacts, written = [], ["reference.npz", "artifacts.json", "export_report.json"]
+    if save_generator:
+        generator.save(out_dir / "generator.keras")
+        written.append("generator.keras")
     if "saved_model" in formats:
         export_saved_model(generator, out_dir / "saved_model" / "1")
         artifacts.append({"format": "saved_model", "variant": "float32", "path": "saved_model/1"})
@@ -207,6 +265,7 @@ def export(
             for variant in variants:
                 path = _convert_tflite(source, out_dir / f"generator_{variant}.tflite", variant, calibration)
                 artifacts.append({"format": "tflite", "variant": variant, "path": path.name})
+    written += [artifact["path"] for artifact in artifacts]
     keras_fn = padded_call(generator)
     references, keras_seconds = [], []
     for image in samples:
@@ -245,7 +304,7 @@ def export(
             failures.append(f"{artifact['path']}: max abs error {error:.2e} > {FLOAT32_TOLERANCE}")
     if failures:
         raise ExportError("Export verification failed: " + "; ".join(failures))
-    return report
+    return report, written
 
 
 class ExportError(RuntimeError):

@@ -1,6 +1,10 @@
+import io
 import json
 import os
 import pickle
+import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -9,9 +13,11 @@ import pytest
 
 import export as export_cli
 from cyclegan_keras import convert
-from cyclegan_keras.convert import ConversionError, UnsafePickleError
+from cyclegan_keras.convert import ConversionError, CorruptCheckpointError, UnsafePickleError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ROOT = FIXTURES.parent.parent
+CORRUPT_LINE = re.compile(r"^cut\.pth is truncated or corrupt: [^\n]+; download it again$")
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +143,173 @@ def test_full_size_parity_with_pytorch(tmp_path):
         error = float(np.max(np.abs(np.asarray(generator(images)) - expected)))
         print(f"full-size resnet_9blocks, {'legacy' if legacy else 'zip'} format: max abs error {error:.2e}")
         assert error < 1e-4
+
+
+# -- Truncated and damaged files ------------------------------------------------------
+
+
+def _outcome(content, uncut):
+    """'exact' (equal keys and arrays), 'corrupt' (one-line CorruptCheckpointError) or what else happened."""
+    try:
+        state = convert.parse_state_dict(content, "cut.pth")
+    except CorruptCheckpointError as error:
+        assert CORRUPT_LINE.match(str(error)), str(error)
+        return "corrupt"
+    if list(state) == list(uncut) and all(np.array_equal(state[k], uncut[k]) for k in uncut):
+        return "exact"
+    return state
+
+
+def _cut_offsets(size):
+    """Every offset in the first 4 KB (legacy headers and pickle) and the last 2 KB, every 7th between."""
+    return sorted({*range(min(size, 4096)), *range(max(0, size - 2048), size), *range(4096, size, 7)})
+
+
+@pytest.mark.parametrize("name", ["resnet_tiny.pth", "resnet_tiny_legacy.pth"])
+def test_every_cut_is_refused_as_corrupt(name):
+    content = (FIXTURES / name).read_bytes()
+    uncut = convert.parse_state_dict(content)
+    offsets = _cut_offsets(len(content))
+    assert len(offsets) > 9000
+    others = {n: _outcome(content[:n], uncut) for n in offsets}
+    others = {n: outcome for n, outcome in others.items() if outcome != "corrupt"}
+    assert others == {}, list(others)[:5]  # a cut file never loads, not even exactly
+    assert _outcome(content, uncut) == "exact"
+
+
+def test_cut_messages_name_the_tensor_and_the_byte_counts():
+    legacy = (FIXTURES / "resnet_tiny_legacy.pth").read_bytes()
+    # The issue's case: the last 8 bytes cut used to load, off by up to 1.57.
+    with pytest.raises(CorruptCheckpointError) as caught:
+        convert.parse_state_dict(legacy[:-8], "cut.pth")
+    assert str(caught.value) == (
+        "cut.pth is truncated or corrupt: expected 12 bytes for tensor model.19.bias, found 4; download it again"
+    )
+    # Storage 1 (model.1.bias) starts at byte 6083 with its int64 element count.
+    with pytest.raises(CorruptCheckpointError, match="expected 8 \\+ 16 bytes for tensor model.1.bias .*found 3;"):
+        convert.parse_state_dict(legacy[: 6083 + 3], "cut.pth")
+    with pytest.raises(CorruptCheckpointError, match="state dict pickle cannot be read"):
+        convert.parse_state_dict(legacy[:1000], "cut.pth")
+    zipped = (FIXTURES / "resnet_tiny.pth").read_bytes()
+    with pytest.raises(CorruptCheckpointError, match="the zip directory at its end is missing or damaged"):
+        convert.parse_state_dict(zipped[:-1], "cut.pth")
+    with pytest.raises(CorruptCheckpointError, match="the file is empty"):
+        convert.parse_state_dict(b"", "cut.pth")
+
+
+def _rezip(content, replace=(), drop=()):
+    """The zip fixture rewritten with records changed or left out (valid CRCs: only our checks can object)."""
+    source, target = zipfile.ZipFile(io.BytesIO(content)), io.BytesIO()
+    with zipfile.ZipFile(target, "w") as archive:
+        for info in source.infolist():
+            if info.filename not in drop:
+                raw = source.read(info)
+                archive.writestr(info.filename, dict(replace).get(info.filename, lambda raw: raw)(raw))
+    return target.getvalue()
+
+
+def test_zip_storage_sizes_and_views_are_checked():
+    content = (FIXTURES / "resnet_tiny.pth").read_bytes()
+    uncut = convert.parse_state_dict(content)
+    assert _outcome(_rezip(content), uncut) == "exact"
+    short = _rezip(content, {"resnet_tiny/data/1": lambda raw: raw[:12]})
+    with pytest.raises(CorruptCheckpointError, match="expected 16 bytes for tensor model.1.bias, found 12"):
+        convert.parse_state_dict(short, "cut.pth")
+    missing = _rezip(content, drop={"resnet_tiny/data/1"})
+    with pytest.raises(CorruptCheckpointError, match="record resnet_tiny/data/1 is missing"):
+        convert.parse_state_dict(missing, "cut.pth")
+    # The stride 147 -> 148 makes model.1.weight (4, 3, 7, 7) read past its storage.
+    stride = _rezip(content, {"resnet_tiny/data.pkl": lambda raw: raw.replace(b"(K\x93K1K", b"(K\x94K1K")})
+    with pytest.raises(
+        CorruptCheckpointError, match="tensor model.1.weight .* reaches element 590 of a storage of 588"
+    ):
+        convert.parse_state_dict(stride, "cut.pth")
+
+
+LEGACY_DATA_START = 3723  # the legacy fixture's first storage, after its pickles
+
+
+def _changed_values(state, reference):
+    return sum(
+        int(np.any(a.view(np.uint8).reshape(a.size, -1) != b.view(np.uint8).reshape(b.size, -1), axis=1).sum())
+        for a, b in ((state[k], reference[k]) for k in reference)
+    )
+
+
+def test_random_byte_flips_give_the_exact_weights_or_one_clear_error():
+    rng = np.random.default_rng(12)
+    # The zip format has a CRC-32 per record: every flip is found or harmless.
+    content = (FIXTURES / "resnet_tiny.pth").read_bytes()
+    uncut = convert.parse_state_dict(content)
+    outcomes = []
+    for offset in rng.integers(0, len(content), 300):
+        flipped = bytearray(content)
+        flipped[offset] ^= 1 << int(rng.integers(8))
+        outcomes.append(_outcome(bytes(flipped), uncut))
+    assert set(outcomes) == {"exact", "corrupt"}, [o for o in outcomes if isinstance(o, dict)][:1]
+    # The legacy format has no checksum: a flip in a tensor's bytes changes that one
+    # value and no reader can tell. Any other flip is found here or by the conversion.
+    content = (FIXTURES / "resnet_tiny_legacy.pth").read_bytes()
+    uncut = convert.parse_state_dict(content)
+    seen = set()
+    for offset in rng.integers(0, len(content), 300):
+        flipped = bytearray(content)
+        flipped[offset] ^= 1 << int(rng.integers(8))
+        try:
+            outcome = _outcome(bytes(flipped), uncut)
+        except UnsafePickleError as error:  # a flipped class name: refused, and said it may be corrupt
+            assert "or be corrupt" in str(error)
+            outcome = "refused"
+        if isinstance(outcome, dict):
+            if list(outcome) == list(uncut) and all(outcome[k].shape == uncut[k].shape for k in uncut):
+                assert _changed_values(outcome, uncut) == 1 and offset >= LEGACY_DATA_START, offset
+                outcome = "one value"
+            else:  # a changed key or shape
+                with pytest.raises(ConversionError):
+                    convert.state_dict_to_generator(outcome)
+                outcome = "conversion error"
+        seen.add(outcome)
+    assert {"one value", "corrupt"} <= seen
+
+
+def test_export_from_a_cut_file_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
+    cases = {
+        "resnet_tiny_legacy.pth": (8, "expected 12 bytes for tensor model.19.bias, found 4"),
+        "resnet_tiny.pth": (100, "the zip directory at its end is missing or damaged (File is not a zip file)"),
+    }
+    for name, (cut, detail) in cases.items():
+        path = tmp_path / name
+        path.write_bytes((FIXTURES / name).read_bytes()[:-cut])
+        out = tmp_path / "out" / "nested"
+        with pytest.raises(SystemExit) as exit_:
+            export_cli.main(["--from-torch", str(path), "--out", str(out), "--sample-size", "32"])
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert exit_.value.code == 2
+        assert len(errors) == 1 and errors[0].endswith(
+            f" error: argument --from-torch: {path} is truncated or corrupt: {detail}; download it again"
+        )
+        assert not (tmp_path / "out").exists()
+
+
+def test_export_from_a_cut_file_in_a_fresh_process(tmp_path):
+    path = tmp_path / "cut.pth"
+    path.write_bytes((FIXTURES / "resnet_tiny_legacy.pth").read_bytes()[:-8])
+    run = subprocess.run(
+        [sys.executable, "export.py", "--from-torch", str(path), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert _own_lines(run.stderr)[-1] == (
+        f"export.py: error: argument --from-torch: {path} is truncated or corrupt: expected 12 bytes for tensor "
+        "model.19.bias, found 4; download it again"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def _own_lines(stderr):
+    """stderr without TensorFlow's C++ start-up log lines (I0000 ..., 'WARNING: All log messages ...')."""
+    tf_log = re.compile(r"^([IWE]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl|To enable the following)")
+    return [line for line in stderr.splitlines() if line.strip() and not tf_log.match(line)]

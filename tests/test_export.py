@@ -34,6 +34,7 @@ bad_inputs = {
     "rank": np.zeros((8, 8, 3), "float32"),
     "channels": np.zeros((1, 8, 8, 4), "float32"),
     "dtype": np.zeros((1, 8, 8, 3), "int32"),
+    "empty": np.zeros((0, 8, 8, 3), "float32"),
 }
 for name, bad in bad_inputs.items():
     try:
@@ -83,6 +84,7 @@ def test_saved_model_signatures_in_a_fresh_process(tmp_path, generator, rng):
     assert "images must be NHWC: (batch, height, width, 3); got another rank" in errors["rank"]
     assert "got another channel count" in errors["channels"]
     assert "expected to be a float tensor but is a int32 tensor" in errors["dtype"]
+    assert "with batch >= 1; got an empty batch" in errors["empty"] and "MirrorPad" not in errors["empty"]
 
 
 def test_saved_model_cli_lists_the_signatures(tmp_path, generator):
@@ -136,8 +138,30 @@ def test_bad_export_requests_are_named(tmp_path, generator, capsys):
         export.export_tflite(generator, tmp_path / "x.tflite", "int8")
     with pytest.raises(ValueError, match="variant"):
         export.export_tflite(generator, tmp_path / "x.tflite", "int4")
-    code = export_cli.main(["--model", str(tmp_path / "missing.keras"), "--out", str(tmp_path / "out")])
-    assert code == 2 and "Model file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        export_cli.main(["--model", str(tmp_path / "missing.keras"), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2 and "argument --model: " in capsys.readouterr().err
+
+
+def test_a_failed_export_leaves_the_output_folder_as_it_was(tmp_path, generator, monkeypatch):
+    def fails_after_writing(generator, path):  # a failure midway, with files already written
+        Path(path).mkdir(parents=True)
+        (Path(path) / "saved_model.pb").write_text("half an export")
+        raise export.ExportError("verification failed")
+
+    monkeypatch.setattr(export, "export_saved_model", fails_after_writing)
+    samples = export.sample_images(generator, size=16, count=1)
+    for out in (tmp_path / "new" / "out", tmp_path / "existing"):
+        if out.name == "existing":
+            (out / "saved_model" / "1").mkdir(parents=True)
+            (out / "saved_model" / "1" / "saved_model.pb").write_text("the previous export")
+        with pytest.raises(export.ExportError, match="verification failed"):
+            export.export(generator, out, ("saved_model",), samples=samples, save_generator=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]  # no new/, no staging folder
+    assert [str(p.relative_to(tmp_path)) for p in sorted(tmp_path.rglob("*")) if p.is_file()] == [
+        "existing/saved_model/1/saved_model.pb"
+    ]
+    assert (tmp_path / "existing" / "saved_model" / "1" / "saved_model.pb").read_text() == "the previous export"
 
 
 def test_cli_exports_a_trained_cyclegan(tmp_path, capsys):
@@ -146,6 +170,11 @@ def test_cli_exports_a_trained_cyclegan(tmp_path, capsys):
     model = tiny_cyclegan()
     model.compile()
     model.save(tmp_path / "model.keras")
+    # An existing TF Serving folder: version 2 stays, version 1 is replaced whole.
+    (tmp_path / "out" / "saved_model" / "2").mkdir(parents=True)
+    (tmp_path / "out" / "saved_model" / "2" / "keep.txt").write_text("version 2")
+    (tmp_path / "out" / "saved_model" / "1").mkdir()
+    (tmp_path / "out" / "saved_model" / "1" / "stale.txt").write_text("old version 1")
     folder = tmp_path / "representative"
     folder.mkdir()
     for i in range(3):
@@ -172,3 +201,6 @@ def test_cli_exports_a_trained_cyclegan(tmp_path, capsys):
     assert (tmp_path / "out" / "saved_model" / "1" / "saved_model.pb").exists()
     report = json.loads((tmp_path / "out" / "export_report.json").read_text())
     assert report["samples"] == [[32, 32, 3], [32, 32, 3]]
+    assert (tmp_path / "out" / "saved_model" / "2" / "keep.txt").read_text() == "version 2"
+    assert not (tmp_path / "out" / "saved_model" / "1" / "stale.txt").exists()
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no staging folder left

@@ -1,0 +1,163 @@
+"""Argument types shared by the command-line scripts (translate.py, export.py).
+
+Each type checks one flag's value while argparse parses, so a bad value
+stops the command before any work, with argparse's one line
+`error: argument --flag: ...` and exit code 2. Nothing here imports
+TensorFlow, so `--help` and these checks are instant. Checks that must open
+a model or decode images run after parsing, in the scripts, and report the
+same way (`parser.error("argument --flag: ...")`).
+
+The vocabularies repeat the library's (`cyclegan_keras.model.DIRECTIONS`,
+`cyclegan_keras.data.IMAGE_EXTENSIONS`) because importing the library imports
+TensorFlow; a test keeps them equal.
+"""
+
+import argparse
+import glob
+import os
+import zipfile
+from pathlib import Path
+
+DIRECTIONS = ("a2b", "b2a")
+# The reference's spellings (`--direction AtoB`) are aliases, in any case.
+_DIRECTION_ALIASES = {"a2b": "a2b", "b2a": "b2a", "atob": "a2b", "btoa": "b2a"}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+def parse_direction(value):
+    """`"a2b"` or `"b2a"` from this package's names or the reference's `AtoB`/`BtoA`.
+
+    Raises:
+        ValueError: naming the accepted values.
+    """
+    direction = _DIRECTION_ALIASES.get(str(value).strip().lower())
+    if direction is None:
+        raise ValueError(f"must be a2b or b2a (the reference's AtoB, BtoA also work). Received: {value!r}")
+    return direction
+
+
+def direction(text):
+    """argparse type: a direction in either vocabulary, returned as `a2b`/`b2a`."""
+    try:
+        return parse_direction(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+class IntRange:
+    """argparse type: an integer in `[minimum, maximum]` (no maximum when None)."""
+
+    def __init__(self, minimum, maximum=None):
+        self.minimum, self.maximum = minimum, maximum
+
+    @property
+    def allowed(self):
+        if self.maximum is None:
+            return f"an integer >= {self.minimum}"
+        return f"an integer from {self.minimum} to {self.maximum}"
+
+    def __call__(self, text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < self.minimum or (self.maximum is not None and value > self.maximum):
+            raise argparse.ArgumentTypeError(f"must be {self.allowed}. Received: {text!r}")
+        return value
+
+    def __repr__(self):  # argparse names the type in some messages
+        return self.allowed
+
+
+def output_folder(text):
+    """argparse type: a folder to write into (created later, only on success)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    ancestor = _existing_ancestor(path)
+    if not ancestor.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} cannot be created: {ancestor} is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text} cannot be written: no write permission in {ancestor}")
+    return text
+
+
+def _existing_ancestor(path):
+    path = Path(os.path.abspath(path))
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def keras_model(text):
+    """argparse type: a `.keras` file, or a training work directory holding `model.keras`.
+
+    Checks what can be checked without TensorFlow: a `.keras` file is a zip
+    archive holding `config.json`. Loading it is checked after parsing.
+    """
+    path = Path(text)
+    if path.is_dir():
+        path = path / "model.keras"
+        if not path.is_file():
+            raise argparse.ArgumentTypeError(f"{text} is a folder without model.keras (not a training work directory)")
+    elif not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} not found")
+    if not _is_keras_archive(path):
+        raise argparse.ArgumentTypeError(
+            f"{path} is not a readable Keras model (a .keras file is a zip archive with config.json)"
+        )
+    return text
+
+
+def _is_keras_archive(path):
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "config.json" in archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
+def torch_file(text):
+    """argparse type: an existing file (its content is checked when it is read)."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} not found")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a PyTorch .pth file")
+    return text
+
+
+def _is_image(path):
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _has_image_files(folder):
+    return any(_is_image(name) for _, _, names in os.walk(folder) for name in names)
+
+
+def image_folder(text):
+    """argparse type: a folder holding image files (at any depth)."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} not found")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder of images")
+    if not _has_image_files(path):
+        raise argparse.ArgumentTypeError(f"{text} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return text
+
+
+def image_source(text):
+    """argparse type: an image file, a folder of images (recursive) or a glob pattern."""
+    path = Path(text)
+    if path.is_dir():
+        return image_folder(text)
+    if path.is_file():
+        if not _is_image(path):
+            raise argparse.ArgumentTypeError(f"{text} is not an image file ({', '.join(IMAGE_EXTENSIONS)})")
+        return text
+    if glob.has_magic(text):
+        if not any(_is_image(p) and os.path.isfile(p) for p in glob.iglob(text, recursive=True)):
+            raise argparse.ArgumentTypeError(f"no image files match {text!r}")
+        return text
+    raise argparse.ArgumentTypeError(f"{text} not found (expected an image file, a folder or a glob pattern)")
