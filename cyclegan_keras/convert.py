@@ -16,6 +16,13 @@ its unpickler resolves only the handful of globals a plain state dict needs
 before anything runs. Both PyTorch formats are read: the zip archive
 (PyTorch >= 1.6) and the older sequential "legacy" format the published
 files of 2017-2019 use.
+
+`read_state_dict(path, torchscript=True)` also reads the parameters of a
+TorchScript archive (`torch.jit.save`), such as NVIDIA's FID Inception
+`inception-2015-12-05.pt`: its pickle names the module classes
+(`__torch__.*`), which become inert attribute holders (no TorchScript code
+is read or run), and its parameters come back under their dotted module
+paths (`layers.conv.weight`).
 """
 
 import collections
@@ -91,6 +98,30 @@ def _rebuild_parameter(data, requires_grad, backward_hooks, *unused):
     return data
 
 
+class _ScriptObject:
+    """A TorchScript module's attributes, held as data: no method of the module exists here."""
+
+    type_name = "?"
+
+    def __setstate__(self, state):
+        self.attributes = state if isinstance(state, dict) else {}
+
+
+_SCRIPT_CLASSES = {}
+
+
+def _script_class(module, name):
+    """One inert `_ScriptObject` subclass per TorchScript class name (for error messages)."""
+    key = f"{module}.{name}"
+    if key not in _SCRIPT_CLASSES:
+        _SCRIPT_CLASSES[key] = type("ScriptObject", (_ScriptObject,), {"type_name": key})
+    return _SCRIPT_CLASSES[key]
+
+
+def _build_list(values):
+    return list(values)
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     ALLOWED = {
         ("collections", "OrderedDict"): collections.OrderedDict,
@@ -99,16 +130,29 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     }
 
-    def __init__(self, file, storages, path):
+    # TorchScript archives pickle their modules' attributes; the lists of
+    # ints (conv strides, paddings) come through these pure builders.
+    SCRIPT_ALLOWED = {
+        ("torch.jit._pickle", "build_intlist"): _build_list,
+        ("torch.jit._pickle", "build_doublelist"): _build_list,
+        ("torch.jit._pickle", "build_boollist"): _build_list,
+    }
+
+    def __init__(self, file, storages, path, torchscript=False):
         super().__init__(file)
         self.storages = storages
         self.path = path
+        self.torchscript = torchscript
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
             return self.ALLOWED[(module, name)]
         if module == "torch" and name in _STORAGE_DTYPES:
             return name  # persistent_load receives the storage type by name
+        if self.torchscript and (module, name) in self.SCRIPT_ALLOWED:
+            return self.SCRIPT_ALLOWED[(module, name)]
+        if self.torchscript and (module == "__torch__" or module.startswith("__torch__.")):
+            return _script_class(module, name)
         raise UnsafePickleError(
             f"{self.path}: refusing to load {module}.{name}: a PyTorch state dict needs only tensors, "
             "and this file asks for more (it may run code). Nothing was executed."
@@ -125,8 +169,15 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self.storages[key]
 
 
-def read_state_dict(path):
+def read_state_dict(path, torchscript=False):
     """Reads a PyTorch `.pth` state dict into `{key: numpy array}`, safely.
+
+    Args:
+        path: str or Path.
+        torchscript: bool. Also accept a TorchScript archive and return its
+            parameters and buffers by dotted module path. Its module
+            classes become inert records; nothing of its code is read.
+            Defaults to `False`.
 
     Raises:
         UnsafePickleError: the pickle names anything but tensors and dicts.
@@ -143,7 +194,8 @@ def read_state_dict(path):
             if not pickles:
                 raise ConversionError(f"{path} is a zip file without data.pkl: not a PyTorch file")
             prefix = pickles[0][: -len("data.pkl")]
-            state = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), storages, path).load()
+            pickled = io.BytesIO(archive.read(pickles[0]))
+            state = _RestrictedUnpickler(pickled, storages, path, torchscript).load()
             for key, storage in storages.items():
                 storage.load(archive.read(f"{prefix}data/{key}"))
     else:
@@ -179,7 +231,23 @@ def _read_legacy(file, storages, path):
     return state
 
 
+def _script_tensors(node, prefix, result, seen):
+    """Tensors of a TorchScript module tree, keyed by dotted attribute path."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, _TensorRef):
+        result[prefix] = node
+    elif isinstance(node, _ScriptObject):
+        for name, value in getattr(node, "attributes", {}).items():
+            _script_tensors(value, f"{prefix}.{name}" if prefix else str(name), result, seen)
+
+
 def _to_numpy(state, path):
+    if isinstance(state, _ScriptObject):
+        tensors = collections.OrderedDict()
+        _script_tensors(state, "", tensors, set())
+        state = tensors
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
