@@ -507,5 +507,8 @@ class InceptionFeatures:
 
 def load_inception(path, resize_mode=DEFAULT_RESIZE_MODE):
     """`InceptionFeatures` with the FID weights of `path` (see `read_weights`)."""
-    model = load_weights(fid_inception_v3(), path)
+    check_resize_mode(resize_mode)
+    state = read_weights(path)  # a wrong file fails before the network is built
+    model = fid_inception_v3()
+    set_state_dict(model, state)
     return InceptionFeatures(model, resize_mode, weights_path=path)
