@@ -451,6 +451,7 @@ class _Candidate:
 
 
 def _check_channels(what, channels, other_what, other_channels):
+    channels, other_channels = min(channels, 3), min(other_channels, 3)  # alpha aside
     if channels != other_channels:
         kinds = {1: "grayscale (1 channel)", 3: "colour (3 channels)"}
         raise MetricError(
@@ -527,7 +528,7 @@ def evaluate(
     truth_names = match_names(truth_paths, truth_root or _common_root(truth_paths)) if truth_paths else None
     if truth_names is not None:
         _check_channels("the outputs", output_channels, "the --truth images", set_channels(truth_paths))
-    if palette is not None and output_channels != 3:
+    if palette is not None and output_channels == 1:
         raise MetricError("--labels needs colour label maps; the outputs have 1 channel")
     candidates = {}
     progress = keras.utils.Progbar(count, unit_name="output") if settings.verbose and count else None
@@ -536,7 +537,7 @@ def evaluate(
         for key, images in groups.items():
             candidate = candidates.setdefault(key, _Candidate(palette))
             if real_features is not None:
-                rgb = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+                rgb = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images[..., :3]
                 candidate.features.append(np.asarray(features(rgb), np.float32))
             if truth_names is not None:
                 for name, image in zip(names, images):
