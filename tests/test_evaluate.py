@@ -297,6 +297,11 @@ def test_bad_inputs_give_one_line_and_exit_2(capsys, tmp_path, dataset, generato
     )
     assert "one of the arguments --model --fake is required" in bad(capsys, "--real", b)
     assert "--model: not found" in bad(capsys, "--model", tmp_path / "nope.keras", "--input", a, "--truth", truth)
+    (tmp_path / "notes.txt").write_text("x")
+    assert "is not a .keras file, a work directory" in bad(
+        capsys, "--model", tmp_path / "notes.txt", "--input", a, "--truth", truth
+    )
+    assert "holds neither model.keras" in bad(capsys, "--model", tmp_path / "empty", "--input", a, "--truth", truth)
     assert "palette file not found" in bad(capsys, "--fake", a, "--truth", truth, "--labels", tmp_path / "p.txt")
 
 
