@@ -20,6 +20,13 @@ files of 2017-2019 use.
 A download cut short or damaged fails with `CorruptCheckpointError`
 ("PATH is truncated or corrupt: expected N bytes for tensor K, found M;
 download it again") instead of converting into a wrong model.
+
+`read_state_dict(path, torchscript=True)` also reads the parameters of a
+TorchScript archive (`torch.jit.save`), such as NVIDIA's FID Inception
+`inception-2015-12-05.pt`: its pickle names the module classes
+(`__torch__.*`), which become inert attribute holders (no TorchScript code
+is read or run), and its parameters come back under their dotted module
+paths (`layers.conv.weight`).
 """
 
 import collections
@@ -140,6 +147,30 @@ def _rebuild_parameter(data, requires_grad, backward_hooks, *unused):
     return data
 
 
+class _ScriptObject:
+    """A TorchScript module's attributes, held as data: no method of the module exists here."""
+
+    type_name = "?"
+
+    def __setstate__(self, state):
+        self.attributes = state if isinstance(state, dict) else {}
+
+
+_SCRIPT_CLASSES = {}
+
+
+def _script_class(module, name):
+    """One inert `_ScriptObject` subclass per TorchScript class name (for error messages)."""
+    key = f"{module}.{name}"
+    if key not in _SCRIPT_CLASSES:
+        _SCRIPT_CLASSES[key] = type("ScriptObject", (_ScriptObject,), {"type_name": key})
+    return _SCRIPT_CLASSES[key]
+
+
+def _build_list(values):
+    return list(values)
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     ALLOWED = {
         ("collections", "OrderedDict"): collections.OrderedDict,
@@ -148,16 +179,29 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     }
 
-    def __init__(self, file, storages, path):
+    # TorchScript archives pickle their modules' attributes; the lists of
+    # ints (conv strides, paddings) come through these pure builders.
+    SCRIPT_ALLOWED = {
+        ("torch.jit._pickle", "build_intlist"): _build_list,
+        ("torch.jit._pickle", "build_doublelist"): _build_list,
+        ("torch.jit._pickle", "build_boollist"): _build_list,
+    }
+
+    def __init__(self, file, storages, path, torchscript=False):
         super().__init__(file)
         self.storages = storages
         self.path = path
+        self.torchscript = torchscript
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
             return self.ALLOWED[(module, name)]
         if module == "torch" and name in _STORAGE_DTYPES:
             return name  # persistent_load receives the storage type by name
+        if self.torchscript and (module, name) in self.SCRIPT_ALLOWED:
+            return self.SCRIPT_ALLOWED[(module, name)]
+        if self.torchscript and (module == "__torch__" or module.startswith("__torch__.")):
+            return _script_class(module, name)
         raise UnsafePickleError(
             f"{self.path}: refusing to load {module}.{name}: a PyTorch state dict needs only tensors, "
             "and this file asks for more (it may run code, or be corrupt). Nothing was executed."
@@ -179,7 +223,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return storage
 
 
-def read_state_dict(path):
+def read_state_dict(path, torchscript=False):
     """Reads a PyTorch `.pth` state dict into `{key: numpy array}`, safely.
 
     Every storage's byte count is checked against what the pickle declares
@@ -188,6 +232,13 @@ def read_state_dict(path):
     zip format also checks each record's CRC-32, so changed bytes are found
     anywhere in it; the legacy format has no checksum: changed tensor bytes
     there cannot be found by any reader, changed structure is.
+
+    Args:
+        path: str or Path.
+        torchscript: bool. Also accept a TorchScript archive and return its
+            parameters and buffers by dotted module path. Its module
+            classes become inert records; nothing of its code is read.
+            Defaults to `False`.
 
     Raises:
         FileNotFoundError: no file at `path`.
@@ -198,17 +249,17 @@ def read_state_dict(path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"PyTorch file not found: {path}")
-    return parse_state_dict(path.read_bytes(), path)
+    return parse_state_dict(path.read_bytes(), path, torchscript)
 
 
-def parse_state_dict(content, path="<bytes>"):
+def parse_state_dict(content, path="<bytes>", torchscript=False):
     """`read_state_dict` of a file's bytes already in memory; `path` names it in messages."""
     storages = {}
     try:
         if not content:
             raise _Damaged("the file is empty")
         if content.startswith(_ZIP_MAGIC) or _looks_like_zip(content):
-            state = _read_zip(content, storages, path)
+            state = _read_zip(content, storages, path, torchscript)
         elif len(content) < len(_ZIP_MAGIC) and _ZIP_MAGIC.startswith(content):
             raise _Damaged(f"it ends after {len(content)} byte(s)")
         elif _near_legacy_header(content):
@@ -251,17 +302,17 @@ def _refuse_unknown(content, path):
     raise ConversionError(f"{path} is not a PyTorch file (no PyTorch header)")
 
 
-def _unpickle(file, storages, path, what):
+def _unpickle(file, storages, path, what, torchscript=False):
     """One pickle from `file`; any failure but a refusal is damage."""
     try:
-        return _RestrictedUnpickler(file, storages, path).load()
+        return _RestrictedUnpickler(file, storages, path, torchscript).load()
     except (UnsafePickleError, _Damaged):
         raise
     except Exception as error:  # truncated, invalid opcodes, wrong types
         raise _Damaged(f"its {what} cannot be read ({type(error).__name__}: {str(error)[:80]})") from None
 
 
-def _read_zip(content, storages, path):
+def _read_zip(content, storages, path, torchscript=False):
     """PyTorch's format since 1.6: a zip of ARCHIVE/data.pkl and one ARCHIVE/data/KEY per storage."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(content))
@@ -275,7 +326,7 @@ def _read_zip(content, storages, path):
                 raise _Damaged("the archive holds PyTorch records but no data.pkl")
             raise ConversionError(f"{path} is a zip file without data.pkl: not a PyTorch file")
         prefix = pickles[0][: -len("data.pkl")]
-        state = _unpickle(io.BytesIO(_zip_record(archive, pickles[0])), storages, path, "data.pkl")
+        state = _unpickle(io.BytesIO(_zip_record(archive, pickles[0])), storages, path, "data.pkl", torchscript)
         byteorder = "little"
         if f"{prefix}byteorder" in names:
             byteorder = _zip_record(archive, f"{prefix}byteorder").decode("ascii", "replace")
@@ -352,9 +403,25 @@ def _read_legacy(file, storages, path):
 
 
 def _unwrap(state):
+    if isinstance(state, _ScriptObject):
+        tensors = collections.OrderedDict()
+        _script_tensors(state, "", tensors, set())
+        return tensors
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         return state["state_dict"]
     return state
+
+
+def _script_tensors(node, prefix, result, seen):
+    """Tensors of a TorchScript module tree, keyed by dotted attribute path."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, _TensorRef):
+        result[prefix] = node
+    elif isinstance(node, _ScriptObject):
+        for name, value in getattr(node, "attributes", {}).items():
+            _script_tensors(value, f"{prefix}.{name}" if prefix else str(name), result, seen)
 
 
 def _to_numpy(state, path):

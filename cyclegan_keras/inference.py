@@ -284,3 +284,110 @@ def _write_gallery(out_dir, names):
         "<style>img{max-width:384px}td{padding:4px;vertical-align:top}</style></head><body>"
         f"<table><tr><th>name</th><th>input</th><th>output</th></tr>\n{rows}\n</table></body></html>\n"
     )
+
+
+# -- Any exported form of a generator, as one callable ---------------------------------------
+
+
+class Translator:
+    """A generator in any of its forms, as `images -> translated images`.
+
+    Call it with float32 `(n, h, w, input_channels)` in [-1, 1]; it returns a
+    numpy array of the same height and width in [-1, 1].
+
+    Attributes:
+        kind: `"keras"`, `"saved_model"` or `"tflite"`.
+        input_channels, output_channels: ints.
+        path: what it was loaded from.
+    """
+
+    def __init__(self, fn, kind, input_channels, output_channels, path):
+        self._fn = fn
+        self.kind = kind
+        self.input_channels = input_channels
+        self.output_channels = output_channels
+        self.path = str(path)
+
+    def __call__(self, images):
+        return np.asarray(self._fn(np.asarray(images, np.float32)))
+
+
+def load_translator(path, direction="a2b"):
+    """A `Translator` for a `.keras` file or work directory, a SavedModel or a `.tflite` file.
+
+    A `.keras` CycleGAN gives its generator for `direction`; a saved
+    generator, a SavedModel (from `export.py`: the directory holding
+    `saved_model.pb`, or the export's OUT folder) and a `.tflite` file have
+    one direction, their own.
+
+    Raises:
+        FileNotFoundError: nothing at `path`.
+        ValueError: `path` is none of these forms.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--model: not found: {path}")
+    if path.is_dir():
+        for candidate in (path, path / "saved_model" / "1"):
+            if (candidate / "saved_model.pb").is_file():
+                return _saved_model_translator(candidate)
+        if not (path / "model.keras").is_file():
+            raise ValueError(
+                f"--model: {path} holds neither model.keras (a training work directory) nor saved_model.pb "
+                "(a SavedModel)"
+            )
+    elif path.suffix == ".tflite":
+        return _tflite_translator(path)
+    elif path.suffix != ".keras":
+        raise ValueError(
+            f"--model: {path} is not a .keras file, a work directory, a SavedModel directory or a .tflite file"
+        )
+    generator = load_generator(path, direction)
+    fn = padded_generator(generator)
+    return Translator(
+        lambda images: fn(images).numpy(), "keras", generator.input_shape[-1], generator.output_shape[-1], path
+    )
+
+
+def _saved_model_translator(path):
+    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    # The export declares images of unknown rank and checks the channels in
+    # the graph: probe which count it accepts.
+    for channels in (3, 1, 4):
+        try:
+            probe = signature(images=tf.zeros((1, 8, 8, channels)))["translated"]
+        except tf.errors.InvalidArgumentError:
+            continue
+        return Translator(
+            lambda images: signature(images=tf.constant(images))["translated"].numpy(),
+            "saved_model",
+            channels,
+            int(probe.shape[-1]),
+            path,
+        )
+    raise ValueError(f"--model: the SavedModel {path} takes no 1-, 3- or 4-channel images")
+
+
+def _tflite_translator(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count())
+    input_detail = interpreter.get_input_details()[0]
+    channels = int(input_detail["shape"][-1])
+    output_channels = int(interpreter.get_output_details()[0]["shape"][-1])
+    index = input_detail["index"]
+    current = [None]
+
+    def run(images):
+        outputs = []
+        for image in images:  # the export's .tflite files take batch 1
+            if current[0] != image.shape:
+                interpreter.resize_tensor_input(index, (1, *image.shape), strict=False)
+                interpreter.allocate_tensors()
+                current[0] = image.shape
+            interpreter.set_tensor(index, image[None])
+            interpreter.invoke()
+            outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0])
+        return np.stack(outputs)
+
+    return Translator(run, "tflite", channels, output_channels, path)
