@@ -14,8 +14,7 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from cyclegan_keras import _env
 
 QUANTIZATIONS = {"none": "float32", "float16": "float16", "dynamic": "dynamic", "int8": "int8"}
 
@@ -51,6 +50,7 @@ def load_representative(folder, channels, size):
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    _env.import_tensorflow()
     from cyclegan_keras import export
     from cyclegan_keras.data import DataError
 

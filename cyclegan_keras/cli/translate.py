@@ -10,8 +10,7 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from cyclegan_keras import _env
 
 
 def parser():
@@ -26,6 +25,7 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    _env.import_tensorflow()
     from cyclegan_keras.data import DataError
     from cyclegan_keras.inference import load_generator, translate_files
 
