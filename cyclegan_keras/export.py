@@ -16,8 +16,11 @@ inside the graph; image inputs are declared with unknown rank so that a
 wrong rank or channel count gets a message naming the expected layout):
 - `serving_default`: `images` float32 (n, h, w, c) in [-1, 1] -> `translated`.
 - `uint8`: `images` uint8 (n, h, w, c) 0..255 -> `translated` uint8.
-- `bytes`: `encoded_images` string (n,) of JPEG/PNG/BMP/GIF -> `translated_png`
-  string (n,) of PNGs (what TF Serving's REST API carries as base64).
+- `bytes`: `encoded_images` string (n,) of JPEG/PNG/BMP/GIF ->
+  `translated_png_bytes` string (n,) of PNGs. TF Serving's REST API decodes
+  `{"b64": ...}` inputs into any string tensor, but base64-encodes a string
+  output only when its name ends in `_bytes` (otherwise it writes the raw PNG
+  into the JSON).
 
 TFLite files take float32 (1, h, w, c) in [-1, 1], resized at run time with
 `resize_tensor_input`. The int8 variant quantizes weights and activations
@@ -81,7 +84,7 @@ def export_saved_model(generator, path):
             output = translate(tf.cast(image, tf.float32)[None] / 127.5 - 1.0)[0]
             return tf.io.encode_png(_to_uint8(output))
 
-        return {"translated_png": tf.map_fn(one, encoded_images, fn_output_signature=tf.string)}
+        return {"translated_png_bytes": tf.map_fn(one, encoded_images, fn_output_signature=tf.string)}
 
     archive = keras.export.ExportArchive()
     archive.track(generator)
