@@ -282,7 +282,7 @@ def export(
             sys.executable,
             "-c",
             "import sys; from cyclegan_keras.export import verify; verify(sys.argv[1])",
-            str(out_dir),
+            str(out_dir.resolve()),  # the child runs in another directory
         ],
         capture_output=True,
         text=True,

@@ -144,3 +144,16 @@ def test_each_console_script_target_prints_help(name, capsys):
         main(["--help"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.startswith("usage: ")
+
+
+def test_export_cli_from_another_directory_with_a_relative_out(tmp_path, monkeypatch, capsys):
+    # Installed, the package is not in the user's directory: a relative --out
+    # must mean the user's directory in every process the command starts.
+    from cyclegan_keras import networks
+    from cyclegan_keras.cli import export as export_cli
+
+    networks.resnet_generator(n_blocks=1, filters=8).save(tmp_path / "generator.keras")
+    monkeypatch.chdir(tmp_path)
+    argv = ["--model", "generator.keras", "--out", "exported", "--format", "saved_model", "--sample-size", "32"]
+    assert export_cli.main(argv) == 0, capsys.readouterr().err[-2000:]
+    assert (tmp_path / "exported" / "export_report.json").exists()
