@@ -1,8 +1,78 @@
-"""CycleGAN for Keras 3 on TensorFlow."""
+"""CycleGAN for Keras 3 on TensorFlow.
 
-from cyclegan_keras import layers, networks
-from cyclegan_keras.image_pool import ImagePool
-from cyclegan_keras.layers import InstanceNormalization, ReflectionPadding2D
-from cyclegan_keras.model import CycleGAN
+Importing the package checks the Keras backend and loads nothing else: the
+public names below load their modules (and TensorFlow) on first use, so the
+command-line tools print `--help` without starting TensorFlow. Any module is
+also reachable as an attribute (`cyclegan_keras.data`). The Keras classes
+are registered for `keras.models.load_model` once their module is loaded:
+by `from cyclegan_keras import CycleGAN`, or by `import cyclegan_keras`
+after `import keras`.
+"""
+
+import importlib
+import importlib.util
+import os
+import pkgutil
+import sys
+
+__version__ = "0.1.0"
 
 __all__ = ["CycleGAN", "ImagePool", "InstanceNormalization", "ReflectionPadding2D", "layers", "networks"]
+
+_CLASSES = {
+    "CycleGAN": "cyclegan_keras.model",
+    "ImagePool": "cyclegan_keras.image_pool",
+    "InstanceNormalization": "cyclegan_keras.layers",
+    "ReflectionPadding2D": "cyclegan_keras.layers",
+}
+
+
+class BackendError(ImportError):
+    """Keras is set to a backend other than TensorFlow."""
+
+
+def _require_tensorflow_backend():
+    """Fails at import, before Keras loads another backend, unless Keras runs on TensorFlow.
+
+    With `KERAS_BACKEND` unset and Keras not yet imported, sets it to
+    `tensorflow`, so that a `~/.keras/keras.json` naming another backend does
+    not apply to this package.
+    """
+    how = (
+        "Set KERAS_BACKEND=tensorflow before Python starts (e.g. `export KERAS_BACKEND=tensorflow`), "
+        "or in os.environ before the first `import keras`."
+    )
+    keras = sys.modules.get("keras")
+    backend = getattr(getattr(keras, "backend", None), "backend", None)
+    if keras is not None and callable(backend):
+        if backend() != "tensorflow":
+            raise BackendError(
+                f"cyclegan_keras needs Keras's TensorFlow backend, but Keras was imported with the "
+                f"{backend()!r} backend. {how}"
+            )
+        return
+    requested = os.environ.get("KERAS_BACKEND") or "tensorflow"  # Keras also reads "" as unset
+    os.environ["KERAS_BACKEND"] = requested
+    if requested != "tensorflow":
+        raise BackendError(f"cyclegan_keras needs Keras's TensorFlow backend, but KERAS_BACKEND={requested!r}. {how}")
+
+
+_require_tensorflow_backend()
+
+if "keras" in sys.modules:
+    # Keras (so TensorFlow) is loaded already: registering the classes costs
+    # little, and a plain `keras.models.load_model` then finds them.
+    for _module in sorted(set(_CLASSES.values())):
+        importlib.import_module(_module)
+
+
+def __getattr__(name):
+    if name in _CLASSES:
+        return getattr(importlib.import_module(_CLASSES[name]), name)
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_CLASSES, *(module.name for module in pkgutil.iter_modules(__path__))})

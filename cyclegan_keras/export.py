@@ -2,7 +2,7 @@
 
 `export(generator, out_dir, ...)` writes
 
-    OUT/saved_model/1/                 TF Serving layout (version 1)
+    OUT/saved_model/1/                 TF Serving layout (version 1), with its warmup requests
     OUT/generator_<variant>.tflite     float32, float16, dynamic, int8
     OUT/reference.npz                  sample inputs and the Keras outputs
     OUT/export_report.json             parity, size, ops and latency of each
@@ -16,8 +16,11 @@ inside the graph; image inputs are declared with unknown rank so that a
 wrong rank or channel count gets a message naming the expected layout):
 - `serving_default`: `images` float32 (n, h, w, c) in [-1, 1] -> `translated`.
 - `uint8`: `images` uint8 (n, h, w, c) 0..255 -> `translated` uint8.
-- `bytes`: `encoded_images` string (n,) of JPEG/PNG/BMP/GIF -> `translated_png`
-  string (n,) of PNGs (what TF Serving's REST API carries as base64).
+- `bytes`: `encoded_images` string (n,) of JPEG/PNG/BMP/GIF ->
+  `translated_png_bytes` string (n,) of PNGs. TF Serving's REST API decodes
+  `{"b64": ...}` inputs into any string tensor, but base64-encodes a string
+  output only when its name ends in `_bytes` (otherwise it writes the raw PNG
+  into the JSON).
 
 TFLite files take float32 (1, h, w, c) in [-1, 1], resized at run time with
 `resize_tensor_input`. The int8 variant quantizes weights and activations
@@ -86,7 +89,7 @@ def export_saved_model(generator, path):
             output = translate(tf.cast(image, tf.float32)[None] / 127.5 - 1.0)[0]
             return tf.io.encode_png(_to_uint8(output))
 
-        return {"translated_png": tf.map_fn(one, encoded_images, fn_output_signature=tf.string)}
+        return {"translated_png_bytes": tf.map_fn(one, encoded_images, fn_output_signature=tf.string)}
 
     archive = keras.export.ExportArchive()
     archive.track(generator)
@@ -96,7 +99,62 @@ def export_saved_model(generator, path):
     archive.add_endpoint("bytes", serve_bytes, [tf.TensorSpec((None,), tf.string, name="encoded_images")])
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     archive.write_out(str(path), verbose=False)
+    write_warmup_requests(path, channels)
     return Path(path)
+
+
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+
+
+def write_warmup_requests(saved_model_dir, channels, size=256):
+    """Writes TF Serving's warmup file: one `PredictRequest` per signature.
+
+    TF Serving runs the requests in `SAVED_MODEL_DIR/assets.extra/
+    tf_serving_warmup_requests` (a TFRecord of `PredictionLog`s) when it loads
+    the model, so that the first real request does not pay for the graph's
+    optimization and kernel set-up. Each request is one `size` x `size` image
+    of a smooth pattern. The protos are written here from their field numbers
+    (tensorflow_serving/apis/{model,predict,prediction_log}.proto), so that
+    exporting needs no tensorflow-serving-api, which pins TensorFlow's
+    version; the tests parse the file with it.
+
+    Returns:
+        The path of the file.
+    """
+    rows, columns = np.mgrid[0:size, 0:size]
+    image = np.stack([(rows + columns + 85 * c) % 256 for c in range(channels)], axis=-1).astype(np.uint8)
+    requests = {
+        "serving_default": {"images": image[None].astype("float32") / 127.5 - 1.0},
+        "uint8": {"images": image[None]},
+        "bytes": {"encoded_images": np.array([tf.io.encode_png(image).numpy()], dtype=object)},
+    }
+    path = Path(saved_model_dir) / WARMUP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for signature, inputs in requests.items():
+            model_spec = _proto_field(3, signature.encode())  # ModelSpec.signature_name
+            request = _proto_field(1, model_spec)  # PredictRequest.model_spec
+            for name, value in inputs.items():  # PredictRequest.inputs: map entries (key 1, value 2)
+                entry = _proto_field(1, name.encode()) + _proto_field(
+                    2, tf.make_tensor_proto(value).SerializeToString()
+                )
+                request += _proto_field(2, entry)
+            writer.write(_proto_field(6, _proto_field(1, request)))  # PredictionLog.predict_log.request
+    return path
+
+
+def _proto_field(number, payload):
+    """A length-delimited protobuf field (wire type 2): tag, length, bytes."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(value):
+    encoded = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        encoded.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(encoded)
 
 
 def _to_uint8(images):
@@ -283,7 +341,7 @@ def _export_into(out_dir, generator, formats, variants, representative, samples,
             sys.executable,
             "-c",
             "import sys; from cyclegan_keras.export import verify; verify(sys.argv[1])",
-            str(out_dir),
+            str(out_dir.resolve()),  # the child runs in another directory
         ],
         capture_output=True,
         text=True,

@@ -16,10 +16,10 @@ import pytest
 from conftest import tiny_cyclegan
 from PIL import Image
 
-import cli_args
 import export as export_cli
 import translate
 from cyclegan_keras import data, model, networks
+from cyclegan_keras.cli import args as cli_args
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"

@@ -26,7 +26,7 @@ result["float"] = signatures["serving_default"](images=tf.constant(inputs["float
 uint8 = signatures["uint8"](images=tf.constant(inputs["uint8"]))["translated"]
 result["uint8_dtype"], result["uint8_shape"] = uint8.dtype.name, list(uint8.shape)
 encoded = [inputs["png"].tobytes(), inputs["jpeg"].tobytes()]
-pngs = signatures["bytes"](encoded_images=tf.constant(encoded))["translated_png"].numpy()
+pngs = signatures["bytes"](encoded_images=tf.constant(encoded))["translated_png_bytes"].numpy()
 result["bytes_sizes"] = [list(Image.open(io.BytesIO(p)).size) for p in pngs]
 result["bytes_formats"] = [Image.open(io.BytesIO(p)).format for p in pngs]
 errors = {}
@@ -99,7 +99,7 @@ def test_saved_model_cli_lists_the_signatures(tmp_path, generator):
         "inputs['images']",
         "inputs['encoded_images']",
         "outputs['translated']",
-        "outputs['translated_png']",
+        "outputs['translated_png_bytes']",
     ):
         assert name in shown.stdout, name
 

@@ -17,10 +17,8 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import cli_args  # noqa: E402  (after the environment, imports nothing heavy)
+from cyclegan_keras import _env
+from cyclegan_keras.cli import args as cli_args
 
 QUANTIZATIONS = {"none": "float32", "float16": "float16", "dynamic": "dynamic", "int8": "int8"}
 MIN_SAMPLE_SIZE = 8  # the odd-sized parity sample is (size - 6) x (size + 10)
@@ -81,6 +79,7 @@ def main(argv=None):
         cli.error(f"argument --tflite-quantization: applies only with --format tflite or all. Received: {args.format}")
     if args.from_torch and args.direction != "a2b":
         cli.error("argument --direction: a --from-torch file holds one generator, which translates its own direction")
+    _env.import_tensorflow()
     from cyclegan_keras import export
     from cyclegan_keras.data import DataError
 

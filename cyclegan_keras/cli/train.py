@@ -14,8 +14,7 @@ import dataclasses
 import os
 import sys
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from cyclegan_keras import _env
 
 HELP = {
     "dataset": "'synthetic' (built in, no download) or a tfds cycle_gan config: horse2zebra, monet2photo, ...",
@@ -65,6 +64,7 @@ FLAG_NAMES = {"jit_compile": "--xla"}
 
 
 def parser():
+    _env.import_tensorflow()  # until TrainConfig moves out of training.py, which imports TensorFlow
     from cyclegan_keras.training import SYNTHETIC_DEFAULTS, TrainConfig
 
     result = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,6 +86,7 @@ def parser():
 def main(argv=None):
     args = vars(parser().parse_args(argv))
     workdir = args.pop("workdir")
+    _env.import_tensorflow()
 
     from cyclegan_keras.data import DataError
     from cyclegan_keras.training import ConfigError, TrainingError, make_config, train

@@ -15,10 +15,8 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import cli_args  # noqa: E402  (after the environment, imports nothing heavy)
+from cyclegan_keras import _env
+from cyclegan_keras.cli import args as cli_args
 
 DEFAULT_LOAD_SIZE = 256  # cyclegan_keras.inference.DEFAULT_LOAD_SIZE, without importing TensorFlow
 
@@ -72,6 +70,7 @@ def main(argv=None):
     args = cli.parse_args(argv)
     if args.load_size is not None and args.preprocess != "resize":
         cli.error(f"argument --load-size: applies only with --preprocess resize. Received: {args.load_size}")
+    _env.import_tensorflow()
     from cyclegan_keras.data import DataError
     from cyclegan_keras.inference import ModelLoadError, OutputConflict, load_generator, plan_outputs, translate_files
 

@@ -1,0 +1,219 @@
+"""Score a translation: FID, KID, PSNR/SSIM/MAE and label scores, beside the identity baseline.
+
+    # translate testA with a model and score against the real testB
+    python evaluate.py --model runs/horse2zebra/model.keras --direction a2b --input testA/ --real testB/
+    # images already translated (another tool's output), as pytorch-fid scores two folders
+    python evaluate.py --fake results/ --real testB/ [--input testA/ for the baseline]
+    # paired ground truth and the paper's Cityscapes label scores
+    python evaluate.py --model photo2label.keras --input testA/ --truth testB/ --labels cityscapes
+
+--model takes a .keras CycleGAN or generator, a training work directory, an
+exported SavedModel directory or a .tflite file. FID/KID need the FID
+Inception weights (pt_inception-2015-12-05-6726825d.pth): --inception-weights,
+the CYCLEGAN_INCEPTION_WEIGHTS variable, or the cache folder
+~/.cache/cyclegan_keras/. Without them the other scores are still computed.
+"""
+
+import argparse
+import json
+import sys
+
+from cyclegan_keras import _env
+
+RESIZE_MODES = ("pytorch-fid", "clean")  # cyclegan_keras.fid_inception.RESIZE_MODES, without importing TF
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line, like every other refusal of this command.
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parser():
+    result = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = result.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="a .keras file, work directory, SavedModel directory or .tflite file")
+    source.add_argument("--fake", help="a folder of images already translated")
+    result.add_argument("--direction", default="a2b", choices=["a2b", "b2a"], help="CycleGAN direction (default: a2b)")
+    result.add_argument("--input", help="input-domain images: translated with --model; the identity baseline")
+    result.add_argument("--real", help="target-domain images for FID and KID")
+    result.add_argument("--truth", help="ground truth of each input, matched by file name: PSNR, SSIM, MAE")
+    result.add_argument("--labels", help="label scores of label maps: 'cityscapes' or a palette file (R G B name)")
+    result.add_argument("--inception-weights", help="FID Inception weights (.pth of pytorch-fid, or TorchScript .pt)")
+    result.add_argument("--resize-mode", default="pytorch-fid", choices=RESIZE_MODES, help="default: pytorch-fid")
+    result.add_argument("--batch-size", type=int, default=50, help="images per batch (default: 50)")
+    result.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default: 100, clean-fid's)")
+    result.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size (default: 1000)")
+    result.add_argument("--json", help="write the scores and settings to this JSON file")
+    result.add_argument("--quiet", action="store_true", help="no progress bars")
+    return result
+
+
+def check_args(args):
+    if args.model and not args.input:
+        return "--model needs --input (the images to translate)"
+    if not args.real and not args.truth:
+        return "nothing to score: give --real (FID, KID) and/or --truth (PSNR, SSIM, MAE)"
+    if args.labels and not args.truth:
+        return "--labels needs --truth (the true label maps)"
+    for flag in ("batch_size", "kid_subsets"):
+        if getattr(args, flag) < 1:
+            return f"--{flag.replace('_', '-')} must be at least 1. Received: {getattr(args, flag)}"
+    if args.kid_subset_size < 2:
+        return f"--kid-subset-size must be at least 2. Received: {args.kid_subset_size}"
+    return None
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    problem = check_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    _env.import_tensorflow()
+    from cyclegan_keras import convert, data, fid_inception, metrics
+
+    try:
+        scores, notes = run(args)
+    except (
+        data.DataError,
+        metrics.MetricError,
+        fid_inception.WeightsNotFound,
+        convert.ConversionError,
+        convert.UnsafePickleError,
+        FileNotFoundError,
+        ValueError,
+    ) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(note)
+    print(format_table(scores))
+    if args.json:
+        from pathlib import Path
+
+        from cyclegan_keras.callbacks import replace_atomically
+
+        text = json.dumps(metrics.finite_or_str(scores), indent=2) + "\n"
+        replace_atomically(args.json, lambda path: Path(path).write_text(text))
+        print(f"Wrote {args.json}")
+    return 0
+
+
+def run(args):
+    """Loads what the flags name, scores it, and returns `(scores, notes to print)`."""
+    from cyclegan_keras import data, fid_inception, metrics
+
+    settings = metrics.EvalSettings(
+        batch_size=args.batch_size,
+        kid_subsets=args.kid_subsets,
+        kid_subset_size=args.kid_subset_size,
+        verbose=not args.quiet,
+    )
+    notes = []
+    real_paths = data.list_image_files(args.real) if args.real else None
+    truth_paths = data.list_image_files(args.truth) if args.truth else None
+    input_paths = data.list_image_files(args.input) if args.input else None
+    if real_paths is not None and len(real_paths) < 2:
+        raise metrics.MetricError(f"FID needs at least 2 images; --real {args.real} has {len(real_paths)}")
+    palette = None
+    if args.labels:
+        palette = (
+            metrics.Palette.cityscapes() if args.labels == "cityscapes" else metrics.Palette.from_file(args.labels)
+        )
+    features = None
+    if real_paths is not None:
+        weights = fid_inception.find_weights(args.inception_weights)
+        if weights is None:
+            if truth_paths is None:
+                raise fid_inception.WeightsNotFound(
+                    f"FID and KID need the FID Inception weights, and nothing else was asked (--truth). "
+                    f"{fid_inception.download_hint()}"
+                )
+            notes.append(f"FID/KID skipped: no FID Inception weights found. {fid_inception.download_hint()}")
+        else:
+            features = fid_inception.load_inception(weights, args.resize_mode)
+    if args.model:
+        from cyclegan_keras.inference import load_translator
+
+        translator = load_translator(args.model, args.direction)
+        scores = metrics.evaluate_generator(
+            translator,
+            input_paths,
+            real_paths,
+            truth_paths,
+            features,
+            palette,
+            settings,
+            input_channels=translator.input_channels,
+            output_channels=translator.output_channels,
+            input_root=args.input,
+            truth_root=args.truth,
+        )
+        source = {"model": str(args.model), "model_kind": translator.kind, "direction": args.direction}
+    else:
+        fake_paths = data.list_image_files(args.fake)
+        scores = metrics.evaluate_folders(
+            fake_paths,
+            real_paths,
+            truth_paths,
+            input_paths,
+            features,
+            palette,
+            settings,
+            fake_root=args.fake,
+            truth_root=args.truth,
+            input_root=args.input,
+        )
+        source = {"fake": str(args.fake)}
+    if real_paths is not None and features is None:
+        scores["fid_skipped"] = "no FID Inception weights file (see --inception-weights)"
+    scores["settings"].update(source, input=args.input, real=args.real, truth=args.truth)
+    return scores, notes
+
+
+ROWS = (
+    ("fid", "FID", "{:.3f}"),
+    ("kid_mean", "KID x 1000", None),
+    ("psnr", "PSNR (dB)", "{:.2f}"),
+    ("ssim", "SSIM", "{:.4f}"),
+    ("mae", "MAE (0..255)", "{:.2f}"),
+    ("pixel_accuracy", "per-pixel acc.", "{:.3f}"),
+    ("class_accuracy", "per-class acc.", "{:.3f}"),
+    ("class_iou", "class IoU", "{:.3f}"),
+)
+
+
+def _cell(scores, key, fmt):
+    if scores is None or key not in scores:
+        return ""
+    if scores[key] is None:
+        return "skipped"
+    if key == "kid_mean":
+        return f"{1000 * scores['kid_mean']:.3f} +- {1000 * scores['kid_std']:.3f}"
+    return fmt.format(scores[key])
+
+
+def format_table(scores):
+    """The model's scores beside the identity baseline's, one metric a line."""
+    identity = scores.get("identity")
+    lines = [f"{'':16} {'model':>20} {'identity (input)':>20}" if identity else f"{'':16} {'model':>20}"]
+    for key, label, fmt in ROWS:
+        if key not in scores:
+            continue
+        line = f"{label:16} {_cell(scores, key, fmt):>20}"
+        lines.append(line + (f" {_cell(identity, key, fmt):>20}" if identity else ""))
+    settings = scores["settings"]
+    summary = f"{settings['images']} image(s)"
+    if settings.get("real_images"):
+        summary += f" vs {settings['real_images']} real"
+    if settings.get("resize_mode"):
+        digest = (settings.get("inception_weights_sha256") or "random")[:12]
+        summary += f"; Inception resize {settings['resize_mode']}, weights sha256 {digest}"
+    lines.append(summary)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
