@@ -12,7 +12,7 @@ import pytest
 from cyclegan_keras import _env
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI_NAMES = sorted(p.stem for p in (ROOT / "cyclegan_keras" / "cli").glob("*.py") if p.stem != "__init__")
+CLI_NAMES = sorted(p.stem for p in (ROOT / "cyclegan_keras" / "cli").glob("*.py") if p.stem not in ("__init__", "args"))
 # What TensorFlow 2.21 printed on a CPU-only machine before `_env` (see its docstring).
 NOISE = ("E0000", "cuInit", "I0000", "cudart_stub", "absl::InitializeLog")
 TF_BEFORE_PARSE = {"train": "TrainConfig is in training.py, which imports TensorFlow; it moves to a TF-free module"}

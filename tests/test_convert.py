@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import export as export_cli
 from cyclegan_keras import convert
+from cyclegan_keras.cli import export as export_cli
 from cyclegan_keras.convert import ConversionError, CorruptCheckpointError, UnsafePickleError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

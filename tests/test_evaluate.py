@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import translate as translate_cli
 from cyclegan_keras import data, export, fid_inception, networks
 from cyclegan_keras.cli import evaluate as evaluate_cli
+from cyclegan_keras.cli import translate as translate_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 16

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import export as export_cli
 from cyclegan_keras import export, networks
+from cyclegan_keras.cli import export as export_cli
 from cyclegan_keras.model import translate_images
 
 ROOT = Path(__file__).resolve().parent.parent

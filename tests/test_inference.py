@@ -8,8 +8,8 @@ import pytest
 from conftest import tiny_cyclegan
 from PIL import Image
 
-import translate
 from cyclegan_keras import data, inference, networks
+from cyclegan_keras.cli import translate
 from cyclegan_keras.model import translate_images
 
 ROOT = Path(__file__).resolve().parent.parent

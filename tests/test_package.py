@@ -13,7 +13,7 @@ import pytest
 import cyclegan_keras
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI_NAMES = sorted(p.stem for p in (ROOT / "cyclegan_keras" / "cli").glob("*.py") if p.stem != "__init__")
+CLI_NAMES = sorted(p.stem for p in (ROOT / "cyclegan_keras" / "cli").glob("*.py") if p.stem not in ("__init__", "args"))
 
 
 def python(code, **env):

@@ -12,10 +12,9 @@ import pytest
 from conftest import tiny_cyclegan
 from PIL import Image
 
-import train
-import translate
 from cyclegan_keras import callbacks as cb
 from cyclegan_keras import data
+from cyclegan_keras.cli import train, translate
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
