@@ -43,9 +43,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cyclegan_keras import networks
 from cyclegan_keras.model import padded_call
 
 TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
+PRECISIONS = ("float32", "bfloat16")  # what the SavedModel computes in
 FLOAT32_TOLERANCE = 1e-4
 
 
@@ -240,8 +242,15 @@ def export(
     representative=None,
     samples=None,
     save_generator=False,
+    precision="float32",
 ):
     """Exports `generator` and verifies every artifact in a fresh process.
+
+    Whatever precision the generator was trained in, the artifacts take and
+    give float32 and are checked against its float32 copy
+    (`networks.with_precision`); `precision="bfloat16"` makes the SavedModel
+    compute in bfloat16 (for GPUs, TPUs, CPUs with AMX or AVX512-BF16), and
+    the report gives its PSNR against float32.
 
     Everything is written to a hidden folder beside `out_dir` and moved into
     `out_dir` only once verified, so a failure leaves `out_dir` as it was
@@ -259,6 +268,9 @@ def export(
             check. Defaults to `sample_images(generator)`.
         save_generator: bool. Also write the Keras generator as
             `OUT/generator.keras`. Defaults to `False`.
+        precision: `"float32"` or `"bfloat16"`: what the SavedModel
+            computes in. TFLite files are float32 (or quantized) models.
+            Defaults to `"float32"`.
 
     Returns:
         The report (also `OUT/export_report.json`).
@@ -267,6 +279,8 @@ def export(
         ExportError: a float32 export differs from Keras by more than 1e-4,
             or an artifact does not load and run.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}. Received: precision={precision!r}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"out_dir must be a folder. Received a file: {out_dir}")
@@ -275,7 +289,9 @@ def export(
     stage = parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     stage.mkdir()
     try:
-        report, written = _export_into(stage, generator, formats, variants, representative, samples, save_generator)
+        report, written = _export_into(
+            stage, generator, formats, variants, representative, samples, save_generator, precision
+        )
         _publish(stage, out_dir, written)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -305,15 +321,17 @@ def _publish(stage, out_dir, written):
         os.replace(source, target)
 
 
-def _export_into(out_dir, generator, formats, variants, representative, samples, save_generator):
+def _export_into(out_dir, generator, formats, variants, representative, samples, save_generator, precision):
     samples = samples if samples is not None else sample_images(generator)
     artifacts, written = [], ["reference.npz", "artifacts.json", "export_report.json"]
     if save_generator:
         generator.save(out_dir / "generator.keras")
         written.append("generator.keras")
+    generator = networks.with_precision(generator, "float32")  # as trained, mixed or not
     if "saved_model" in formats:
-        export_saved_model(generator, out_dir / "saved_model" / "1")
-        artifacts.append({"format": "saved_model", "variant": "float32", "path": "saved_model/1"})
+        served = generator if precision == "float32" else networks.with_precision(generator, "mixed_bfloat16")
+        export_saved_model(served, out_dir / "saved_model" / "1")
+        artifacts.append({"format": "saved_model", "variant": precision, "path": "saved_model/1"})
     if "tflite" in formats:
         calibration = list(representative if representative is not None else samples)[:32]
         for variant in variants:

@@ -388,3 +388,34 @@ def receptive_field(network):
             field += (layer.kernel_size[0] - 1) * jump
             jump *= layer.strides[0]
     return field
+
+
+def with_precision(network, policy="float32"):
+    """`network` computing in `policy`, with the same weights (a copy; `network` is unchanged).
+
+    Every layer takes `policy` except those whose outputs are the network's
+    outputs, which stay float32 (the generators' tanh, the discriminators'
+    logits). Converts a model trained under mixed precision back to float32
+    for export, or a float32 one to `"mixed_bfloat16"` for serving on bfloat16
+    hardware. Returns `network` itself when nothing would change.
+
+    Args:
+        network: a functional `keras.Model` from this module.
+        policy: a Keras dtype policy name: `"float32"`, `"mixed_bfloat16"`
+            or `"mixed_float16"`. Defaults to `"float32"`.
+    """
+    config = network.get_config()
+    outputs = {tensor._keras_history.operation.name for tensor in network.outputs}
+    changed = False
+    for layer in config["layers"]:
+        if layer["class_name"] == "InputLayer":
+            continue
+        wanted = "float32" if layer["name"] in outputs else policy
+        if network.get_layer(layer["name"]).dtype_policy.name != wanted:
+            layer["config"]["dtype"] = keras.saving.serialize_keras_object(keras.DTypePolicy(wanted))
+            changed = True
+    if not changed:
+        return network
+    copy = network.__class__.from_config(config)
+    copy.set_weights(network.get_weights())
+    return copy
