@@ -14,7 +14,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def machine():
     import tensorflow as tf
 
+    from cyclegan_keras import distribute
+
+    flags = distribute.cpu_flags()
     return {
+        "cpu_model": distribute.cpu_model(),
+        # What decides bfloat16 speed on a CPU: AMX tiles, AVX512-BF16, or neither.
+        "cpu_flags": sorted(f for f in flags if f.startswith(("amx", "avx512", "avx2", "fma"))),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -92,3 +92,44 @@ def test_distributed_model_saves_and_loads(rng, tmp_path):
     images = rng.uniform(-1, 1, (1, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(loaded.translate(images), model.translate(images), atol=1e-6)
     assert int(loaded.generator_optimizer.iterations) == 2
+
+
+def test_sharded_pipelines_make_the_global_batches_of_one_pipeline():
+    # Two workers' pipelines (shard 0 and 1, batch 1 each) see, step by step,
+    # exactly the pairs of the one-pipeline global batch of 2: no pair twice.
+    from cyclegan_keras import data
+
+    pre = data.Preprocessing(load_size=36, crop_size=32, channels=3)
+    domain_a, domain_b = data.synthetic_domains(8, 36, "train", pre, seed=0)
+
+    def batches(batch_size, steps, shard=None):
+        stream = data.unpaired_dataset(
+            domain_a, domain_b, pre, batch_size=batch_size, steps_per_epoch=steps, shard=shard, epochs=2
+        )
+        return [(a.numpy(), b.numpy()) for a, b in stream]
+
+    whole = batches(2, 4)
+    shards = [batches(1, 4, shard=(2, index)) for index in range(2)]
+    assert len(whole) == len(shards[0]) == len(shards[1]) == 8
+    for step, (a, b) in enumerate(whole):
+        np.testing.assert_array_equal(np.concatenate([shards[0][step][0], shards[1][step][0]]), a)
+        np.testing.assert_array_equal(np.concatenate([shards[0][step][1], shards[1][step][1]]), b)
+
+
+def test_train_under_mirrored_strategy(tmp_path):
+    from cyclegan_keras import training
+
+    config = training.make_config(
+        ngf=8, ndf=8, generator="resnet_6blocks", load_size=36, crop_size=32, synthetic_count=8,
+        n_epochs=1, n_epochs_decay=1, snapshot_count=1, pool_size=2, checkpoint_every=2,
+    )  # fmt: skip
+    strategy = tf.distribute.MirroredStrategy(TWO_CPUS)
+    model = training.train(config, tmp_path, verbose=0, strategy=strategy)
+    assert model.distribute_strategy is strategy
+    assert model.generator_optimizer.iterations.numpy() == 2 * 4  # 8 pairs / global batch 2, two epochs
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert len(rows) == 3 and "lr" in rows[0]
+    for name in ("model.keras", "loss_curve.png", "snapshots/epoch_002.png", "checkpoints/checkpoint.json"):
+        assert (tmp_path / name).exists(), name
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert int(loaded.generator_optimizer.iterations) == 8
