@@ -250,7 +250,7 @@ def test_a_bad_model_in_a_fresh_process_is_one_line(world):
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1] == (
-        f"translate.py: error: argument --model: {world / 'garbage.keras'} is not a readable Keras model "
+        f"error: argument --model: {world / 'garbage.keras'} is not a readable Keras model "
         "(a .keras file is a zip archive with config.json)"
     )
     assert not (world / "never").exists()

@@ -1,8 +1,8 @@
 """Argument types shared by the command-line scripts (translate.py, export.py).
 
 Each type checks one flag's value while argparse parses, so a bad value
-stops the command before any work, with argparse's one line
-`error: argument --flag: ...` and exit code 2. Nothing here imports
+stops the command before any work, with one line
+`error: argument --flag: ...` and exit code 2 (`ArgumentParser`). Nothing here imports
 TensorFlow, so `--help` and these checks are instant. Checks that must open
 a model or decode images run after parsing, in the scripts, and report the
 same way (`parser.error("argument --flag: ...")`).
@@ -22,6 +22,21 @@ DIRECTIONS = ("a2b", "b2a")
 # The reference's spellings (`--direction AtoB`) are aliases, in any case.
 _DIRECTION_ALIASES = {"a2b": "a2b", "b2a": "b2a", "atob": "a2b", "btoa": "b2a"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose refusals are one line, `error: argument --flag: ...`, exit code 2.
+
+    Stock argparse prints the whole usage block before its error; one line
+    that names the flag is what the user needs, and `--help` has the rest.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message):
+        self.exit(2, f"error: {message}\n")
 
 
 def parse_direction(value):

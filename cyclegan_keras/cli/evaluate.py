@@ -14,24 +14,17 @@ the CYCLEGAN_INCEPTION_WEIGHTS variable, or the cache folder
 ~/.cache/cyclegan_keras/. Without them the other scores are still computed.
 """
 
-import argparse
 import json
 import sys
 
 from cyclegan_keras import _env
+from cyclegan_keras.cli import args as cli_args
 
 RESIZE_MODES = ("pytorch-fid", "clean")  # cyclegan_keras.fid_inception.RESIZE_MODES, without importing TF
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        # One line, like every other refusal of this command.
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def parser():
-    result = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    result = cli_args.ArgumentParser(description=__doc__)
     source = result.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a .keras file, work directory, SavedModel directory or .tflite file")
     source.add_argument("--fake", help="a folder of images already translated")

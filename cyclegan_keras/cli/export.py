@@ -13,7 +13,6 @@ OUT/generator.keras. Every flag is checked before any work, and OUT is
 written only once everything is verified.
 """
 
-import argparse
 import os
 import sys
 
@@ -25,7 +24,7 @@ MIN_SAMPLE_SIZE = 8  # the odd-sized parity sample is (size - 6) x (size + 10)
 
 
 def parser():
-    result = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    result = cli_args.ArgumentParser(description=__doc__)
     source = result.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--model",

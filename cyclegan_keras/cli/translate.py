@@ -11,7 +11,6 @@ shows input | output. --out never overwrites an input: it may not be inside
 an --input folder, and clashing names get _1, _2, ... suffixes.
 """
 
-import argparse
 import os
 import sys
 
@@ -22,7 +21,7 @@ DEFAULT_LOAD_SIZE = 256  # cyclegan_keras.inference.DEFAULT_LOAD_SIZE, without i
 
 
 def parser():
-    result = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    result = cli_args.ArgumentParser(description=__doc__)
     result.add_argument(
         "--model", required=True, type=cli_args.keras_model, help="a .keras file or a training work directory"
     )
