@@ -123,7 +123,9 @@ def test_eval_every_epoch_logs_scores_and_keeps_the_best_model(tmp_path, capsys,
     real = np.concatenate(
         [features(metrics.to_uint8(b)) for b in data.domain_batches(test_b, config.preprocessing("B"))]
     )
-    batches = ((metrics.to_uint8(best.translate(b)), None) for b in data.domain_batches(test_a, config.preprocessing("A")))
+    batches = (
+        (metrics.to_uint8(best.translate(b)), None) for b in data.domain_batches(test_a, config.preprocessing("A"))
+    )
     rescored = metrics.score_batches(batches, features, real)
     assert rescored["images"] == 64
     assert rescored["fid"] == pytest.approx(record["value"], rel=1e-5)
