@@ -224,9 +224,9 @@ def format_evaluation(report):
     for name, scores in rows:
         kid = "-"
         if scores and scores.get("kid_mean") is not None:
-            kid = f"{cell(scores, 'kid_mean', '{:.2f}')} +- {cell(scores, 'kid_std', '{:.2f}')}"
+            kid = f"{cell(scores, 'kid_mean', '{:.3g}')} +- {cell(scores, 'kid_std', '{:.2g}')}"
         lines.append(
-            f"{name:34} {cell(scores, 'fid', '{:.2f}'):>9} {kid:>17} {cell(scores, 'psnr_vs_keras', '{:.2f}'):>14} "
+            f"{name:34} {cell(scores, 'fid', '{:.4g}'):>9} {kid:>17} {cell(scores, 'psnr_vs_keras', '{:.2f}'):>14} "
             f"{cell(scores, 'ssim_vs_keras', '{:.4f}'):>7} {cell(scores, 'mae_vs_keras', '{:.2f}'):>6}"
         )
     return "\n".join(lines)
