@@ -180,3 +180,57 @@ def test_bad_evaluation_settings_are_refused_before_anything_is_written(tmp_path
     errors = [x for x in output.splitlines() if x.startswith("error:")]
     assert code == 2 and len(errors) == 1 and message in errors[0], output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_resumed_run_keeps_a_better_recorded_best_and_old_configs_resume(tmp_path, capsys):
+    from conftest import tiny_cyclegan
+
+    model = tiny_cyclegan()
+    model.compile()
+    images = data.synthetic_images("A", 3, size=16, seed=0).astype("float32") / 127.5 - 1.0
+
+    def evaluation():
+        callback = cb.Evaluation(
+            1,
+            lambda: [images],
+            truth_fn=lambda batch: data.synthetic_mapping(metrics.to_uint8(batch)),
+            best_path=tmp_path / "best.keras",
+            final_epoch=5,
+        )
+        callback.set_model(model)
+        return callback
+
+    first = evaluation()
+    logs = {}
+    first.on_epoch_end(0, logs)
+    assert set(cb.Evaluation.KEYS) <= set(logs) and math.isnan(logs["fid"]) and math.isfinite(logs["psnr"])
+    record = json.loads((tmp_path / "best.json").read_text())
+    assert record["epoch"] == 1 and record["value"] == logs["psnr"]
+
+    # A resumed run reads the record: a worse (lower) PSNR does not replace it.
+    record["value"] = logs["psnr"] + 100
+    (tmp_path / "best.json").write_text(json.dumps(record))
+    stamp = (tmp_path / "best.keras").stat().st_mtime_ns
+    second = evaluation()
+    second.on_epoch_end(1, {})
+    assert (tmp_path / "best.keras").stat().st_mtime_ns == stamp
+    assert json.loads((tmp_path / "best.json").read_text())["epoch"] == 1
+    # Measured another way (here: another metric), the record is not compared with.
+    record["basis"] = {"metric": "fid", "inception_weights_sha256": "another"}
+    (tmp_path / "best.json").write_text(json.dumps(record))
+    third = evaluation()
+    assert "was chosen by another measure" in capsys.readouterr().out
+    third.on_epoch_end(2, {})
+    assert json.loads((tmp_path / "best.json").read_text())["epoch"] == 3
+
+    # A run begun before eval_every existed has no such key in config.json: it resumes.
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    config = training.make_config()
+    saved = {k: v for k, v in json.loads(json.dumps(training.dataclasses.asdict(config))).items()}
+    del saved["eval_every"], saved["inception_weights"]
+    (workdir / "config.json").write_text(json.dumps(saved))
+    (workdir / "model.keras").write_bytes(b"started")
+    training.check_workdir(config, workdir, write=False)  # no ConfigError
+    with pytest.raises(training.ConfigError, match="eval_every: 0 -> 2"):
+        training.check_workdir(training.make_config(eval_every=2), workdir, write=False)
