@@ -1,6 +1,7 @@
 """Callbacks for training a `CycleGAN` with `fit()`: the paper's schedule,
-image snapshots, a loss curve, non-finite loss detection and crash-proof
-checkpoints. Each takes its inputs as arguments and works with any fit()."""
+image snapshots, a loss curve, non-finite loss detection, crash-proof
+checkpoints and test-set evaluation (FID, KID, PSNR) keeping the best model.
+Each takes its inputs as arguments and works with any fit()."""
 
 import csv
 import json
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
+
+from cyclegan_keras import metrics
 
 
 def linear_decay_factor(epoch, n_epochs, n_epochs_decay, epoch_count=1):
@@ -184,6 +187,216 @@ class ImageSnapshot(keras.callbacks.Callback):
         self.save(f"epoch_{epoch + 1:03d}", self._title(f"epoch {epoch + 1}", logs))
 
 
+class Evaluation(keras.callbacks.Callback):
+    """FID, KID and paired scores of the model's A -> B translations of test images, every N epochs.
+
+    At the end of every `every_n_epochs`-th epoch (and of the last one) the
+    test inputs are translated by `model.translate(images, "a2b")`, rounded
+    to uint8 as translate.py writes them, and scored by
+    `metrics.score_batches`: FID and KID against the real test images of
+    domain B when `features` is given, PSNR, SSIM and MAE against the
+    ground truth of `truth_fn` when given. The scores go into the epoch logs
+    under `KEYS`, so that the CSVLogger and the progress bar record them.
+    Every key is present at every epoch end, NaN when that epoch is not
+    evaluated or the score is not computable, because the CSVLogger fixes
+    its columns at the first epoch end: put this callback before it. With
+    `tensorboard_dir`, the scores are also written as TensorBoard scalars
+    `eval/<key>` at step `epoch + 1`.
+
+    The best model so far is kept at `best_path` (the whole model, as
+    model.keras; atomic writes), with `best.json` beside it recording its
+    epoch and scores: the lowest FID when FID is computed, else the highest
+    PSNR when there is ground truth, else none is kept. A resumed run goes
+    on from the recorded best when it was measured the same way.
+
+    The inputs themselves are scored once, at the start, as the baseline
+    (when the model keeps the channel count).
+
+    Args:
+        every_n_epochs: int >= 1.
+        inputs: callable returning an iterable of float batches in [-1, 1]
+            of the model's domain A (e.g. `data.domain_batches`), or None
+            when there is no test split: nothing is computed then.
+        reals: the same for the real images of domain B (FID/KID), or None.
+        features: `fid_inception.InceptionFeatures` (or any uint8 RGB batch
+            -> features callable), or None: no FID/KID.
+        truth_fn: callable, float input batch -> uint8 ground truth of its
+            translation, or None: no PSNR/SSIM/MAE.
+        best_path: where to keep the best model, or None.
+        final_epoch: int or None. The run's number of epochs: the last one
+            is always evaluated.
+        tensorboard_dir: folder or None.
+        settings: `metrics.EvalSettings` (KID subsets and seed).
+    """
+
+    KEYS = ("fid", "kid_mean", "kid_std", "psnr", "ssim", "mae")
+    RECORD = "best.json"
+
+    def __init__(
+        self,
+        every_n_epochs,
+        inputs,
+        reals=None,
+        features=None,
+        truth_fn=None,
+        best_path=None,
+        final_epoch=None,
+        tensorboard_dir=None,
+        settings=None,
+    ):
+        super().__init__()
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1. Received: {every_n_epochs}")
+        self.every_n_epochs = every_n_epochs
+        self.inputs = inputs
+        self.reals = reals if features is not None else None
+        self.features = features if reals is not None else None
+        self.truth_fn = truth_fn
+        self.best_path = None if best_path is None else Path(best_path)
+        self.final_epoch = final_epoch
+        self.tensorboard_dir = tensorboard_dir
+        self.settings = settings or metrics.EvalSettings(verbose=False)
+        self.monitor = None
+        if inputs is not None:
+            self.monitor = "fid" if self.features is not None else ("psnr" if truth_fn is not None else None)
+        self.baseline = None
+        self.history = {}
+        self._real_features = None
+        self._announced = None
+        self.best = self._read_record()
+
+    @property
+    def computes(self):
+        """Whether any score can be computed."""
+        return self.monitor is not None
+
+    def due(self, epoch):
+        """Whether epoch `epoch` (from 0) is evaluated."""
+        return (epoch + 1) % self.every_n_epochs == 0 or epoch + 1 == self.final_epoch
+
+    def _basis(self):
+        """What makes two values of the monitored score comparable."""
+        if self.monitor != "fid":
+            return {"metric": self.monitor}
+        settings = self.features.settings() if hasattr(self.features, "settings") else {}
+        keep = ("resize_mode", "input_size", "inception_weights_sha256")
+        return {"metric": "fid", **{k: settings.get(k) for k in keep}}
+
+    def _record_path(self):
+        return self.best_path.with_name(self.RECORD)
+
+    def _read_record(self):
+        if self.best_path is None or self.monitor is None:
+            return None
+        path = self._record_path()
+        if not (path.exists() and self.best_path.exists()):
+            return None
+        record = json.loads(path.read_text())
+        if record.get("basis") != self._basis():
+            print(
+                f"{self.best_path} was chosen by another measure ({record.get('basis')}); "
+                f"the next evaluation replaces it"
+            )
+            return None
+        return record
+
+    def score(self, translate):
+        """The scores of `translate` (float batch -> float batch in [-1, 1]) on the test inputs."""
+
+        def batches():
+            for images in self.inputs():
+                truth = self.truth_fn(images) if self.truth_fn is not None else None
+                yield metrics.to_uint8(translate(images)), truth
+
+        return metrics.score_batches(batches(), self.features, self._reals(), self.settings)
+
+    def _reals(self):
+        if self.features is None:
+            return None
+        if self._real_features is None:
+            rgb = (metrics.to_rgb(metrics.to_uint8(batch)) for batch in self.reals())
+            self._real_features = np.concatenate([np.asarray(self.features(b), np.float32) for b in rgb])
+        return self._real_features
+
+    def on_train_begin(self, logs=None):
+        if not self.computes or self.baseline is not None:
+            return
+        generator = self.model.generator("a2b")
+        if generator.input_shape[-1] == generator.output_shape[-1]:
+            self.baseline = self.score(lambda images: images)
+            print(f"Evaluation baseline, the test inputs themselves: {_format_scores(self.baseline)}")
+        else:
+            self.baseline = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        for key in self.KEYS:
+            logs[key] = math.nan
+        if not self.computes or not self.due(epoch):
+            return
+        scores = self.score(lambda images: self.model.translate(images, "a2b"))
+        for key in self.KEYS:
+            if key in scores:
+                logs[key] = float(scores[key])
+        self.history[epoch + 1] = scores
+        self._to_tensorboard(scores, epoch + 1)
+        self._keep_if_best(epoch + 1, scores)
+
+    def _to_tensorboard(self, scores, step):
+        if self.tensorboard_dir is None:
+            return
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        # What tf.summary.scalar writes, without needing the tensorboard package.
+        metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+        )
+        writer = tf.summary.create_file_writer(str(self.tensorboard_dir))
+        with writer.as_default():
+            for key in self.KEYS:
+                if key in scores:
+                    tf.summary.write(f"eval/{key}", tf.constant(scores[key], tf.float32), step, metadata=metadata)
+        writer.close()
+
+    def _keep_if_best(self, epoch, scores):
+        if self.best_path is None or self.monitor is None:
+            return
+        value = float(scores.get(self.monitor, math.nan))
+        if math.isnan(value):
+            return
+        if self.best is not None:
+            best = float(self.best["value"])
+            if not (value < best if self.monitor == "fid" else value > best):
+                return
+        self.best_path.parent.mkdir(parents=True, exist_ok=True)
+        replace_atomically(self.best_path, self.model.save)
+        record = {
+            "epoch": epoch,
+            "metric": self.monitor,
+            "value": value,
+            "scores": scores,
+            "baseline": self.baseline,
+            "basis": self._basis(),
+        }
+        text = json.dumps(metrics.finite_or_str(record), indent=2) + "\n"
+        replace_atomically(self._record_path(), lambda path: path.write_text(text))
+        self.best = metrics.finite_or_str(record)
+
+    def on_train_end(self, logs=None):
+        if self.best is not None and self._announced != self.best["epoch"]:
+            self._announced = self.best["epoch"]
+            print(
+                f"Best model by {self.best['metric']}: epoch {self.best['epoch']} "
+                f"({_format_scores(self.best['scores'])}), kept as {self.best_path}"
+            )
+
+
+def _format_scores(scores):
+    shown = [f"{k} {float(scores[k]):.4g}" for k in Evaluation.KEYS if k in scores]
+    return ", ".join(shown) or "nothing computable"
+
+
 def plot_losses(csv_path, png_path):
     """Draws every `*loss` column of a CSVLogger file against the epoch."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -301,4 +514,5 @@ def replace_atomically(path, write):
 
 
 def _finite(logs):
-    return all(math.isfinite(float(v)) for v in (logs or {}).values())
+    # The losses only: `Evaluation` logs NaN for epochs it does not evaluate.
+    return all(math.isfinite(float(v)) for k, v in (logs or {}).items() if k.endswith("loss"))

@@ -538,6 +538,25 @@ def domain_images(domain, preprocessing, count=None):
     return np.stack([augment(lookup(i), preprocessing, seed, False).numpy() for i in range(count)])
 
 
+def domain_batches(domain, preprocessing, batch_size=16):
+    """The images of `domain`, test-time preprocessed as by `domain_images`, streamed.
+
+    Yields float32 batches `(b, h, w, c)` in [-1, 1], in order; a batch
+    holds images of one size (`--preprocess none` keeps each file's).
+    """
+    lookup = _lookup(domain, preprocessing)
+    seed = tf.zeros([2], tf.int32)
+    batch = []
+    for i in range(len(domain)):
+        image = augment(lookup(i), preprocessing, seed, False).numpy()
+        if batch and (len(batch) == batch_size or image.shape != batch[0].shape):
+            yield np.stack(batch)
+            batch = []
+        batch.append(image)
+    if batch:
+        yield np.stack(batch)
+
+
 def report_bad_files(domains):
     """A summary of the files left out, one line each, or '' when none were."""
     bad = [(domain.name, path, reason) for domain in domains for path, reason in domain.bad]

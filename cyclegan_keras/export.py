@@ -383,6 +383,108 @@ def _export_into(out_dir, generator, formats, variants, representative, samples,
     return report, written
 
 
+def evaluate_artifacts(
+    generator, out_dir, report, input_paths, real_paths=None, features=None, settings=None, verbose=True
+):
+    """What each exported artifact's translations are worth: FID/KID, and PSNR/SSIM/MAE against Keras.
+
+    Every artifact of `report` is reloaded from `out_dir` with
+    `inference.load_translator` and translates `input_paths` at their own
+    sizes (as `evaluate.py --model` does); the translations, rounded to
+    uint8 as translate.py writes them, are scored with FID and KID against
+    `real_paths` (when `features` is given) and with PSNR, SSIM and MAE
+    against the Keras model's own translations (kept on disk batch by batch,
+    so memory does not grow with the number of images). The Keras model and
+    the inputs themselves (the identity baseline) get FID and KID too.
+
+    Args:
+        generator: the exported `keras.Model`.
+        out_dir: the export's folder.
+        report: the export's report (`export` returns it); each artifact
+            gains `"evaluation"`, and the report `"evaluation"` (the Keras
+            and identity scores, the settings). It is not written here.
+        input_paths: input-domain image files (at least 2 with FID).
+        real_paths: target-domain image files for FID/KID, or None.
+        features: `fid_inception.InceptionFeatures` or None (no FID/KID).
+        settings: `metrics.EvalSettings`. Defaults to its defaults.
+        verbose: progress bars. Defaults to `True`.
+
+    Returns:
+        `report`, updated.
+
+    Raises:
+        metrics.MetricError, data.UnreadableImage: images that cannot be
+            scored or read.
+    """
+    from cyclegan_keras import inference, metrics
+    from cyclegan_keras.model import padded_generator
+
+    settings = settings or metrics.EvalSettings(verbose=verbose)
+    channels = generator.input_shape[-1]
+    real_features = None
+    if features is not None and real_paths:
+        real_features = metrics.extract_features(real_paths, features, settings.batch_size, verbose, "real")
+
+    def inputs():
+        for _, images in metrics.batches(input_paths, settings.batch_size, channels):
+            yield images
+
+    keras_fn = padded_generator(generator)
+    with tempfile.TemporaryDirectory() as keras_outputs:
+
+        def scored(name, translate, against_keras):
+            if verbose:
+                print(f"Scoring {name}")
+
+            def batches():
+                for i, images in enumerate(inputs()):
+                    outputs = images if translate is None else metrics.to_uint8(translate(images / 127.5 - 1.0))
+                    path = Path(keras_outputs) / f"{i}.npy"
+                    if not against_keras:
+                        if translate is keras_fn:
+                            np.save(path, outputs)
+                        yield outputs, None
+                    else:
+                        yield outputs, np.load(path)
+
+            return metrics.score_batches(batches(), features, real_features, settings)
+
+        keras_scores = scored("the Keras model", keras_fn, against_keras=False)
+        identity = None
+        if channels == generator.output_shape[-1]:
+            identity = scored("the inputs themselves", None, against_keras=False) if real_features is not None else None
+        for artifact in report["artifacts"]:
+            if artifact.get("error"):
+                continue
+            translator = inference.load_translator(Path(out_dir) / artifact["path"])
+            scores = scored(artifact["path"], translator, against_keras=True)
+            artifact["evaluation"] = _renamed(scores)
+    report["evaluation"] = {
+        "keras": _renamed(keras_scores),
+        "identity": _renamed(identity) if identity else None,
+        "images": len(input_paths),
+        "real_images": len(real_paths) if real_paths else 0,
+        "fid_skipped": None if real_features is not None else "no FID Inception weights file (--inception-weights)",
+        "settings": {
+            "kid_subsets": settings.kid_subsets,
+            "kid_subset_size": min(settings.kid_subset_size, len(input_paths), len(real_paths or [])),
+            "kid_seed": settings.seed,
+            "paired_against": "the Keras generator's translations, rounded to uint8",
+            "ssim": dict(metrics.SSIM_SETTINGS, data_range="0..255"),
+            **(features.settings() if features is not None and hasattr(features, "settings") else {}),
+        },
+    }
+    return report
+
+
+def _renamed(scores):
+    """Scores with the paired ones named for what they compare with; inf as "inf" (JSON has none)."""
+    from cyclegan_keras.metrics import finite_or_str
+
+    paired = {"psnr": "psnr_vs_keras", "ssim": "ssim_vs_keras", "mae": "mae_vs_keras"}
+    return finite_or_str({paired.get(k, k): v for k, v in scores.items()})
+
+
 class ExportError(RuntimeError):
     """An exported artifact does not compute what the Keras model computes."""
 

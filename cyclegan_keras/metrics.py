@@ -753,3 +753,74 @@ def finite_or_str(value):
     if isinstance(value, (list, tuple)):
         return [finite_or_str(v) for v in value]
     return value
+
+
+# -- Scoring images held in memory ---------------------------------------------------------
+
+
+def to_rgb(images):
+    """uint8 batch of 1, 3 or 4 channels -> RGB for the Inception: gray replicated, alpha dropped."""
+    images = np.asarray(images)
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images[..., :3]
+
+
+def score_batches(batches, features=None, real_features=None, settings=EvalSettings()):
+    """Scores uint8 outputs already in memory, against real features computed once and/or their truth.
+
+    For callers that hold images rather than files and score several
+    models against the same targets: training's evaluation (test images
+    preprocessed as the snapshots' are) and export's per-artifact scores.
+    The formulas are `evaluate`'s (`fid`, `kid`, `psnr`, `ssim`, `mae`); the
+    real images' features are the caller's, so they are computed once.
+
+    Args:
+        batches: iterable of `(outputs, truth)`: uint8 `(b, h, w, c)`, and
+            the uint8 truth of the same shape or None.
+        features: callable, uint8 RGB batch -> `(b, d)` (e.g.
+            `fid_inception.InceptionFeatures`); None skips FID/KID.
+        real_features: `(n, d)` features of the real target images, by the
+            same `features`; None skips FID/KID.
+        settings: `EvalSettings` (its KID settings are used).
+
+    Returns:
+        dict: `images`; `fid`, `kid_mean`, `kid_std` when features and real
+        features are given; `psnr`, `mae` and (sides of 11 pixels or more)
+        `ssim` when truth is given.
+
+    Raises:
+        MetricError: no outputs, fewer than 2 for FID/KID, or a truth of
+            another shape.
+    """
+    fake, paired, count, small = [], {"psnr": [], "ssim": [], "mae": []}, 0, False
+    use_features = features is not None and real_features is not None
+    for outputs, truth in batches:
+        outputs = np.asarray(outputs)
+        count += len(outputs)
+        if use_features:
+            fake.append(np.asarray(features(to_rgb(outputs)), np.float32))
+        if truth is None:
+            continue
+        truth = np.asarray(truth)
+        if truth.shape != outputs.shape:
+            raise MetricError(f"Truth of shape {truth.shape} for outputs of shape {outputs.shape}")
+        small = small or min(outputs.shape[1:3]) < SSIM_SETTINGS["filter_size"]
+        for image, true in zip(outputs, truth):
+            paired["psnr"].append(psnr(image, true))
+            paired["mae"].append(mae(image, true))
+            if not small:
+                paired["ssim"].append(ssim(image, true))
+    if count == 0:
+        raise MetricError("No outputs to score")
+    result = {"images": count}
+    if use_features:
+        fake = np.concatenate(fake)
+        result["fid"] = fid(fake, real_features)
+        result["kid_mean"], result["kid_std"] = kid(
+            fake, real_features, settings.kid_subsets, settings.kid_subset_size, settings.seed
+        )
+    if paired["psnr"]:
+        result["psnr"] = float(np.mean(paired["psnr"]))
+        result["mae"] = float(np.mean(paired["mae"]))
+        if not small:
+            result["ssim"] = float(np.mean(paired["ssim"]))
+    return result

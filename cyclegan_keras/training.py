@@ -10,6 +10,8 @@ holds everything a run produces and needs to resume:
     WORKDIR/loss_curve.png     the losses, drawn at the end
     WORKDIR/bad_files.txt      images that could not be read, if any
     WORKDIR/model.keras        the trained CycleGAN
+    WORKDIR/best.keras         with --eval-every: the best model by FID (see
+                               callbacks.Evaluation), best.json its scores
 
 Running the same command again after a crash resumes from the last
 checkpoint; a finished run is not trained again.
@@ -43,6 +45,9 @@ SYNTHETIC_DEFAULTS = dict(
     n_epochs=3,
     n_epochs_decay=2,
 )
+# Images per domain of the synthetic test split (snapshots show the first
+# --snapshot-count of them; --eval-every scores them all).
+SYNTHETIC_TEST_COUNT = 64
 
 
 class ConfigError(ValueError):
@@ -100,6 +105,8 @@ class TrainConfig:
     deterministic: bool = False
     strategy: str = "auto"
     precision: str = "float32"
+    eval_every: int = 0
+    inception_weights: str = None
 
     def __post_init__(self):
         def fail(message):
@@ -118,7 +125,7 @@ class TrainConfig:
             )
         if (self.train_a is None) != (self.train_b is None):
             fail("--train-a and --train-b go together: give a folder for each domain")
-        for name in ("n_epochs", "n_epochs_decay", "pool_size", "checkpoint_every"):
+        for name in ("n_epochs", "n_epochs_decay", "pool_size", "checkpoint_every", "eval_every"):
             if getattr(self, name) < 0:
                 fail(f"--{name.replace('_', '-')} must be >= 0. Received: {getattr(self, name)}")
         if self.n_epochs + self.n_epochs_decay < 1:
@@ -253,7 +260,7 @@ def load_domains(config, phase):
             return None
         domains = data.reference_folder_domains(root, phase, pre_a, config.strict_data, preprocessing_b=pre_b)
     elif config.dataset == "synthetic":
-        count = config.synthetic_count if phase == "train" else config.snapshot_count
+        count = config.synthetic_count if phase == "train" else max(config.snapshot_count, SYNTHETIC_TEST_COUNT)
         domains = data.synthetic_domains(count, config.load_size, phase, pre_a, config.seed, preprocessing_b=pre_b)
     else:
         domains = data.tfds_domains(
@@ -282,6 +289,7 @@ RESUMABLE = (
     "deterministic",
     "download",
     "data_dir",
+    "inception_weights",
 )
 
 
@@ -299,9 +307,11 @@ def check_workdir(config, workdir, write=True):
     workdir = Path(workdir)
     path = workdir / "config.json"
     wanted = dataclasses.asdict(config)
+    # A setting added since the run began is absent from its config.json: it had the default.
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
     started = cb.Checkpoint.latest(workdir / "checkpoints") is not None or (workdir / "model.keras").exists()
     if started and path.exists():
-        found = json.loads(path.read_text())
+        found = {**defaults, **json.loads(path.read_text())}
         differences = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
         fixed = [k for k in differences if k not in RESUMABLE]
         if fixed:
@@ -371,6 +381,7 @@ def _train(config, workdir, run_dir, strategy, verbose):
         raise ConfigError(str(error)) from None
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
+    features = eval_features(config)  # a bad weights file fails before anything is written
     check_workdir(config, workdir, write=run_dir == workdir)
     final_path = workdir / "model.keras"
     if final_path.exists():
@@ -385,7 +396,8 @@ def _train(config, workdir, run_dir, strategy, verbose):
     if report:
         print(report)
         (run_dir / "bad_files.txt").write_text(report + "\n")
-    test_domains = load_domains(config, "test") or (domain_a, domain_b)
+    test_split = load_domains(config, "test")
+    test_domains = test_split or (domain_a, domain_b)
     count = min(config.snapshot_count, len(test_domains[0]), len(test_domains[1]))
     snapshot_a = data.domain_images(test_domains[0], config.preprocessing("A"), count)
     snapshot_b = data.domain_images(test_domains[1], config.preprocessing("B"), count)
@@ -417,11 +429,16 @@ def _train(config, workdir, run_dir, strategy, verbose):
                 model = build_model(config)
             epoch, step = 0, 0
 
+    evaluation = None
+    if config.eval_every:
+        evaluation, line = make_evaluation(config, test_split, features, run_dir, total_epochs)
+        print(line)
     stop_on_non_finite = cb.StopOnNonFinite()
     checkpoint = cb.Checkpoint(run_dir / "checkpoints", steps, config.checkpoint_every or None)
     callbacks = [
         stop_on_non_finite,
         cb.LinearDecaySchedule(config.lr, config.n_epochs, config.n_epochs_decay),
+        *([evaluation] if evaluation else []),  # before the CSVLogger, which logs its scores
         keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
         cb.ImageSnapshot(
             snapshot_a,
@@ -500,6 +517,80 @@ def _train(config, workdir, run_dir, strategy, verbose):
         if config.dataset == "synthetic" and not config.uses_folders:
             print(synthetic_report(model, config))
     return model
+
+
+def eval_features(config):
+    """The FID Inception for `--eval-every`, or None (evaluation off, or no weights found).
+
+    Raises:
+        ConfigError: `--inception-weights` (or CYCLEGAN_INCEPTION_WEIGHTS)
+            names a missing file or one that is not the FID weights.
+    """
+    if not config.eval_every:
+        return None
+    from cyclegan_keras import convert, fid_inception
+
+    try:
+        weights = fid_inception.find_weights(config.inception_weights)
+        return None if weights is None else fid_inception.load_inception(weights)
+    except fid_inception.WeightsNotFound as error:  # names the flag or variable
+        raise ConfigError(str(error)) from None
+    except (FileNotFoundError, ValueError, convert.UnsafePickleError) as error:
+        raise ConfigError(f"--inception-weights {config.inception_weights or weights}: {error}") from None
+
+
+def make_evaluation(config, test_split, features, run_dir, total_epochs):
+    """The `callbacks.Evaluation` of `--eval-every`, and one line saying what it will log.
+
+    Scores the test split's domain A, preprocessed as for the snapshots:
+    FID/KID against its domain B with Inception weights; PSNR/SSIM/MAE
+    against the true mapping on the synthetic dataset. The best model is
+    kept by FID, else by PSNR, else not at all.
+    """
+    every = f"--eval-every {config.eval_every}"
+    if test_split is None:
+        line = (
+            f"{every}: this run has no test split (testA/ and testB/ in --dataroot), so no metric is "
+            "computed; the metric columns of log.csv stay nan"
+        )
+        return cb.Evaluation(config.eval_every, None), line
+    from cyclegan_keras import fid_inception, metrics
+
+    test_a, test_b = test_split
+    pre_a, pre_b = config.preprocessing("A"), config.preprocessing("B")
+    truth_fn = None
+    if config.dataset == "synthetic" and not config.uses_folders:
+        direction = "a2b" if config.direction == "AtoB" else "b2a"
+
+        def truth_fn(images):
+            return data.synthetic_mapping(metrics.to_uint8(images), direction)
+
+    evaluation = cb.Evaluation(
+        config.eval_every,
+        lambda: data.domain_batches(test_a, pre_a),
+        lambda: data.domain_batches(test_b, pre_b),
+        features=features,
+        truth_fn=truth_fn,
+        best_path=run_dir / "best.keras",
+        final_epoch=total_epochs,
+        tensorboard_dir=run_dir / "tensorboard",
+    )
+    logged = []
+    if features is not None:
+        logged.append(f"fid, kid_mean, kid_std (Inception weights {features.weights_path})")
+    if truth_fn is not None:
+        logged.append("psnr, ssim, mae (vs the synthetic dataset's true mapping)")
+    if not logged:
+        return evaluation, (
+            f"{every}: nothing to compute: no FID Inception weights ({fid_inception.download_hint()}) and no "
+            "ground truth for this unpaired test split; the metric columns of log.csv stay nan"
+        )
+    skipped = "" if features is not None else f"; no FID/KID: no Inception weights ({fid_inception.download_hint()})"
+    best = f"best model by {evaluation.monitor} kept as {run_dir / 'best.keras'}"
+    return evaluation, (
+        f"{every}: scoring the test split's {len(test_a)} A images -> B ({len(test_b)} real) every "
+        f"{config.eval_every} epoch(s) and at the last: {'; '.join(logged)}{skipped}; {best}"
+    )
 
 
 def synthetic_report(model, config):

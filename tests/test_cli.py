@@ -31,6 +31,7 @@ PATH_CASES = {
     cli_args.output_folder: ["@text_file", "@under_a_file"],
     cli_args.torch_file: ["@missing", "@empty_dir", "@cut_legacy.pth", "@cut_zip.pth", "@text_file", "@malicious.pth"],
     cli_args.image_folder: ["@missing", "@text_file", "@empty_dir", "@no_images_dir", "@unreadable_images_dir"],
+    cli_args.fid_image_folder: ["@missing", "@text_file", "@empty_dir", "@no_images_dir", "@one_image_dir"],
     cli_args.image_source: [
         "@missing",
         "@text_file",
@@ -89,6 +90,8 @@ def world(tmp_path_factory):
     (root / "images").mkdir()
     for i in range(2):
         Image.fromarray(np.full((16, 16, 3), 80 * i, np.uint8)).save(root / "images" / f"{i}.png")
+    (root / "one_image_dir").mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "one_image_dir" / "0.png")
     (root / "text_file").write_text("hello")
     (root / "garbage.keras").write_text("not a model")
     (root / "empty_dir").mkdir()

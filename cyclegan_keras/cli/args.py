@@ -162,6 +162,15 @@ def image_folder(text):
     return text
 
 
+def fid_image_folder(text):
+    """argparse type: a folder of images (at any depth) for FID, which needs at least 2."""
+    image_folder(text)
+    count = sum(1 for _, _, names in os.walk(text) for name in names if _is_image(name))
+    if count < 2:
+        raise argparse.ArgumentTypeError(f"FID needs at least 2 images; {text} holds {count}")
+    return text
+
+
 def image_source(text):
     """argparse type: an image file, a folder of images (recursive) or a glob pattern."""
     path = Path(text)

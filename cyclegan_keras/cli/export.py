@@ -11,6 +11,14 @@ artifact reloaded in a fresh process and compared with the Keras model (max
 abs error, PSNR, size, ops, latency). With --from-torch also
 OUT/generator.keras. Every flag is checked before any work, and OUT is
 written only once everything is verified.
+
+With --eval-real DIR, every artifact (and the Keras model) then translates
+the --eval-input images (default: --representative) and the report gains
+their FID and KID against DIR and their PSNR/SSIM/MAE against the Keras
+translations: what float16 or int8 costs. FID/KID need the FID Inception
+weights (--inception-weights, $CYCLEGAN_INCEPTION_WEIGHTS or
+~/.cache/cyclegan_keras/); without them only the scores against Keras are
+computed.
 """
 
 import os
@@ -67,6 +75,21 @@ def parser():
         default=256,
         help=f"side of the parity samples, >= {MIN_SAMPLE_SIZE} (default: 256)",
     )
+    result.add_argument(
+        "--eval-real",
+        type=cli_args.fid_image_folder,
+        help="target-domain images: score every artifact's translations with FID/KID against them",
+    )
+    result.add_argument(
+        "--eval-input",
+        type=cli_args.image_folder,
+        help="input-domain images translated for --eval-real (default: --representative)",
+    )
+    result.add_argument(
+        "--inception-weights",
+        type=cli_args.torch_file,
+        help="FID Inception weights for --eval-real (pytorch-fid's .pth or the TorchScript .pt)",
+    )
     return result
 
 
@@ -85,6 +108,13 @@ def main(argv=None):
         cli.error(f"argument --tflite-quantization: applies only with --format tflite or all. Received: {args.format}")
     if args.from_torch and args.direction != "a2b":
         cli.error("argument --direction: a --from-torch file holds one generator, which translates its own direction")
+    for flag in ("eval_input", "inception_weights"):
+        if getattr(args, flag) and not args.eval_real:
+            cli.error(f"argument --{flag.replace('_', '-')}: applies only with --eval-real")
+    if args.eval_real and not (args.eval_input or args.representative):
+        cli.error(
+            "argument --eval-real: needs input-domain images to translate: --eval-input DIR (or --representative)"
+        )
     _env.import_tensorflow()
     from cyclegan_keras import export
     from cyclegan_keras.data import DataError
@@ -103,6 +133,7 @@ def main(argv=None):
     variants = tuple(QUANTIZATIONS.values()) if quantization == "all" else (QUANTIZATIONS[quantization],)
     if samples is None:
         samples = export.sample_images(generator, args.sample_size)
+    evaluation = prepare_evaluation(cli, args, generator) if args.eval_real else None
     try:
         report = export.export(
             generator,
@@ -131,7 +162,92 @@ def main(argv=None):
         )
     report_path = os.path.join(args.out, "export_report.json")
     print(f"Keras: {report['keras_latency_ms_per_image']} ms/image. Report: {report_path}")
+    if evaluation is not None:
+        return evaluate(args, generator, report, report_path, **evaluation)
     return 0
+
+
+def prepare_evaluation(cli, args, generator):
+    """The images and the FID network of --eval-real, checked before any export; prints what will be scored."""
+    from cyclegan_keras import convert, data, fid_inception, metrics
+
+    input_folder = args.eval_input or args.representative
+    input_paths = data.list_image_files(input_folder)
+    real_paths = data.list_image_files(args.eval_real)
+    try:
+        metrics._check_channels(
+            "the model's outputs",
+            generator.output_shape[-1],
+            "the --eval-real images",
+            metrics.set_channels(real_paths),
+        )
+    except metrics.MetricError as error:
+        cli.error(f"argument --eval-real: {error}")
+    if len(input_paths) < 2:
+        cli.error(f"argument --eval-input: FID needs at least 2 images; {input_folder} holds {len(input_paths)}")
+    try:
+        weights = fid_inception.find_weights(args.inception_weights)
+        features = None if weights is None else fid_inception.load_inception(weights)
+    except (FileNotFoundError, ValueError, convert.UnsafePickleError) as error:
+        cli.error(f"argument --inception-weights: {error}")
+    what = f"FID/KID against the {len(real_paths)} images of {args.eval_real} (weights {weights})"
+    if features is None:
+        what = f"no FID/KID: no FID Inception weights ({fid_inception.download_hint()})"
+    print(
+        f"After the export, each artifact translates the {len(input_paths)} images of {input_folder}: "
+        f"{what}; PSNR/SSIM/MAE against the Keras translations"
+    )
+    return {"input_paths": input_paths, "real_paths": real_paths, "features": features}
+
+
+def evaluate(args, generator, report, report_path, input_paths, real_paths, features):
+    """Scores every artifact (export.evaluate_artifacts), prints the table, rewrites the report."""
+    import json
+    from pathlib import Path
+
+    from cyclegan_keras import data, export, metrics
+    from cyclegan_keras.callbacks import replace_atomically
+
+    try:
+        export.evaluate_artifacts(generator, args.out, report, input_paths, real_paths, features)
+    except (data.DataError, metrics.MetricError) as error:
+        print(f"error: scoring the exports: {error} (the export itself is complete in {args.out})", file=sys.stderr)
+        return 1
+    text = json.dumps(report, indent=2) + "\n"
+    replace_atomically(report_path, lambda path: Path(path).write_text(text))
+    print(format_evaluation(report))
+    return 0
+
+
+def format_evaluation(report):
+    """One row per model: FID, KID and the scores against the Keras translations."""
+    evaluation = report["evaluation"]
+
+    def cell(scores, key, fmt):
+        value = (scores or {}).get(key)
+        if value is None:
+            return "-"
+        if isinstance(value, str):
+            return value
+        return fmt.format(1000 * value if key.startswith("kid") else value)
+
+    rows = [("Keras", evaluation["keras"])]
+    rows += [(artifact["path"], artifact.get("evaluation")) for artifact in report["artifacts"]]
+    if evaluation.get("identity"):
+        rows.append(("the inputs themselves", evaluation["identity"]))
+    title = f"{evaluation['images']} image(s)"
+    if evaluation["real_images"] and not evaluation["fid_skipped"]:
+        title += f" vs {evaluation['real_images']} real"
+    lines = [f"{title:34} {'FID':>9} {'KID x 1000':>17} {'PSNR vs Keras':>14} {'SSIM':>7} {'MAE':>6}"]
+    for name, scores in rows:
+        kid = "-"
+        if scores and scores.get("kid_mean") is not None:
+            kid = f"{cell(scores, 'kid_mean', '{:.3g}')} +- {cell(scores, 'kid_std', '{:.2g}')}"
+        lines.append(
+            f"{name:34} {cell(scores, 'fid', '{:.4g}'):>9} {kid:>17} {cell(scores, 'psnr_vs_keras', '{:.2f}'):>14} "
+            f"{cell(scores, 'ssim_vs_keras', '{:.4f}'):>7} {cell(scores, 'mae_vs_keras', '{:.2f}'):>6}"
+        )
+    return "\n".join(lines)
 
 
 def load_source(cli, args):

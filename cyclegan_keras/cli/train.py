@@ -59,6 +59,11 @@ HELP = {
     "strategy": "auto, one_device, mirrored (all local GPUs), multi_worker (TF_CONFIG) or tpu; "
     "--batch-size is per replica",
     "precision": "float32, mixed_bfloat16 (TPU, recent GPUs, CPUs with AMX/AVX512-BF16) or mixed_float16 (GPUs)",
+    "eval_every": "every this many epochs (and at the last), score the test split: FID/KID with Inception "
+    "weights, PSNR/SSIM/MAE on the synthetic data; logged to log.csv and TensorBoard, best model kept as "
+    "WORKDIR/best.keras; 0: off",
+    "inception_weights": "FID Inception weights for --eval-every (pytorch-fid's .pth or the TorchScript .pt; "
+    "default: $CYCLEGAN_INCEPTION_WEIGHTS, then ~/.cache/cyclegan_keras/)",
 }
 FLAG_NAMES = {"jit_compile": "--xla"}
 
