@@ -176,11 +176,14 @@ def test_user_errors_exit_nonzero_with_one_message(tmp_path, capsys, argv, messa
 
 
 def test_workdir_with_another_configuration_is_refused(tmp_path, dataroot, capsys):
+    # A run counts once it has checkpointed; lr may change on resume, ngf not.
     workdir = tmp_path / "run"
-    workdir.mkdir()
-    (workdir / "config.json").write_text(json.dumps({"dataset": "synthetic", "lr": 0.1}))
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "checkpoints" / "checkpoint.json").write_text(json.dumps({"epoch": 1, "step": 0, "file": "x.keras"}))
+    (workdir / "config.json").write_text(json.dumps({"dataset": "synthetic", "lr": 0.1, "ngf": 32}))
     code, output = run_cli(train, ["--dataroot", dataroot, "--workdir", workdir], capsys)
-    assert code == 2 and "different configuration" in output and "lr: 0.1 -> 0.0002" in output
+    assert code == 2 and "different configuration" in output and "ngf: 32 -> 64" in output
+    assert "lr:" not in output.split("different configuration")[1]
 
 
 KILL_AT_STEP = """
