@@ -2,10 +2,20 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 from conftest import tiny_cyclegan
 
 TWO_CPUS = ["/cpu:0", "/cpu:1"]
+
+
+@pytest.fixture(scope="module")
+def mirrored():
+    # One strategy for the whole module: TensorFlow caches collective
+    # instances by key per process, and a second MirroredStrategy over the
+    # same devices restarts its keys, so its all-reduces can meet another's
+    # cached shapes ("Shape mismatch in the collective instance").
+    return tf.distribute.MirroredStrategy(TWO_CPUS)
 
 
 def _batches(rng, steps, global_batch):
@@ -24,7 +34,7 @@ def _trained(strategy, weights, data, steps, pool_size=0, **compile_kwargs):
     return model, history
 
 
-def test_two_replicas_take_the_step_of_one_device_with_the_global_batch(rng):
+def test_two_replicas_take_the_step_of_one_device_with_the_global_batch(rng, mirrored):
     # Each replica's mean loss is scaled by 1/replicas, since the optimizer
     # sums the replicas' gradients. SGD, whose step is proportional to the
     # gradient, shows a factor 2 that Adam's normalized step would hide.
@@ -38,7 +48,7 @@ def test_two_replicas_take_the_step_of_one_device_with_the_global_batch(rng):
     sgd = dict(generator_optimizer=keras.optimizers.SGD(0.01), discriminator_optimizer=keras.optimizers.SGD(0.01))
     one, one_history = _trained(tf.distribute.OneDeviceStrategy("/cpu:0"), weights, data, 2, **sgd)
     sgd = {key: keras.optimizers.SGD(0.01) for key in sgd}
-    two, two_history = _trained(tf.distribute.MirroredStrategy(TWO_CPUS), weights, data, 2, **sgd)
+    two, two_history = _trained(mirrored, weights, data, 2, **sgd)
     assert two.distribute_strategy.num_replicas_in_sync == 2
     moved = max(np.abs(w1 - w0).max() for w1, w0 in zip(one.get_weights(), weights))
     assert moved > 1e-2  # the comparison below compares trained weights
@@ -49,8 +59,8 @@ def test_two_replicas_take_the_step_of_one_device_with_the_global_batch(rng):
         np.testing.assert_allclose(two_history[name], one_history[name], rtol=1e-4, err_msg=name)
 
 
-def test_each_replica_keeps_its_own_pool(rng):
-    strategy = tf.distribute.MirroredStrategy(TWO_CPUS)
+def test_each_replica_keeps_its_own_pool(rng, mirrored):
+    strategy = mirrored
     reference = tiny_cyclegan(pool_size=2)
     reference.build((None, 32, 32, 3))
     model, _ = _trained(strategy, reference.get_weights(), _batches(rng, 4, 2), 4, pool_size=2)
@@ -61,10 +71,10 @@ def test_each_replica_keeps_its_own_pool(rng):
         assert np.abs(first).max() > 0  # filled, not the initial zeros
 
 
-def test_replicas_draw_different_pool_numbers():
+def test_replicas_draw_different_pool_numbers(mirrored):
     # Identical images on both replicas: only the random draws can make the
     # pools' outputs differ.
-    strategy = tf.distribute.MirroredStrategy(TWO_CPUS)
+    strategy = mirrored
     from cyclegan_keras import ImagePool
 
     with strategy.scope():
@@ -82,8 +92,8 @@ def test_replicas_draw_different_pool_numbers():
     assert any(first != second for first, second in outputs)
 
 
-def test_distributed_model_saves_and_loads(rng, tmp_path):
-    strategy = tf.distribute.MirroredStrategy(TWO_CPUS)
+def test_distributed_model_saves_and_loads(rng, tmp_path, mirrored):
+    strategy = mirrored
     reference = tiny_cyclegan(pool_size=2)
     reference.build((None, 32, 32, 3))
     model, _ = _trained(strategy, reference.get_weights(), _batches(rng, 2, 2), 2, pool_size=2)
@@ -116,14 +126,14 @@ def test_sharded_pipelines_make_the_global_batches_of_one_pipeline():
         np.testing.assert_array_equal(np.concatenate([shards[0][step][1], shards[1][step][1]]), b)
 
 
-def test_train_under_mirrored_strategy(tmp_path):
+def test_train_under_mirrored_strategy(tmp_path, mirrored):
     from cyclegan_keras import training
 
     config = training.make_config(
         ngf=8, ndf=8, generator="resnet_6blocks", load_size=36, crop_size=32, synthetic_count=8,
         n_epochs=1, n_epochs_decay=1, snapshot_count=1, pool_size=2, checkpoint_every=2,
     )  # fmt: skip
-    strategy = tf.distribute.MirroredStrategy(TWO_CPUS)
+    strategy = mirrored
     model = training.train(config, tmp_path, verbose=0, strategy=strategy)
     assert model.distribute_strategy is strategy
     assert model.generator_optimizer.iterations.numpy() == 2 * 4  # 8 pairs / global batch 2, two epochs
