@@ -139,3 +139,38 @@ class ReflectionPadding2D(keras.layers.Layer):
         config = super().get_config()
         config.update(padding=self.padding, mode=self.mode)
         return config
+
+
+@keras.saving.register_keras_serializable(package="cyclegan_keras")
+class MaxLeakyReLU(keras.layers.LeakyReLU):
+    """`keras.layers.LeakyReLU` computed as `maximum(x, negative_slope * x)`.
+
+    The same function for `0 <= negative_slope <= 1`, and the same values to
+    the last bit (both round `negative_slope * x` once); the gradient differs
+    only at exactly 0 (1 instead of the slope), as subgradients may.
+
+    Why not Keras's layer: TensorFlow's grappler remapper rewrites Conv2D +
+    BiasAdd + LeakyRelu into one `_FusedConv2D`, which removes the BiasAdd
+    whose output the gradient `LeakyReluGrad` still reads. In a training step
+    the whole remapper pass then fails and TensorFlow logs, on the first
+    step, `E ... meta_optimizer.cc ... remapper failed: INVALID_ARGUMENT:
+    Mutation::Apply error: fanout '.../LeakyReluGrad' exist for missing node
+    '.../BiasAdd'` (and drops every other fusion of that graph). The CycleGAN
+    discriminators' first convolution and the U-Net's encoder have exactly
+    this pattern. `Maximum` and `Mul` match no fusion pattern there. The
+    fusion came with tensorflow/tensorflow#42551 ("Enable Conv + (Bias+BN) +
+    LeakyRelu Fusion with Eigen implementation in CPU"); no upstream issue
+    for this failure was found.
+
+    Args:
+        negative_slope: float in [0, 1]. Slope for `x < 0`. Defaults to `0.3`
+            (Keras's default; the CycleGAN networks use `0.2`).
+    """
+
+    def __init__(self, negative_slope=0.3, **kwargs):
+        super().__init__(negative_slope=negative_slope, **kwargs)
+        if not 0.0 <= negative_slope <= 1.0:
+            raise ValueError(f"negative_slope must be in [0, 1]. Received: negative_slope={negative_slope}")
+
+    def call(self, inputs):
+        return keras.ops.maximum(inputs, inputs * self.negative_slope)

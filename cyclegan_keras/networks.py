@@ -23,7 +23,7 @@ import functools
 
 import keras
 
-from cyclegan_keras.layers import InstanceNormalization, ReflectionPadding2D
+from cyclegan_keras.layers import InstanceNormalization, MaxLeakyReLU, ReflectionPadding2D
 
 NORMS = ("instance", "batch", "none")
 
@@ -90,7 +90,7 @@ def _norm_act(x, norm, activation, name):
     if activation == "relu":
         return keras.layers.ReLU(name=f"{name}_relu")(x)
     if activation == "leaky_relu":
-        return keras.layers.LeakyReLU(negative_slope=0.2, name=f"{name}_lrelu")(x)
+        return MaxLeakyReLU(0.2, name=f"{name}_lrelu")(x)
     return x
 
 
@@ -202,7 +202,7 @@ def unet_generator(
     for k in range(num_downs):
         skips.append(x)
         if k > 0:
-            x = keras.layers.LeakyReLU(0.2, name=f"down{k}_lrelu")(x)
+            x = MaxLeakyReLU(0.2, name=f"down{k}_lrelu")(x)
         x = _conv(x, inner[k], 4, 2, 1, use_bias if k > 0 else True, f"down{k}_conv")
         if 0 < k < innermost:
             x = _norm_act(x, norm, None, f"down{k}")
@@ -242,7 +242,7 @@ def patchgan_discriminator(n_layers=3, filters=64, input_channels=3, norm="insta
     use_bias = norm == "instance"
     inputs = keras.Input((None, None, input_channels), name="image")
     x = _conv(inputs, filters, 4, 2, 1, True, "conv0")
-    x = keras.layers.LeakyReLU(0.2, name="conv0_lrelu")(x)
+    x = MaxLeakyReLU(0.2, name="conv0_lrelu")(x)
     for n in range(1, n_layers + 1):
         strides = 2 if n < n_layers else 1
         x = _conv(x, filters * min(2**n, 8), 4, strides, 1, use_bias, f"conv{n}")
@@ -265,7 +265,7 @@ def pixel_discriminator(filters=64, input_channels=3, norm="instance", name="pix
     use_bias = norm == "instance"
     inputs = keras.Input((None, None, input_channels), name="image")
     x = _conv(inputs, filters, 1, 1, 0, True, "conv0")
-    x = keras.layers.LeakyReLU(0.2, name="conv0_lrelu")(x)
+    x = MaxLeakyReLU(0.2, name="conv0_lrelu")(x)
     x = _conv(x, filters * 2, 1, 1, 0, use_bias, "conv1")
     x = _norm_act(x, norm, "leaky_relu", "conv1")
     outputs = _conv(x, 1, 1, 1, 0, use_bias, "logits")
