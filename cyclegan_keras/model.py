@@ -10,6 +10,8 @@ from cyclegan_keras.networks import min_size, size_multiple
 
 GAN_MODES = ("lsgan", "vanilla", "wgangp")
 DIRECTIONS = ("a2b", "b2a")
+# Arguments of keras.Model.compile that the CycleGAN objective has no use for.
+_UNUSED_COMPILE_ARGUMENTS = ("optimizer", "loss", "loss_weights", "metrics", "weighted_metrics")
 
 
 def gan_loss(logits, target_is_real, gan_mode):
@@ -51,6 +53,69 @@ def mean_over_replicas(value):
     if context is None or context.num_replicas_in_sync == 1:
         return value
     return context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+
+
+class OptimizerPair:
+    """`CycleGAN.optimizer`: the generators' and the discriminators' optimizers, as one.
+
+    Keras's callbacks that touch the learning rate (`LearningRateScheduler`,
+    `ReduceLROnPlateau`, `TensorBoard`) treat a `model.optimizer` with an
+    `optimizers` list as several optimizers (the protocol of
+    `keras.optimizers.MultiOptimizer`): they set, reduce and log the rate of
+    each, as `learning_rate_<optimizer name>`. So those callbacks change
+    the rates CycleGAN trains with, for both optimizers alike.
+
+    It is a view, not an optimizer: it applies no gradients and holds no
+    state of its own (each optimizer is saved with the model under its own
+    name), and it has no single `learning_rate` to read or set.
+
+    Args:
+        generator_optimizer: the optimizer of both generators.
+        discriminator_optimizer: the optimizer of both discriminators.
+    """
+
+    def __init__(
+        self,
+        generator_optimizer: keras.optimizers.Optimizer,
+        discriminator_optimizer: keras.optimizers.Optimizer,
+    ):
+        self.generator_optimizer = generator_optimizer
+        self.discriminator_optimizer = discriminator_optimizer
+
+    @property
+    def optimizers(self) -> list[keras.optimizers.Optimizer]:
+        return [self.generator_optimizer, self.discriminator_optimizer]
+
+    @property
+    def built(self) -> bool:
+        return all(optimizer.built for optimizer in self.optimizers)
+
+    @property
+    def iterations(self):
+        """Training steps done: one generator update per step."""
+        return self.generator_optimizer.iterations
+
+    @property
+    def variables(self) -> list:
+        return [v for optimizer in self.optimizers for v in optimizer.variables]
+
+    @property
+    def learning_rate(self):
+        raise AttributeError(self._NO_SINGLE_RATE)
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        raise AttributeError(self._NO_SINGLE_RATE)
+
+    _NO_SINGLE_RATE = (
+        "A CycleGAN trains with two optimizers, so model.optimizer has no single learning rate. "
+        "Use model.generator_optimizer.learning_rate and model.discriminator_optimizer.learning_rate "
+        "(or each of model.optimizer.optimizers), or a schedule callback that sets both "
+        "(cyclegan_keras.callbacks.LinearDecaySchedule, keras.callbacks.LearningRateScheduler)."
+    )
+
+    def __repr__(self):
+        return f"OptimizerPair({self.generator_optimizer.name!r}, {self.discriminator_optimizer.name!r})"
 
 
 @keras.saving.register_keras_serializable(package="cyclegan_keras")
@@ -190,18 +255,18 @@ class CycleGAN(keras.Model):
 
     def compile(
         self,
-        generator_optimizer=None,
-        discriminator_optimizer=None,
-        gan_mode="lsgan",
-        lambda_a=10.0,
-        lambda_b=10.0,
-        lambda_identity=0.5,
-        lambda_gan=1.0,
-        lambda_pixel=0.0,
-        lambda_feature=0.0,
-        lambda_gp=10.0,
+        generator_optimizer: keras.optimizers.Optimizer | None = None,
+        discriminator_optimizer: keras.optimizers.Optimizer | None = None,
+        gan_mode: str = "lsgan",
+        lambda_a: float = 10.0,
+        lambda_b: float = 10.0,
+        lambda_identity: float = 0.5,
+        lambda_gan: float = 1.0,
+        lambda_pixel: float = 0.0,
+        lambda_feature: float = 0.0,
+        lambda_gp: float = 10.0,
         **kwargs,
-    ):
+    ) -> None:
         """Configures the objective and the optimizers.
 
         The defaults are the paper's. The paper's ablations are settings:
@@ -235,8 +300,29 @@ class CycleGAN(keras.Model):
             lambda_gp: float. Gradient-penalty weight for `"wgangp"`.
                 Defaults to `10.0`.
             **kwargs: passed to `keras.Model.compile` (`jit_compile`,
-                `steps_per_execution`, `run_eagerly`, ...).
+                `steps_per_execution`, `run_eagerly`, ...). Its `optimizer`,
+                `loss`, `loss_weights`, `metrics` and `weighted_metrics` are
+                refused: the objective and the optimizers are the arguments
+                above.
+
+        After `compile()`, `model.optimizer` is an `OptimizerPair` of both
+        optimizers (`model.optimizer.optimizers`), the multi-optimizer form
+        Keras's `LearningRateScheduler`, `ReduceLROnPlateau` and `TensorBoard`
+        callbacks handle: they set and log both learning rates.
+
+        Raises:
+            ValueError: on a setting out of range, or on an argument of
+                `keras.Model.compile` that CycleGAN does not use.
         """
+        refused = sorted(set(kwargs) & set(_UNUSED_COMPILE_ARGUMENTS))
+        if refused:
+            raise ValueError(
+                f"CycleGAN.compile() does not take {', '.join(refused)}: its objective is fixed by "
+                "gan_mode and the weights lambda_a, lambda_b, lambda_identity, lambda_gan, lambda_pixel, "
+                "lambda_feature and lambda_gp, and it trains with two optimizers, generator_optimizer "
+                "(both generators) and discriminator_optimizer (both discriminators). Its losses are "
+                "reported as metrics already. Received: " + ", ".join(f"{name}={kwargs[name]!r}" for name in refused)
+            )
         if gan_mode not in GAN_MODES:
             raise ValueError(f"gan_mode must be one of {GAN_MODES}. Received: gan_mode={gan_mode!r}")
         weights = dict(
@@ -262,20 +348,27 @@ class CycleGAN(keras.Model):
             )
         if lambda_feature > 0 and self.feature_extractor is None:
             raise ValueError("lambda_feature > 0 needs a feature_extractor passed to CycleGAN().")
-        super().compile(**kwargs)
+        # No optimizer for Keras's own train_step: its default would be an
+        # RMSprop that trains nothing (and is saved in every .keras file).
+        super().compile(optimizer=None, **kwargs)
         self.gan_mode = gan_mode
         self.loss_weights = weights
-        self.generator_optimizer = self._loss_scaled(generator_optimizer or self._default_optimizer())
-        self.discriminator_optimizer = self._loss_scaled(discriminator_optimizer or self._default_optimizer())
+        self.generator_optimizer = self._loss_scaled(generator_optimizer or self._default_optimizer("generator"))
+        self.discriminator_optimizer = self._loss_scaled(
+            discriminator_optimizer or self._default_optimizer("discriminator")
+        )
         # Build the optimizer state now, not lazily inside the first step:
         # lazy creation fails under tf.distribute, and loading a saved model
         # needs the variables to exist before their values are restored.
         self.generator_optimizer.build(self.generator_variables)
         self.discriminator_optimizer.build(self.discriminator_variables)
+        self.optimizer = OptimizerPair(self.generator_optimizer, self.discriminator_optimizer)
 
     @staticmethod
-    def _default_optimizer():
-        return keras.optimizers.Adam(learning_rate=2e-4, beta_1=0.5, beta_2=0.999)
+    def _default_optimizer(networks):
+        # Named, so the stock callbacks' logs say which rate is which
+        # (`learning_rate_generator_adam`).
+        return keras.optimizers.Adam(learning_rate=2e-4, beta_1=0.5, beta_2=0.999, name=f"{networks}_adam")
 
     def _loss_scaled(self, optimizer):
         """`optimizer` wrapped in a `LossScaleOptimizer` when the networks compute in float16.
