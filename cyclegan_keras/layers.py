@@ -4,6 +4,8 @@ Both are registered serializable, so saved models load without
 `custom_objects`.
 """
 
+from __future__ import annotations
+
 import keras
 import tensorflow as tf
 
@@ -54,7 +56,7 @@ class InstanceNormalization(keras.layers.Layer):
         Fast Stylization", arXiv 1607.08022.
     """
 
-    def __init__(self, epsilon=1e-5, center=False, scale=False, **kwargs):
+    def __init__(self, epsilon: float = 1e-5, center: bool = False, scale: bool = False, **kwargs):
         super().__init__(**kwargs)
         if epsilon <= 0:
             raise ValueError(f"epsilon must be positive. Received: epsilon={epsilon}")
@@ -107,7 +109,12 @@ class ReflectionPadding2D(keras.layers.Layer):
             Defaults to `"reflect"`.
     """
 
-    def __init__(self, padding=1, mode="reflect", **kwargs):
+    def __init__(
+        self,
+        padding: int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] = 1,
+        mode: str = "reflect",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if mode not in ops.PAD_MODES:
             raise ValueError(f"mode must be one of {ops.PAD_MODES}. Received: mode={mode!r}")
@@ -167,7 +174,7 @@ class MaxLeakyReLU(keras.layers.LeakyReLU):
             (Keras's default; the CycleGAN networks use `0.2`).
     """
 
-    def __init__(self, negative_slope=0.3, **kwargs):
+    def __init__(self, negative_slope: float = 0.3, **kwargs):
         super().__init__(negative_slope=negative_slope, **kwargs)
         if not 0.0 <= negative_slope <= 1.0:
             raise ValueError(f"negative_slope must be in [0, 1]. Received: negative_slope={negative_slope}")
