@@ -1,5 +1,9 @@
 """`CycleGAN`: two generators and two discriminators trained by one `fit()`."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -14,7 +18,7 @@ DIRECTIONS = ("a2b", "b2a")
 _UNUSED_COMPILE_ARGUMENTS = ("optimizer", "loss", "loss_weights", "metrics", "weighted_metrics")
 
 
-def gan_loss(logits, target_is_real, gan_mode):
+def gan_loss(logits: tf.Tensor, target_is_real: bool, gan_mode: str) -> tf.Tensor:
     """The reference's `GANLoss` on a map of discriminator logits.
 
     - `lsgan`: mean squared error to 1 (real) or 0 (fake), no sigmoid.
@@ -30,11 +34,11 @@ def gan_loss(logits, target_is_real, gan_mode):
     return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits))
 
 
-def l1_loss(x, y):
+def l1_loss(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.abs(tf.cast(x, "float32") - tf.cast(y, "float32")))
 
 
-def replica_share():
+def replica_share() -> float:
     """1 / replicas in sync: turns a replica's mean loss into its share of the global mean.
 
     Under `tf.distribute`, each replica computes its losses as means over its
@@ -47,7 +51,7 @@ def replica_share():
     return 1.0 / context.num_replicas_in_sync if context is not None else 1.0
 
 
-def mean_over_replicas(value):
+def mean_over_replicas(value: tf.Tensor) -> tf.Tensor:
     """The mean of `value` over all replicas (identity on one device)."""
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
@@ -175,13 +179,13 @@ class CycleGAN(keras.Model):
 
     def __init__(
         self,
-        generator_ab,
-        generator_ba,
-        discriminator_a,
-        discriminator_b,
-        pool_size=50,
-        feature_extractor=None,
-        seed=0,
+        generator_ab: keras.Model,
+        generator_ba: keras.Model,
+        discriminator_a: keras.Model,
+        discriminator_b: keras.Model,
+        pool_size: int = 50,
+        feature_extractor: keras.Model | None = None,
+        seed: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -385,20 +389,20 @@ class CycleGAN(keras.Model):
         return optimizer
 
     @property
-    def generator_variables(self):
+    def generator_variables(self) -> list[keras.Variable]:
         return self.generator_ab.trainable_variables + self.generator_ba.trainable_variables
 
     @property
-    def discriminator_variables(self):
+    def discriminator_variables(self) -> list[keras.Variable]:
         return self.discriminator_a.trainable_variables + self.discriminator_b.trainable_variables
 
     @property
-    def optimizers(self):
+    def optimizers(self) -> list[keras.optimizers.Optimizer]:
         """Both optimizers, for callbacks that set the learning rate."""
         return [self.generator_optimizer, self.discriminator_optimizer]
 
     @property
-    def metrics(self):
+    def metrics(self) -> list[keras.metrics.Metric]:
         return [self.loss_trackers[name] for name in self._reported_losses()]
 
     def _reported_losses(self):
@@ -554,13 +558,13 @@ class CycleGAN(keras.Model):
 
     # -- Inference -------------------------------------------------------------
 
-    def generator(self, direction):
+    def generator(self, direction: str) -> keras.Model:
         """The generator for `direction`: `"a2b"` (G) or `"b2a"` (F)."""
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}. Received: direction={direction!r}")
         return self.generator_ab if direction == "a2b" else self.generator_ba
 
-    def translate(self, images, direction="a2b", batch_size=8):
+    def translate(self, images: np.ndarray, direction: str = "a2b", batch_size: int = 8) -> np.ndarray:
         """Translates images of any size, in batches (see `translate_images`).
 
         Args:
@@ -621,7 +625,7 @@ class CycleGAN(keras.Model):
         self.compile(**config)
 
 
-def padded_call(generator):
+def padded_call(generator: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
     """A function running `generator` in inference mode on any image size.
 
     Height and width are reflect-padded up to what the generator's strides
@@ -633,13 +637,18 @@ def padded_call(generator):
     return lambda images: ops.call_padded(lambda x: generator(x, training=False), images, multiple, smallest)
 
 
-def padded_generator(generator):
+def padded_generator(generator: keras.Model) -> tf.types.experimental.PolymorphicFunction:
     """`padded_call(generator)` as a `tf.function`, traced once for any size."""
     spec = tf.TensorSpec((None, None, None, generator.input_shape[-1]), tf.float32)
     return tf.function(padded_call(generator), input_signature=[spec])
 
 
-def translate_images(generator, images, batch_size=8, padded_fn=None):
+def translate_images(
+    generator: keras.Model,
+    images: np.ndarray,
+    batch_size: int = 8,
+    padded_fn: Callable[[tf.Tensor], tf.Tensor] | None = None,
+) -> np.ndarray:
     """Runs an image-to-image generator on images of any size, in batches.
 
     Args:
