@@ -3,10 +3,13 @@ image snapshots, a loss curve, non-finite loss detection, crash-proof
 checkpoints and test-set evaluation (FID, KID, PSNR) keeping the best model.
 Each takes its inputs as arguments and works with any fit()."""
 
+from __future__ import annotations
+
 import csv
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -105,7 +108,15 @@ class ImageSnapshot(keras.callbacks.Callback):
     COLUMNS = ("real_a", "fake_b", "cycled_a", "real_b", "fake_a", "cycled_b")
     TITLE_PIXELS = 40
 
-    def __init__(self, images_a, images_b, out_dir, every_n_steps=None, cell_size=128, tensorboard_dir=None):
+    def __init__(
+        self,
+        images_a: np.ndarray,
+        images_b: np.ndarray,
+        out_dir: str | os.PathLike,
+        every_n_steps: int | None = None,
+        cell_size: int = 128,
+        tensorboard_dir: str | os.PathLike | None = None,
+    ):
         super().__init__()
         if len(images_a) != len(images_b) or len(images_a) == 0:
             raise ValueError(
@@ -121,7 +132,7 @@ class ImageSnapshot(keras.callbacks.Callback):
         self.epoch = 0
         self.step = 0
 
-    def grid(self):
+    def grid(self) -> list[tuple[np.ndarray, ...]]:
         """The rows of translated images, as a list of 6-tuples of arrays."""
         model = self.model
         fake_b = model.translate(self.images_a, "a2b")
@@ -130,7 +141,7 @@ class ImageSnapshot(keras.callbacks.Callback):
         cycled_b = model.translate(fake_a, "a2b")
         return list(zip(self.images_a, fake_b, cycled_a, self.images_b, fake_a, cycled_b))
 
-    def save(self, name, title):
+    def save(self, name: str, title: str) -> Path:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
@@ -397,7 +408,7 @@ def _format_scores(scores):
     return ", ".join(shown) or "nothing computable"
 
 
-def plot_losses(csv_path, png_path):
+def plot_losses(csv_path: str | os.PathLike, png_path: str | os.PathLike) -> str | os.PathLike | None:
     """Draws every `*loss` column of a CSVLogger file against the epoch."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -427,7 +438,7 @@ def plot_losses(csv_path, png_path):
 class LossCurve(keras.callbacks.Callback):
     """Plots the CSV log's losses to a PNG when training ends (see `plot_losses`)."""
 
-    def __init__(self, csv_path, png_path):
+    def __init__(self, csv_path: str | os.PathLike, png_path: str | os.PathLike):
         super().__init__()
         self.csv_path = csv_path
         self.png_path = png_path
@@ -456,7 +467,7 @@ class Checkpoint(keras.callbacks.Callback):
 
     STATE = "checkpoint.json"
 
-    def __init__(self, directory, steps_per_epoch, every_n_steps=None):
+    def __init__(self, directory: str | os.PathLike, steps_per_epoch: int, every_n_steps: int | None = None):
         super().__init__()
         self.directory = Path(directory)
         self.steps_per_epoch = steps_per_epoch
@@ -466,7 +477,7 @@ class Checkpoint(keras.callbacks.Callback):
         self.step_offset = 0
 
     @classmethod
-    def latest(cls, directory):
+    def latest(cls, directory: str | os.PathLike) -> tuple[Path, int, int] | None:
         """`(model_path, epoch, step)` of the last complete checkpoint, or None."""
         state_path = Path(directory) / cls.STATE
         if not state_path.exists():
@@ -488,7 +499,7 @@ class Checkpoint(keras.callbacks.Callback):
         if _finite(logs) and not self.model.stop_training:
             self.save(epoch + 1, 0)
 
-    def save(self, epoch, step):
+    def save(self, epoch: int, step: int) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         previous = self.latest(self.directory)
         name = f"ckpt-epoch{epoch:04d}-step{step:07d}.keras"
@@ -499,7 +510,7 @@ class Checkpoint(keras.callbacks.Callback):
             previous[0].unlink()
 
 
-def replace_atomically(path, write):
+def replace_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Writes `path` by `write(temporary_path)` and then one `os.replace`.
 
     A kill at any moment leaves either the old file or the new one, never a

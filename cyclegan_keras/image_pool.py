@@ -31,7 +31,7 @@ class ImagePool(keras.layers.Layer):
     channels known when the layer is built.
     """
 
-    def __init__(self, pool_size=50, seed=0, **kwargs):
+    def __init__(self, pool_size: int = 50, seed: int = 0, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if pool_size < 0:

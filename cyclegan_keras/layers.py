@@ -4,6 +4,8 @@ Both are registered serializable, so saved models load without
 `custom_objects`.
 """
 
+from __future__ import annotations
+
 import keras
 import tensorflow as tf
 
@@ -54,7 +56,7 @@ class InstanceNormalization(keras.layers.Layer):
         Fast Stylization", arXiv 1607.08022.
     """
 
-    def __init__(self, epsilon=1e-5, center=False, scale=False, **kwargs):
+    def __init__(self, epsilon: float = 1e-5, center: bool = False, scale: bool = False, **kwargs):
         super().__init__(**kwargs)
         if epsilon <= 0:
             raise ValueError(f"epsilon must be positive. Received: epsilon={epsilon}")
@@ -107,7 +109,12 @@ class ReflectionPadding2D(keras.layers.Layer):
             Defaults to `"reflect"`.
     """
 
-    def __init__(self, padding=1, mode="reflect", **kwargs):
+    def __init__(
+        self,
+        padding: int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] = 1,
+        mode: str = "reflect",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if mode not in ops.PAD_MODES:
             raise ValueError(f"mode must be one of {ops.PAD_MODES}. Received: mode={mode!r}")
@@ -139,3 +146,38 @@ class ReflectionPadding2D(keras.layers.Layer):
         config = super().get_config()
         config.update(padding=self.padding, mode=self.mode)
         return config
+
+
+@keras.saving.register_keras_serializable(package="cyclegan_keras")
+class MaxLeakyReLU(keras.layers.LeakyReLU):
+    """`keras.layers.LeakyReLU` computed as `maximum(x, negative_slope * x)`.
+
+    The same function for `0 <= negative_slope <= 1`, and the same values to
+    the last bit (both round `negative_slope * x` once); the gradient differs
+    only at exactly 0 (1 instead of the slope), as subgradients may.
+
+    Why not Keras's layer: TensorFlow's grappler remapper rewrites Conv2D +
+    BiasAdd + LeakyRelu into one `_FusedConv2D`, which removes the BiasAdd
+    whose output the gradient `LeakyReluGrad` still reads. In a training step
+    the whole remapper pass then fails and TensorFlow logs, on the first
+    step, `E ... meta_optimizer.cc ... remapper failed: INVALID_ARGUMENT:
+    Mutation::Apply error: fanout '.../LeakyReluGrad' exist for missing node
+    '.../BiasAdd'` (and drops every other fusion of that graph). The CycleGAN
+    discriminators' first convolution and the U-Net's encoder have exactly
+    this pattern. `Maximum` and `Mul` match no fusion pattern there. The
+    fusion came with tensorflow/tensorflow#42551 ("Enable Conv + (Bias+BN) +
+    LeakyRelu Fusion with Eigen implementation in CPU"); no upstream issue
+    for this failure was found.
+
+    Args:
+        negative_slope: float in [0, 1]. Slope for `x < 0`. Defaults to `0.3`
+            (Keras's default; the CycleGAN networks use `0.2`).
+    """
+
+    def __init__(self, negative_slope: float = 0.3, **kwargs):
+        super().__init__(negative_slope=negative_slope, **kwargs)
+        if not 0.0 <= negative_slope <= 1.0:
+            raise ValueError(f"negative_slope must be in [0, 1]. Received: negative_slope={negative_slope}")
+
+    def call(self, inputs):
+        return keras.ops.maximum(inputs, inputs * self.negative_slope)

@@ -1,5 +1,9 @@
 """`CycleGAN`: two generators and two discriminators trained by one `fit()`."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -10,9 +14,11 @@ from cyclegan_keras.networks import min_size, size_multiple
 
 GAN_MODES = ("lsgan", "vanilla", "wgangp")
 DIRECTIONS = ("a2b", "b2a")
+# Arguments of keras.Model.compile that the CycleGAN objective has no use for.
+_UNUSED_COMPILE_ARGUMENTS = ("optimizer", "loss", "loss_weights", "metrics", "weighted_metrics")
 
 
-def gan_loss(logits, target_is_real, gan_mode):
+def gan_loss(logits: tf.Tensor, target_is_real: bool, gan_mode: str) -> tf.Tensor:
     """The reference's `GANLoss` on a map of discriminator logits.
 
     - `lsgan`: mean squared error to 1 (real) or 0 (fake), no sigmoid.
@@ -28,11 +34,11 @@ def gan_loss(logits, target_is_real, gan_mode):
     return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits))
 
 
-def l1_loss(x, y):
+def l1_loss(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.abs(tf.cast(x, "float32") - tf.cast(y, "float32")))
 
 
-def replica_share():
+def replica_share() -> float:
     """1 / replicas in sync: turns a replica's mean loss into its share of the global mean.
 
     Under `tf.distribute`, each replica computes its losses as means over its
@@ -45,12 +51,75 @@ def replica_share():
     return 1.0 / context.num_replicas_in_sync if context is not None else 1.0
 
 
-def mean_over_replicas(value):
+def mean_over_replicas(value: tf.Tensor) -> tf.Tensor:
     """The mean of `value` over all replicas (identity on one device)."""
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return value
     return context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+
+
+class OptimizerPair:
+    """`CycleGAN.optimizer`: the generators' and the discriminators' optimizers, as one.
+
+    Keras's callbacks that touch the learning rate (`LearningRateScheduler`,
+    `ReduceLROnPlateau`, `TensorBoard`) treat a `model.optimizer` with an
+    `optimizers` list as several optimizers (the protocol of
+    `keras.optimizers.MultiOptimizer`): they set, reduce and log the rate of
+    each, as `learning_rate_<optimizer name>`. So those callbacks change
+    the rates CycleGAN trains with, for both optimizers alike.
+
+    It is a view, not an optimizer: it applies no gradients and holds no
+    state of its own (each optimizer is saved with the model under its own
+    name), and it has no single `learning_rate` to read or set.
+
+    Args:
+        generator_optimizer: the optimizer of both generators.
+        discriminator_optimizer: the optimizer of both discriminators.
+    """
+
+    def __init__(
+        self,
+        generator_optimizer: keras.optimizers.Optimizer,
+        discriminator_optimizer: keras.optimizers.Optimizer,
+    ):
+        self.generator_optimizer = generator_optimizer
+        self.discriminator_optimizer = discriminator_optimizer
+
+    @property
+    def optimizers(self) -> list[keras.optimizers.Optimizer]:
+        return [self.generator_optimizer, self.discriminator_optimizer]
+
+    @property
+    def built(self) -> bool:
+        return all(optimizer.built for optimizer in self.optimizers)
+
+    @property
+    def iterations(self):
+        """Training steps done: one generator update per step."""
+        return self.generator_optimizer.iterations
+
+    @property
+    def variables(self) -> list:
+        return [v for optimizer in self.optimizers for v in optimizer.variables]
+
+    @property
+    def learning_rate(self):
+        raise AttributeError(self._NO_SINGLE_RATE)
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        raise AttributeError(self._NO_SINGLE_RATE)
+
+    _NO_SINGLE_RATE = (
+        "A CycleGAN trains with two optimizers, so model.optimizer has no single learning rate. "
+        "Use model.generator_optimizer.learning_rate and model.discriminator_optimizer.learning_rate "
+        "(or each of model.optimizer.optimizers), or a schedule callback that sets both "
+        "(cyclegan_keras.callbacks.LinearDecaySchedule, keras.callbacks.LearningRateScheduler)."
+    )
+
+    def __repr__(self):
+        return f"OptimizerPair({self.generator_optimizer.name!r}, {self.discriminator_optimizer.name!r})"
 
 
 @keras.saving.register_keras_serializable(package="cyclegan_keras")
@@ -110,13 +179,13 @@ class CycleGAN(keras.Model):
 
     def __init__(
         self,
-        generator_ab,
-        generator_ba,
-        discriminator_a,
-        discriminator_b,
-        pool_size=50,
-        feature_extractor=None,
-        seed=0,
+        generator_ab: keras.Model,
+        generator_ba: keras.Model,
+        discriminator_a: keras.Model,
+        discriminator_b: keras.Model,
+        pool_size: int = 50,
+        feature_extractor: keras.Model | None = None,
+        seed: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -190,18 +259,18 @@ class CycleGAN(keras.Model):
 
     def compile(
         self,
-        generator_optimizer=None,
-        discriminator_optimizer=None,
-        gan_mode="lsgan",
-        lambda_a=10.0,
-        lambda_b=10.0,
-        lambda_identity=0.5,
-        lambda_gan=1.0,
-        lambda_pixel=0.0,
-        lambda_feature=0.0,
-        lambda_gp=10.0,
+        generator_optimizer: keras.optimizers.Optimizer | None = None,
+        discriminator_optimizer: keras.optimizers.Optimizer | None = None,
+        gan_mode: str = "lsgan",
+        lambda_a: float = 10.0,
+        lambda_b: float = 10.0,
+        lambda_identity: float = 0.5,
+        lambda_gan: float = 1.0,
+        lambda_pixel: float = 0.0,
+        lambda_feature: float = 0.0,
+        lambda_gp: float = 10.0,
         **kwargs,
-    ):
+    ) -> None:
         """Configures the objective and the optimizers.
 
         The defaults are the paper's. The paper's ablations are settings:
@@ -235,8 +304,29 @@ class CycleGAN(keras.Model):
             lambda_gp: float. Gradient-penalty weight for `"wgangp"`.
                 Defaults to `10.0`.
             **kwargs: passed to `keras.Model.compile` (`jit_compile`,
-                `steps_per_execution`, `run_eagerly`, ...).
+                `steps_per_execution`, `run_eagerly`, ...). Its `optimizer`,
+                `loss`, `loss_weights`, `metrics` and `weighted_metrics` are
+                refused: the objective and the optimizers are the arguments
+                above.
+
+        After `compile()`, `model.optimizer` is an `OptimizerPair` of both
+        optimizers (`model.optimizer.optimizers`), the multi-optimizer form
+        Keras's `LearningRateScheduler`, `ReduceLROnPlateau` and `TensorBoard`
+        callbacks handle: they set and log both learning rates.
+
+        Raises:
+            ValueError: on a setting out of range, or on an argument of
+                `keras.Model.compile` that CycleGAN does not use.
         """
+        refused = sorted(set(kwargs) & set(_UNUSED_COMPILE_ARGUMENTS))
+        if refused:
+            raise ValueError(
+                f"CycleGAN.compile() does not take {', '.join(refused)}: its objective is fixed by "
+                "gan_mode and the weights lambda_a, lambda_b, lambda_identity, lambda_gan, lambda_pixel, "
+                "lambda_feature and lambda_gp, and it trains with two optimizers, generator_optimizer "
+                "(both generators) and discriminator_optimizer (both discriminators). Its losses are "
+                "reported as metrics already. Received: " + ", ".join(f"{name}={kwargs[name]!r}" for name in refused)
+            )
         if gan_mode not in GAN_MODES:
             raise ValueError(f"gan_mode must be one of {GAN_MODES}. Received: gan_mode={gan_mode!r}")
         weights = dict(
@@ -262,20 +352,27 @@ class CycleGAN(keras.Model):
             )
         if lambda_feature > 0 and self.feature_extractor is None:
             raise ValueError("lambda_feature > 0 needs a feature_extractor passed to CycleGAN().")
-        super().compile(**kwargs)
+        # No optimizer for Keras's own train_step: its default would be an
+        # RMSprop that trains nothing (and is saved in every .keras file).
+        super().compile(optimizer=None, **kwargs)
         self.gan_mode = gan_mode
         self.loss_weights = weights
-        self.generator_optimizer = self._loss_scaled(generator_optimizer or self._default_optimizer())
-        self.discriminator_optimizer = self._loss_scaled(discriminator_optimizer or self._default_optimizer())
+        self.generator_optimizer = self._loss_scaled(generator_optimizer or self._default_optimizer("generator"))
+        self.discriminator_optimizer = self._loss_scaled(
+            discriminator_optimizer or self._default_optimizer("discriminator")
+        )
         # Build the optimizer state now, not lazily inside the first step:
         # lazy creation fails under tf.distribute, and loading a saved model
         # needs the variables to exist before their values are restored.
         self.generator_optimizer.build(self.generator_variables)
         self.discriminator_optimizer.build(self.discriminator_variables)
+        self.optimizer = OptimizerPair(self.generator_optimizer, self.discriminator_optimizer)
 
     @staticmethod
-    def _default_optimizer():
-        return keras.optimizers.Adam(learning_rate=2e-4, beta_1=0.5, beta_2=0.999)
+    def _default_optimizer(networks):
+        # Named, so the stock callbacks' logs say which rate is which
+        # (`learning_rate_generator_adam`).
+        return keras.optimizers.Adam(learning_rate=2e-4, beta_1=0.5, beta_2=0.999, name=f"{networks}_adam")
 
     def _loss_scaled(self, optimizer):
         """`optimizer` wrapped in a `LossScaleOptimizer` when the networks compute in float16.
@@ -292,20 +389,20 @@ class CycleGAN(keras.Model):
         return optimizer
 
     @property
-    def generator_variables(self):
+    def generator_variables(self) -> list[keras.Variable]:
         return self.generator_ab.trainable_variables + self.generator_ba.trainable_variables
 
     @property
-    def discriminator_variables(self):
+    def discriminator_variables(self) -> list[keras.Variable]:
         return self.discriminator_a.trainable_variables + self.discriminator_b.trainable_variables
 
     @property
-    def optimizers(self):
+    def optimizers(self) -> list[keras.optimizers.Optimizer]:
         """Both optimizers, for callbacks that set the learning rate."""
         return [self.generator_optimizer, self.discriminator_optimizer]
 
     @property
-    def metrics(self):
+    def metrics(self) -> list[keras.metrics.Metric]:
         return [self.loss_trackers[name] for name in self._reported_losses()]
 
     def _reported_losses(self):
@@ -461,13 +558,13 @@ class CycleGAN(keras.Model):
 
     # -- Inference -------------------------------------------------------------
 
-    def generator(self, direction):
+    def generator(self, direction: str) -> keras.Model:
         """The generator for `direction`: `"a2b"` (G) or `"b2a"` (F)."""
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}. Received: direction={direction!r}")
         return self.generator_ab if direction == "a2b" else self.generator_ba
 
-    def translate(self, images, direction="a2b", batch_size=8):
+    def translate(self, images: np.ndarray, direction: str = "a2b", batch_size: int = 8) -> np.ndarray:
         """Translates images of any size, in batches (see `translate_images`).
 
         Args:
@@ -528,7 +625,7 @@ class CycleGAN(keras.Model):
         self.compile(**config)
 
 
-def padded_call(generator):
+def padded_call(generator: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
     """A function running `generator` in inference mode on any image size.
 
     Height and width are reflect-padded up to what the generator's strides
@@ -540,13 +637,18 @@ def padded_call(generator):
     return lambda images: ops.call_padded(lambda x: generator(x, training=False), images, multiple, smallest)
 
 
-def padded_generator(generator):
+def padded_generator(generator: keras.Model) -> tf.types.experimental.PolymorphicFunction:
     """`padded_call(generator)` as a `tf.function`, traced once for any size."""
     spec = tf.TensorSpec((None, None, None, generator.input_shape[-1]), tf.float32)
     return tf.function(padded_call(generator), input_signature=[spec])
 
 
-def translate_images(generator, images, batch_size=8, padded_fn=None):
+def translate_images(
+    generator: keras.Model,
+    images: np.ndarray,
+    batch_size: int = 8,
+    padded_fn: Callable[[tf.Tensor], tf.Tensor] | None = None,
+) -> np.ndarray:
     """Runs an image-to-image generator on images of any size, in batches.
 
     Args:

@@ -10,6 +10,7 @@ Geometry follows the reference exactly:
 - a PyTorch `ConvTranspose2d(k, stride=2, padding=p, output_padding=o)` is a
   Keras `Conv2DTranspose(k, 2, "valid")` followed by a crop of `p` pixels at
   the start and `p - o` at the end of each side.
+LeakyReLU is `layers.MaxLeakyReLU` (Keras's values; see there why).
 Convolutions before an instance norm (or before nothing, at the ends) have a
 bias; as in the reference, they have none under batch norm or no norm.
 
@@ -19,11 +20,14 @@ Reference:
     https://github.com/junyanz/pytorch-CycleGAN-and-pix2pix (models/networks.py)
 """
 
+from __future__ import annotations
+
 import functools
+from collections.abc import Callable
 
 import keras
 
-from cyclegan_keras.layers import InstanceNormalization, ReflectionPadding2D
+from cyclegan_keras.layers import InstanceNormalization, MaxLeakyReLU, ReflectionPadding2D
 
 NORMS = ("instance", "batch", "none")
 
@@ -90,20 +94,20 @@ def _norm_act(x, norm, activation, name):
     if activation == "relu":
         return keras.layers.ReLU(name=f"{name}_relu")(x)
     if activation == "leaky_relu":
-        return keras.layers.LeakyReLU(negative_slope=0.2, name=f"{name}_lrelu")(x)
+        return MaxLeakyReLU(0.2, name=f"{name}_lrelu")(x)
     return x
 
 
 def resnet_generator(
-    n_blocks=9,
-    filters=64,
-    input_channels=3,
-    output_channels=3,
-    norm="instance",
-    dropout=False,
-    padding="reflect",
-    name=None,
-):
+    n_blocks: int = 9,
+    filters: int = 64,
+    input_channels: int = 3,
+    output_channels: int = 3,
+    norm: str = "instance",
+    dropout: bool = False,
+    padding: str = "reflect",
+    name: str | None = None,
+) -> keras.Model:
     """ResNet generator: c7s1-64, d128, d256, R256 x n_blocks, u128, u64, c7s1-3.
 
     Args:
@@ -159,14 +163,14 @@ def resnet_generator(
 
 
 def unet_generator(
-    num_downs=8,
-    filters=64,
-    input_channels=3,
-    output_channels=3,
-    norm="instance",
-    dropout=False,
-    name=None,
-):
+    num_downs: int = 8,
+    filters: int = 64,
+    input_channels: int = 3,
+    output_channels: int = 3,
+    norm: str = "instance",
+    dropout: bool = False,
+    name: str | None = None,
+) -> keras.Model:
     """U-Net generator with skip connections (the reference's `UnetGenerator`).
 
     Level k (0 = outermost) downsamples by a 4x4 stride-2 conv to
@@ -202,7 +206,7 @@ def unet_generator(
     for k in range(num_downs):
         skips.append(x)
         if k > 0:
-            x = keras.layers.LeakyReLU(0.2, name=f"down{k}_lrelu")(x)
+            x = MaxLeakyReLU(0.2, name=f"down{k}_lrelu")(x)
         x = _conv(x, inner[k], 4, 2, 1, use_bias if k > 0 else True, f"down{k}_conv")
         if 0 < k < innermost:
             x = _norm_act(x, norm, None, f"down{k}")
@@ -219,7 +223,13 @@ def unet_generator(
     return keras.Model(inputs, outputs, name=name or f"unet_{2**num_downs}")
 
 
-def patchgan_discriminator(n_layers=3, filters=64, input_channels=3, norm="instance", name=None):
+def patchgan_discriminator(
+    n_layers: int = 3,
+    filters: int = 64,
+    input_channels: int = 3,
+    norm: str = "instance",
+    name: str | None = None,
+) -> keras.Model:
     """PatchGAN discriminator: one real/fake logit per overlapping patch.
 
     With `n_layers=3` this is the reference's `basic` 70x70 PatchGAN: a
@@ -242,7 +252,7 @@ def patchgan_discriminator(n_layers=3, filters=64, input_channels=3, norm="insta
     use_bias = norm == "instance"
     inputs = keras.Input((None, None, input_channels), name="image")
     x = _conv(inputs, filters, 4, 2, 1, True, "conv0")
-    x = keras.layers.LeakyReLU(0.2, name="conv0_lrelu")(x)
+    x = MaxLeakyReLU(0.2, name="conv0_lrelu")(x)
     for n in range(1, n_layers + 1):
         strides = 2 if n < n_layers else 1
         x = _conv(x, filters * min(2**n, 8), 4, strides, 1, use_bias, f"conv{n}")
@@ -252,7 +262,9 @@ def patchgan_discriminator(n_layers=3, filters=64, input_channels=3, norm="insta
     return keras.Model(inputs, outputs, name=name or f"patchgan_{n_layers}layers")
 
 
-def pixel_discriminator(filters=64, input_channels=3, norm="instance", name="pixelgan"):
+def pixel_discriminator(
+    filters: int = 64, input_channels: int = 3, norm: str = "instance", name: str = "pixelgan"
+) -> keras.Model:
     """1x1 PatchGAN (`pixel` in the reference): a real/fake logit per pixel.
 
     Args:
@@ -265,7 +277,7 @@ def pixel_discriminator(filters=64, input_channels=3, norm="instance", name="pix
     use_bias = norm == "instance"
     inputs = keras.Input((None, None, input_channels), name="image")
     x = _conv(inputs, filters, 1, 1, 0, True, "conv0")
-    x = keras.layers.LeakyReLU(0.2, name="conv0_lrelu")(x)
+    x = MaxLeakyReLU(0.2, name="conv0_lrelu")(x)
     x = _conv(x, filters * 2, 1, 1, 0, use_bias, "conv1")
     x = _norm_act(x, norm, "leaky_relu", "conv1")
     outputs = _conv(x, 1, 1, 1, 0, use_bias, "logits")
@@ -273,14 +285,14 @@ def pixel_discriminator(filters=64, input_channels=3, norm="instance", name="pix
     return keras.Model(inputs, outputs, name=name)
 
 
-GENERATORS = {
+GENERATORS: dict[str, Callable[..., keras.Model]] = {
     "resnet_9blocks": functools.partial(resnet_generator, n_blocks=9),
     "resnet_6blocks": functools.partial(resnet_generator, n_blocks=6),
     "unet_256": functools.partial(unet_generator, num_downs=8),
     "unet_128": functools.partial(unet_generator, num_downs=7),
 }
 
-DISCRIMINATORS = {
+DISCRIMINATORS: dict[str, Callable[..., keras.Model]] = {
     "basic": functools.partial(patchgan_discriminator, n_layers=3),
     "n_layers": patchgan_discriminator,
     "pixel": pixel_discriminator,
@@ -293,17 +305,17 @@ def _lookup(registry, kind, name):
     return registry[name]
 
 
-def build_generator(name, **kwargs):
+def build_generator(name: str, **kwargs) -> keras.Model:
     """Builds a generator by the reference's `--netG` name (see `GENERATORS`)."""
     return _lookup(GENERATORS, "generator", name)(**kwargs)
 
 
-def build_discriminator(name, **kwargs):
+def build_discriminator(name: str, **kwargs) -> keras.Model:
     """Builds a discriminator by the reference's `--netD` name (see `DISCRIMINATORS`)."""
     return _lookup(DISCRIMINATORS, "discriminator", name)(**kwargs)
 
 
-def size_multiple(network):
+def size_multiple(network: keras.Model) -> int:
     """The number the input height and width must be a multiple of.
 
     The product of the strides of the downsampling convolutions: 4 for the
@@ -316,7 +328,7 @@ def size_multiple(network):
     return multiple
 
 
-def min_size(network):
+def min_size(network: keras.Model) -> int:
     """The smallest input height and width `network` accepts.
 
     A multiple of `size_multiple(network)` at which every reflection pad is
@@ -335,7 +347,7 @@ def min_size(network):
     return -(-needed // multiple) * multiple
 
 
-def vgg16_features(weights=None, layer="block4_conv2", input_channels=3):
+def vgg16_features(weights: str | None = None, layer: str = "block4_conv2", input_channels: int = 3) -> keras.Model:
     """VGG16 features for the paper's "feature loss + GAN" baseline.
 
     Takes images in [-1, 1] (RGB) and applies VGG's own preprocessing (BGR,
@@ -380,7 +392,7 @@ def vgg16_features(weights=None, layer="block4_conv2", input_channels=3):
     return model
 
 
-def receptive_field(network):
+def receptive_field(network: keras.Model) -> int:
     """Receptive field in pixels of a stack of convolutions (70 for `basic`)."""
     field, jump = 1, 1
     for layer in network.layers:

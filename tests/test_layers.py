@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from cyclegan_keras import ops
-from cyclegan_keras.layers import InstanceNormalization, ReflectionPadding2D
+from cyclegan_keras.layers import InstanceNormalization, MaxLeakyReLU, ReflectionPadding2D
 
 
 def numpy_instance_norm(x, epsilon=1e-5):
@@ -73,3 +73,20 @@ def test_pad_wider_than_image_folds_reflection(rng):
     np.testing.assert_allclose(ops.crop_spatial(padded, crop), x)
     one_pixel = np.ones((1, 1, 1, 2), "float32")
     np.testing.assert_allclose(ops.pad_to_multiple(one_pixel, 4)[0], np.ones((1, 4, 4, 2)))
+
+
+def test_max_leaky_relu_equals_keras_leaky_relu(rng):
+    x = rng.normal(size=(2, 5, 7, 4)).astype("float32")
+    x[0, 0, 0] = 0.0
+    np.testing.assert_array_equal(MaxLeakyReLU(0.2)(x), keras.layers.LeakyReLU(0.2)(x))
+    np.testing.assert_array_equal(MaxLeakyReLU(0.2)(x), np.where(x >= 0, x, np.float32(0.2) * x))
+
+
+def test_max_leaky_relu_config_symbolic_and_slope():
+    layer = MaxLeakyReLU(0.2, name="lrelu")
+    clone = MaxLeakyReLU.from_config(layer.get_config())
+    assert (clone.negative_slope, clone.name) == (0.2, "lrelu")
+    assert layer(keras.Input((None, None, 6))).shape == (None, None, None, 6)
+    assert keras.saving.get_registered_name(MaxLeakyReLU) == "cyclegan_keras>MaxLeakyReLU"
+    with pytest.raises(ValueError, match=r"negative_slope=1.5"):
+        MaxLeakyReLU(1.5)

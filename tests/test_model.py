@@ -1,3 +1,6 @@
+import zipfile
+
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -261,3 +264,74 @@ def test_fit_under_tf_distribute(rng, tmp_path):
     assert model.pool_a.draws.numpy() == 8 and model.pool_a.count.numpy() == 2
     model.save(tmp_path / "distributed.keras")
     assert keras.models.load_model(tmp_path / "distributed.keras").pool_a.draws.numpy() == 8
+
+
+@pytest.mark.parametrize(
+    "argument",
+    [
+        dict(optimizer="adam"),
+        dict(loss="mse"),
+        dict(metrics=["mae"]),
+        dict(loss_weights=[1.0]),
+        dict(optimizer=keras.optimizers.SGD(), jit_compile=False),
+    ],
+)
+def test_compile_refuses_what_it_would_ignore(argument):
+    model = tiny_cyclegan()
+    name = next(key for key in argument if key != "jit_compile")
+    with pytest.raises(
+        ValueError, match=rf"does not take {name}.*generator_optimizer.*discriminator_optimizer"
+    ) as error:
+        model.compile(**argument)
+    assert "lambda_a" in str(error.value) and f"Received: {name}=" in str(error.value)
+    assert not model.compiled
+
+
+def test_model_optimizer_is_both_optimizers_and_no_stray_one_is_saved(rng, tmp_path):
+    model = tiny_cyclegan(pool_size=2)
+    model.compile()
+    assert model.optimizer.optimizers == [model.generator_optimizer, model.discriminator_optimizer]
+    assert not any(isinstance(o, keras.optimizers.RMSprop) for o in model._flatten_layers())
+    data, _, _ = unpaired_batches(rng, n=2)
+    model.fit(data, epochs=1, verbose=0)
+    assert int(model.optimizer.iterations) == 1
+    with pytest.raises(AttributeError, match="generator_optimizer.learning_rate"):
+        model.optimizer.learning_rate
+    with pytest.raises(AttributeError, match="two optimizers"):
+        model.optimizer.learning_rate = 1e-3
+    path = tmp_path / "cyclegan.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as file, h5py.File(file) as weights:
+        saved = set(weights)
+    assert {"generator_optimizer", "discriminator_optimizer"} <= saved and "optimizer" not in saved
+    loaded = keras.models.load_model(path)
+    assert loaded.optimizer.optimizers == [loaded.generator_optimizer, loaded.discriminator_optimizer]
+
+
+def test_stock_learning_rate_scheduler_sets_both_optimizers(rng):
+    model = tiny_cyclegan(pool_size=2)
+    model.compile()
+    data, _, _ = unpaired_batches(rng, n=2)
+    networks_ = [model.generator_ab, model.generator_ba, model.discriminator_a, model.discriminator_b]
+    before = [weights_of(net) for net in networks_]
+    # A rate of 0 for both optimizers: two steps run and no network changes.
+    scheduler = keras.callbacks.LearningRateScheduler(lambda epoch, rate: 0.0)
+    history = model.fit(data, epochs=2, verbose=0, callbacks=[scheduler]).history
+    assert int(model.generator_optimizer.iterations) == 2
+    for net, old in zip(networks_, before):
+        for new, previous in zip(weights_of(net), old):
+            np.testing.assert_array_equal(new, previous, err_msg=net.name)
+    assert history["learning_rate_generator_adam"] == [0.0, 0.0]
+    assert history["learning_rate_discriminator_adam"] == [0.0, 0.0]
+
+
+def test_stock_reduce_lr_on_plateau_reduces_both_optimizers(rng):
+    model = tiny_cyclegan(pool_size=2)
+    model.compile()
+    data, _, _ = unpaired_batches(rng, n=2)
+    # min_delta so large that the second epoch is never an improvement.
+    reduce = keras.callbacks.ReduceLROnPlateau(monitor="cycle_loss", mode="min", min_delta=1e9, patience=1, factor=0.5)
+    history = model.fit(data, epochs=2, verbose=0, callbacks=[reduce]).history
+    for optimizer in (model.generator_optimizer, model.discriminator_optimizer):
+        assert float(optimizer.learning_rate) == pytest.approx(1e-4)
+    assert history["learning_rate_generator_adam"] == pytest.approx([2e-4, 2e-4])  # logged before reducing
