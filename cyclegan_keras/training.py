@@ -323,8 +323,8 @@ def _train(config, workdir, run_dir, strategy, verbose):
     checkpoint = cb.Checkpoint(run_dir / "checkpoints", steps, config.checkpoint_every or None)
     position = _Position(epoch, step)
     callbacks = [
+        position,  # first: it counts a step as done before any other callback can be interrupted
         stop_on_non_finite,
-        position,
         cb.StepTimer(),
         cb.LearningRateSchedule(
             config.lr,

@@ -317,9 +317,9 @@ def test_init_weights_as_the_reference(init_type):
     gain = 0.05
     network = networks.resnet_generator(n_blocks=1, filters=32, norm="batch")
     networks.init_weights(network, init_type, gain, seed=3)
-    conv = network.get_layer("down1_conv")  # 3x3, 32 -> 64
-    kernel = np.asarray(conv.kernel)
-    fan_in, fan_out = 9 * 32, 9 * 64
+    kernel = np.asarray(network.get_layer("down1_conv").kernel)
+    height, width, channels_in, channels_out = kernel.shape
+    fan_in, fan_out = height * width * channels_in, height * width * channels_out  # PyTorch's fans
     expected = {
         "normal": gain,
         "xavier": gain * np.sqrt(2 / (fan_in + fan_out)),
