@@ -1,4 +1,4 @@
-"""Callbacks for training a `CycleGAN` with `fit()`: the paper's schedule,
+"""Callbacks for training a `CycleGAN` with `fit()`: the reference's schedules, step timing,
 image snapshots, a loss curve, non-finite loss detection, crash-proof
 checkpoints and test-set evaluation (FID, KID, PSNR) keeping the best model.
 Each takes its inputs as arguments and works with any fit()."""
@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import keras
 import numpy as np
 
 from cyclegan_keras import metrics
+from cyclegan_keras.config import LR_POLICIES
 
 
 def linear_decay_factor(epoch, n_epochs, n_epochs_decay, epoch_count=1):
@@ -28,27 +30,117 @@ def linear_decay_factor(epoch, n_epochs, n_epochs_decay, epoch_count=1):
     return 1.0 - max(0, epoch + epoch_count - n_epochs) / float(n_epochs_decay + 1)
 
 
-class LinearDecaySchedule(keras.callbacks.Callback):
-    """Sets every optimizer of the model to `base_lr * linear_decay_factor(epoch)`.
+class PlateauState:
+    """The reference's `ReduceLROnPlateau(mode="min", factor=0.2, threshold=0.01, patience=5)`.
 
-    Applied at the start of each epoch from the epoch number alone, so a
-    resumed run (`fit(initial_epoch=e)`) continues the schedule. The rate is
+    PyTorch's algorithm with its other defaults (relative threshold, no
+    cooldown, min_lr 0, eps 1e-8): a value counts as better when it is below
+    `best * (1 - threshold)`; after more than `patience` epochs that are not
+    better, the rate is multiplied by `factor`.
+    """
+
+    def __init__(self, factor=0.2, threshold=0.01, patience=5):
+        self.factor, self.threshold, self.patience = factor, threshold, patience
+        self.best = math.inf
+        self.bad_epochs = 0
+        self.scale = 1.0
+
+    def step(self, value, base_lr):
+        """Takes one epoch's monitored value; returns the new scale of the base rate."""
+        if value < self.best * (1.0 - self.threshold):
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        if self.bad_epochs > self.patience:
+            if base_lr * self.scale * (1.0 - self.factor) > 1e-8:  # PyTorch's eps: skip negligible changes
+                self.scale *= self.factor
+            self.bad_epochs = 0
+        return self.scale
+
+
+class LearningRateSchedule(keras.callbacks.Callback):
+    """Sets both optimizers' rate at each epoch start, by one of the reference's policies.
+
+    Policies (`networks.py get_scheduler` of the authors' code, the rate of
+    0-based epoch `e` being the PyTorch scheduler's after `e` steps):
+    - `linear`: `base_lr * linear_decay_factor(e, n_epochs, n_epochs_decay, epoch_count)`;
+    - `step`: `base_lr * 0.1 ** (e // lr_decay_iters)` (`StepLR(step_size=lr_decay_iters, gamma=0.1)`);
+    - `cosine`: `base_lr * (1 + cos(pi * e / n_epochs)) / 2` (`CosineAnnealingLR(T_max=n_epochs,
+      eta_min=0)`: 0 at epoch n_epochs, and, as PyTorch's, rising again after it);
+    - `plateau`: `ReduceLROnPlateau(mode="min", factor=0.2, threshold=0.01, patience=5)` on the
+      epoch mean of `monitor` (see `PlateauState`). The reference steps it on a metric that its
+      CycleGAN model never sets (a constant 0, so the rate falls x0.2 every 6 epochs whatever
+      happens); this monitors a real loss.
+
+    The rate is computed from the epoch number alone, so `fit(initial_epoch=e)` continues the
+    schedule; for `plateau`, the state is rebuilt from the epochs before `e` in `history_csv`
+    (the `CSVLogger` file of the run), so a resumed run needs no other saved state. The rate is
     added to the epoch logs as `lr`.
 
     Args:
-        base_lr: float. The rate of the first n_epochs.
-        n_epochs: int. Epochs at the base rate.
+        base_lr: float. The initial rate.
+        policy: one of `config.LR_POLICIES`. Defaults to `"linear"`.
+        n_epochs: int. Epochs at the base rate (linear), or the cosine's half period.
         n_epochs_decay: int. Epochs of linear decay.
+        epoch_count: int. The reference's starting epoch count (linear). Defaults to `1`.
+        lr_decay_iters: int. Epochs between steps (step). Defaults to `50`.
+        monitor: str. The log key `plateau` watches. Defaults to `"cycle_loss"`.
+        history_csv: path or None. The run's CSV log, read to resume `plateau`.
     """
 
-    def __init__(self, base_lr, n_epochs, n_epochs_decay):
+    def __init__(
+        self,
+        base_lr,
+        policy="linear",
+        n_epochs=100,
+        n_epochs_decay=100,
+        epoch_count=1,
+        lr_decay_iters=50,
+        monitor="cycle_loss",
+        history_csv=None,
+    ):
         super().__init__()
+        if policy not in LR_POLICIES:
+            raise ValueError(f"policy must be one of {LR_POLICIES}. Received: policy={policy!r}")
         self.base_lr = base_lr
+        self.policy = policy
         self.n_epochs = n_epochs
         self.n_epochs_decay = n_epochs_decay
+        self.epoch_count = epoch_count
+        self.lr_decay_iters = lr_decay_iters
+        self.monitor = monitor
+        self.history_csv = history_csv
+        self.plateau = None
+        self.plateau_epoch = 0  # epochs the plateau state has seen
+
+    def factor(self, epoch):
+        """The rate of 0-based `epoch` relative to `base_lr` (plateau: from the epochs seen so far)."""
+        if self.policy == "linear":
+            return linear_decay_factor(epoch, self.n_epochs, self.n_epochs_decay, self.epoch_count)
+        if self.policy == "step":
+            return 0.1 ** (epoch // self.lr_decay_iters)
+        if self.policy == "cosine":
+            return (1.0 + math.cos(math.pi * epoch / max(self.n_epochs, 1))) / 2.0
+        return self._plateau_before(epoch).scale
 
     def rate(self, epoch):
-        return self.base_lr * linear_decay_factor(epoch, self.n_epochs, self.n_epochs_decay)
+        return self.base_lr * self.factor(epoch)
+
+    def _plateau_before(self, epoch):
+        """The plateau state after the epochs before `epoch`, replayed from the CSV log when resuming."""
+        if self.plateau is None or self.plateau_epoch != epoch:
+            self.plateau = PlateauState()
+            values = _logged_values(self.history_csv, self.monitor) if self.history_csv else {}
+            missing = [e for e in range(epoch) if e not in values]
+            if missing:
+                raise ValueError(
+                    f"lr policy 'plateau' resumes from {self.history_csv}, which lacks {self.monitor} "
+                    f"of epoch(s) {', '.join(str(e + 1) for e in missing)}"
+                )
+            for e in range(epoch):
+                self.plateau.step(values[e], self.base_lr)
+            self.plateau_epoch = epoch
+        return self.plateau
 
     def on_epoch_begin(self, epoch, logs=None):
         for optimizer in _optimizers(self.model):
@@ -57,6 +149,65 @@ class LinearDecaySchedule(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["lr"] = float(_optimizers(self.model)[0].learning_rate.numpy())
+        if self.policy == "plateau" and logs and self.monitor in logs:
+            self._plateau_before(epoch).step(float(logs[self.monitor]), self.base_lr)
+            self.plateau_epoch = epoch + 1
+
+
+class LinearDecaySchedule(LearningRateSchedule):
+    """The paper's schedule: `LearningRateSchedule(base_lr, "linear", n_epochs, n_epochs_decay)`."""
+
+    def __init__(self, base_lr, n_epochs, n_epochs_decay):
+        super().__init__(base_lr, "linear", n_epochs, n_epochs_decay)
+
+
+def _logged_values(csv_path, key):
+    """`{epoch: value}` of one column of a CSVLogger file (the last row of an epoch logged twice wins)."""
+    if not Path(csv_path).exists():
+        return {}
+    with open(csv_path, newline="") as file:
+        return {int(row["epoch"]): float(row[key]) for row in csv.DictReader(file) if row.get(key) not in (None, "")}
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Adds `seconds_per_step` to the epoch logs: the mean wall time of the epoch's steps.
+
+    A step is timed from `on_train_batch_begin` to `on_train_batch_end`: the
+    input pipeline's next batch and the training step, not the other
+    callbacks. The first epoch's mean includes the step's compilation.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.total, self.count, self.start = 0.0, 0, None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.start is not None:
+            self.total += time.perf_counter() - self.start
+            self.count += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.count:
+            logs["seconds_per_step"] = self.total / self.count
+
+
+class CSVLog(keras.callbacks.CSVLogger):
+    """Keras's `CSVLogger` without the empty `val_*` columns it adds when there is no validation.
+
+    The columns are the first epoch's log keys plus `extra_columns` (for
+    values logged only at some epochs).
+    """
+
+    def __init__(self, filename, separator=",", append=False, extra_columns=()):
+        super().__init__(filename, separator=separator, append=append)
+        self.extra_columns = tuple(extra_columns)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.keys is None:
+            self.keys = sorted({*(logs or {}), *self.extra_columns})
+        super().on_epoch_end(epoch, logs)
 
 
 def _optimizers(model):
@@ -103,6 +254,8 @@ class ImageSnapshot(keras.callbacks.Callback):
         every_n_steps: int or None. Also snapshot every this many steps.
         cell_size: int. Pixels per image cell. Defaults to `128`.
         tensorboard_dir: folder or None. Defaults to `None`.
+        every_n_epochs: int. Snapshot at the end of every this many epochs;
+            0: never at epoch ends. Defaults to `1`.
     """
 
     COLUMNS = ("real_a", "fake_b", "cycled_a", "real_b", "fake_a", "cycled_b")
@@ -116,6 +269,7 @@ class ImageSnapshot(keras.callbacks.Callback):
         every_n_steps: int | None = None,
         cell_size: int = 128,
         tensorboard_dir: str | os.PathLike | None = None,
+        every_n_epochs: int = 1,
     ):
         super().__init__()
         if len(images_a) != len(images_b) or len(images_a) == 0:
@@ -129,6 +283,7 @@ class ImageSnapshot(keras.callbacks.Callback):
         self.every_n_steps = every_n_steps
         self.cell_size = cell_size
         self.tensorboard_dir = tensorboard_dir
+        self.every_n_epochs = every_n_epochs
         self.epoch = 0
         self.step = 0
 
@@ -195,7 +350,8 @@ class ImageSnapshot(keras.callbacks.Callback):
             self.save(f"step_{self.step:07d}", self._title(f"epoch {self.epoch + 1}, step {self.step}", logs))
 
     def on_epoch_end(self, epoch, logs=None):
-        self.save(f"epoch_{epoch + 1:03d}", self._title(f"epoch {epoch + 1}", logs))
+        if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0:
+            self.save(f"epoch_{epoch + 1:03d}", self._title(f"epoch {epoch + 1}", logs))
 
 
 class Evaluation(keras.callbacks.Callback):

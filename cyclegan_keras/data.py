@@ -277,8 +277,8 @@ def list_image_files(folder):
     return paths
 
 
-def folder_domain(folder, preprocessing, strict=False, cache_bytes=DEFAULT_CACHE_BYTES, name=None):
-    """A domain from every image under `folder`.
+def folder_domain(folder, preprocessing, strict=False, cache_bytes=DEFAULT_CACHE_BYTES, name=None, limit=None):
+    """A domain from every image under `folder` (the first `limit` in file-name order when given).
 
     Each file is decoded once, in parallel: files that fail are listed in
     `domain.bad` with the reason and left out (or, with `strict=True`, a
@@ -286,7 +286,7 @@ def folder_domain(folder, preprocessing, strict=False, cache_bytes=DEFAULT_CACHE
     are kept in memory when they fit in `cache_bytes`; otherwise the domain
     keeps their paths and decodes again on the fly.
     """
-    paths = list_image_files(folder)
+    paths = list_image_files(folder)[:limit]
 
     def load(path):
         try:
@@ -319,11 +319,18 @@ def folder_domain(folder, preprocessing, strict=False, cache_bytes=DEFAULT_CACHE
 
 
 def reference_folder_domains(
-    root, phase="train", preprocessing=None, strict=False, cache_bytes=DEFAULT_CACHE_BYTES, preprocessing_b=None
+    root,
+    phase="train",
+    preprocessing=None,
+    strict=False,
+    cache_bytes=DEFAULT_CACHE_BYTES,
+    preprocessing_b=None,
+    limit=None,
 ):
     """Domains A and B from ROOT/{phase}A and ROOT/{phase}B (the reference's layout).
 
-    `preprocessing_b`, when given, is used for B (e.g. other channels).
+    `preprocessing_b`, when given, is used for B (e.g. other channels);
+    `limit` caps each domain (the reference's `--max_dataset_size`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -337,7 +344,7 @@ def reference_folder_domains(
     pre_a = preprocessing or Preprocessing()
     pre_b = preprocessing_b or pre_a
     return tuple(
-        folder_domain(root / f"{phase}{d}", pre, strict, cache_bytes, name=f"{phase}{d}")
+        folder_domain(root / f"{phase}{d}", pre, strict, cache_bytes, name=f"{phase}{d}", limit=limit)
         for d, pre in (("A", pre_a), ("B", pre_b))
     )
 
@@ -450,6 +457,7 @@ def unpaired_dataset(
     steps_per_epoch=None,
     preprocessing_b=None,
     shard=None,
+    serial=False,
 ):
     """Batches of `(real_a, real_b)`, unaligned as the reference pairs them.
 
@@ -481,6 +489,9 @@ def unpaired_dataset(
             `index, index + count, ...` of each epoch, for one of `count`
             input pipelines (workers) that together make each global batch.
             Defaults to `None` (all pairs).
+        serial: bool. The reference's `--serial_batches`: in training too,
+            pairs `(A[i mod |A|], B[i mod |B|])` in order, every epoch alike
+            (crops and flips stay random). Defaults to `False`.
 
     Returns:
         A `tf.data.Dataset`. In training its batch dimension is static.
@@ -504,7 +515,7 @@ def unpaired_dataset(
     def epoch_pairs(epoch):
         epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
         positions = tf.range(n, dtype=tf.int64)
-        if training:
+        if training and not serial:
             order = tf.random.experimental.stateless_shuffle(positions, seed=epoch_seed)
             index_a = order % n_a
             index_b = tf.random.stateless_uniform([n], seed=epoch_seed + [0, 7919], maxval=n_b, dtype=tf.int64)

@@ -18,8 +18,7 @@ import platform
 import keras
 import tensorflow as tf
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+from cyclegan_keras.config import PRECISIONS, STRATEGIES  # noqa: F401  (the flags' vocabularies live there)
 
 
 class DistributeError(ValueError):

@@ -431,3 +431,44 @@ def with_precision(network, policy="float32"):
     copy = network.__class__.from_config(config)
     copy.set_weights(network.get_weights())
     return copy
+
+
+def init_weights(network, init_type="normal", gain=0.02, seed=None):
+    """Re-initializes `network` in place as the reference's `init_weights` does.
+
+    Conv and transposed-conv kernels: `normal` N(0, gain), `xavier`
+    N(0, gain * sqrt(2 / (fan_in + fan_out))), `kaiming` N(0, sqrt(2 / fan_in))
+    (gain unused, as PyTorch's `kaiming_normal_(a=0, mode="fan_in")`), or
+    `orthogonal` (times gain); their biases 0. Batch-norm gamma N(1, gain)
+    and beta 0 whatever `init_type` is. Untruncated normals, as PyTorch's.
+    Keras's fans of a `Conv2DTranspose` kernel `(kh, kw, out, in)` equal
+    PyTorch's of its `(in, out, kh, kw)` weight, so the scales match.
+
+    The builders already use `normal` with gain 0.02 (the reference's
+    default), so this is needed only for other choices.
+
+    Args:
+        network: a `keras.Model` from this module.
+        init_type: one of `config.INIT_TYPES`. Defaults to `"normal"`.
+        gain: float. Defaults to `0.02`.
+        seed: int or None. Defaults to `None`.
+    """
+    kernels = {
+        "normal": lambda s: keras.initializers.RandomNormal(0.0, gain, seed=s),
+        "xavier": lambda s: keras.initializers.VarianceScaling(gain**2, "fan_avg", "untruncated_normal", seed=s),
+        "kaiming": lambda s: keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal", seed=s),
+        "orthogonal": lambda s: keras.initializers.Orthogonal(gain, seed=s),
+    }
+    if init_type not in kernels:
+        raise ValueError(f"init_type must be one of {tuple(kernels)}. Received: init_type={init_type!r}")
+    for index, layer in enumerate(network.layers):
+        layer_seed = None if seed is None else seed * 1000 + index
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
+            layer.kernel.assign(kernels[init_type](layer_seed)(layer.kernel.shape, layer.kernel.dtype))
+            if layer.bias is not None:
+                layer.bias.assign(keras.ops.zeros_like(layer.bias))
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            normal = keras.initializers.RandomNormal(1.0, gain, seed=layer_seed)
+            layer.gamma.assign(normal(layer.gamma.shape, layer.gamma.dtype))
+            layer.beta.assign(keras.ops.zeros_like(layer.beta))
+    return network

@@ -30,174 +30,30 @@ import tensorflow as tf
 
 from cyclegan_keras import callbacks as cb
 from cyclegan_keras import data, distribute, networks
+from cyclegan_keras.config import (  # noqa: F401  (re-exported: training is where users look)
+    LEGACY_DIRECTIONS,
+    SYNTHETIC_DEFAULTS,
+    ConfigError,
+    TrainConfig,
+    make_config,
+)
 from cyclegan_keras.model import CycleGAN
 
-DIRECTIONS = ("AtoB", "BtoA")
-
-# `python train.py` with no arguments: the synthetic dataset, small enough to
-# train in a few minutes on a laptop CPU. Used only for settings not given.
-SYNTHETIC_DEFAULTS = dict(
-    generator="resnet_6blocks",
-    ngf=32,
-    ndf=32,
-    load_size=72,
-    crop_size=64,
-    n_epochs=3,
-    n_epochs_decay=2,
-)
 # Images per domain of the synthetic test split (snapshots show the first
 # --snapshot-count of them; --eval-every scores them all).
 SYNTHETIC_TEST_COUNT = 64
-
-
-class ConfigError(ValueError):
-    """A setting the user gave is invalid; the message names the flag."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Every setting of a training run. Defaults are the paper's.
-
-    Field names are the reference's options (`train.py` flags, with `-` for
-    `_`). `dataset` is `"synthetic"`, a tfds `cycle_gan` config, or ignored
-    when `dataroot` (a folder with trainA/ and trainB/) or `train_a` and
-    `train_b` (any two folders) are given.
-    """
-
-    dataset: str = "synthetic"
-    dataroot: str = None
-    train_a: str = None
-    train_b: str = None
-    data_dir: str = None
-    download: bool = False
-    synthetic_count: int = 128
-    direction: str = "AtoB"
-    input_nc: int = 3
-    output_nc: int = 3
-    generator: str = "resnet_9blocks"
-    discriminator: str = "basic"
-    n_layers_d: int = 3
-    ngf: int = 64
-    ndf: int = 64
-    norm: str = "instance"
-    dropout: bool = False
-    gan_mode: str = "lsgan"
-    pool_size: int = 50
-    lambda_a: float = 10.0
-    lambda_b: float = 10.0
-    lambda_identity: float = 0.5
-    lr: float = 2e-4
-    beta1: float = 0.5
-    n_epochs: int = 100
-    n_epochs_decay: int = 100
-    batch_size: int = 1
-    load_size: int = 286
-    crop_size: int = 256
-    preprocess: str = "resize_and_crop"
-    no_flip: bool = False
-    seed: int = 0
-    steps_per_epoch: int = None
-    checkpoint_every: int = 500
-    snapshot_every: int = None
-    snapshot_count: int = 4
-    strict_data: bool = False
-    jit_compile: bool = False
-    deterministic: bool = False
-    strategy: str = "auto"
-    precision: str = "float32"
-    eval_every: int = 0
-    inception_weights: str = None
-
-    def __post_init__(self):
-        def fail(message):
-            raise ConfigError(message)
-
-        if self.generator not in networks.GENERATORS:
-            fail(f"--generator {self.generator!r} is unknown. Valid: {', '.join(networks.GENERATORS)}")
-        if self.discriminator not in networks.DISCRIMINATORS:
-            fail(f"--discriminator {self.discriminator!r} is unknown. Valid: {', '.join(networks.DISCRIMINATORS)}")
-        if self.direction not in DIRECTIONS:
-            fail(f"--direction must be one of {DIRECTIONS}. Received: {self.direction!r}")
-        if not self.uses_folders and self.dataset != "synthetic" and self.dataset not in data.TFDS_CONFIGS:
-            fail(
-                f"--dataset {self.dataset!r} is unknown. Valid: synthetic, {', '.join(data.TFDS_CONFIGS)}; "
-                "or give --dataroot FOLDER"
-            )
-        if (self.train_a is None) != (self.train_b is None):
-            fail("--train-a and --train-b go together: give a folder for each domain")
-        for name in ("n_epochs", "n_epochs_decay", "pool_size", "checkpoint_every", "eval_every"):
-            if getattr(self, name) < 0:
-                fail(f"--{name.replace('_', '-')} must be >= 0. Received: {getattr(self, name)}")
-        if self.n_epochs + self.n_epochs_decay < 1:
-            fail("--n-epochs plus --n-epochs-decay must be at least 1")
-        for name in ("batch_size", "ngf", "ndf", "input_nc", "output_nc", "n_layers_d", "snapshot_count"):
-            if getattr(self, name) < 1:
-                fail(f"--{name.replace('_', '-')} must be >= 1. Received: {getattr(self, name)}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            fail(f"--steps-per-epoch must be >= 1. Received: {self.steps_per_epoch}")
-        try:
-            preprocessing = self.preprocessing("A")
-        except ValueError as error:
-            fail(f"--preprocess/--load-size/--crop-size: {error}")
-        if self.strategy not in distribute.STRATEGIES:
-            fail(f"--strategy must be one of {', '.join(distribute.STRATEGIES)}. Received: {self.strategy!r}")
-        if self.precision not in distribute.PRECISIONS:
-            fail(f"--precision must be one of {', '.join(distribute.PRECISIONS)}. Received: {self.precision!r}")
-        # A few ms: the strides' truth. Built in a graph of its own, so no
-        # eager op runs before a multi-worker strategy is made.
-        with tf.Graph().as_default():
-            probe = networks.build_generator(self.generator, filters=1)
-            multiple, smallest = networks.size_multiple(probe), networks.min_size(probe)
-        if preprocessing.crops and (self.crop_size % multiple or self.crop_size < smallest):
-            fail(
-                f"--crop-size {self.crop_size} must be a multiple of {multiple} and at least {smallest} "
-                f"for --generator {self.generator}. Try --crop-size "
-                f"{max(smallest, self.crop_size // multiple * multiple)}"
-            )
-        if self.lambda_identity > 0 and self.input_nc != self.output_nc:
-            fail(
-                f"The identity loss needs --input-nc equal to --output-nc ({self.input_nc} != "
-                f"{self.output_nc}): add --lambda-identity 0"
-            )
-
-    @property
-    def uses_folders(self):
-        return self.dataroot is not None or self.train_a is not None
-
-    def preprocessing(self, domain):
-        """`data.Preprocessing` for the model's domain "A" (input_nc channels) or "B" (output_nc)."""
-        channels = self.input_nc if domain == "A" else self.output_nc
-        return data.Preprocessing(
-            mode=self.preprocess,
-            load_size=self.load_size,
-            crop_size=self.crop_size,
-            flip=not self.no_flip,
-            channels=channels,
-        )
-
-
-def make_config(**given):
-    """A `TrainConfig` from the settings a user gave (None means not given).
-
-    On the synthetic dataset the settings of `SYNTHETIC_DEFAULTS` replace the
-    paper's when not given, so `python train.py` finishes in minutes.
-    """
-    given = {key: value for key, value in given.items() if value is not None}
-    folders = given.get("dataroot") or given.get("train_a")
-    if given.get("dataset", "synthetic") == "synthetic" and not folders:
-        given = {**SYNTHETIC_DEFAULTS, **given}
-    return TrainConfig(**given)
-
 
 # -- Building blocks ----------------------------------------------------------------
 
 
 def build_model(config):
-    """A compiled `CycleGAN` for `config`: A has input_nc channels, B output_nc."""
+    """A compiled `CycleGAN` for `config`: its domain A has input_nc channels, B output_nc.
+
+    Whatever the direction: with `b2a`, `load_domains` already makes the
+    dataset's B images the model's A (read with input_nc channels).
+    """
     keras.utils.set_random_seed(config.seed)
     channels_a, channels_b = config.input_nc, config.output_nc
-    if config.direction == "BtoA":
-        channels_a, channels_b = channels_b, channels_a
 
     def generator(channels_in, channels_out):
         return networks.build_generator(
@@ -215,14 +71,16 @@ def build_model(config):
             kwargs["n_layers"] = config.n_layers_d
         return networks.build_discriminator(config.discriminator, **kwargs)
 
-    model = CycleGAN(
+    networks_ = [
         generator(channels_a, channels_b),
         generator(channels_b, channels_a),
         discriminator(channels_a),
         discriminator(channels_b),
-        pool_size=config.pool_size,
-        seed=config.seed,
-    )
+    ]
+    if (config.init_type, config.init_gain) != ("normal", 0.02):  # the builders' own initialization
+        for index, network in enumerate(networks_):
+            networks.init_weights(network, config.init_type, config.init_gain, seed=config.seed * 4 + index)
+    model = CycleGAN(*networks_, pool_size=config.pool_size, seed=config.seed)
 
     def adam():
         return keras.optimizers.Adam(learning_rate=config.lr, beta_1=config.beta1, beta_2=0.999)
@@ -242,31 +100,51 @@ def build_model(config):
 def load_domains(config, phase):
     """Domains (A, B) of `phase`, in the model's direction; None if the source has no such phase.
 
-    With `--direction BtoA` the dataset's B images are the model's domain A.
+    With `--direction b2a` the dataset's B images are the model's domain A,
+    read with input_nc channels (the reference's meaning of input_nc).
+    Each domain keeps at most `max_dataset_size` images. With
+    `strict_data`, one `DataError` lists the unreadable files of both
+    domains.
     """
     pre_a, pre_b = config.preprocessing("A"), config.preprocessing("B")
-    if config.direction == "BtoA":
+    if config.direction == "b2a":
         pre_a, pre_b = pre_b, pre_a
+    limit = config.max_dataset_size
     if config.train_a is not None:
         if phase != "train":
             return None
         domains = (
-            data.folder_domain(config.train_a, pre_a, config.strict_data, name="A"),
-            data.folder_domain(config.train_b, pre_b, config.strict_data, name="B"),
+            data.folder_domain(config.train_a, pre_a, name="A", limit=limit),
+            data.folder_domain(config.train_b, pre_b, name="B", limit=limit),
         )
     elif config.dataroot is not None:
         root = Path(config.dataroot)
         if phase != "train" and not all((root / f"{phase}{d}").is_dir() for d in "AB"):
             return None
-        domains = data.reference_folder_domains(root, phase, pre_a, config.strict_data, preprocessing_b=pre_b)
+        domains = data.reference_folder_domains(root, phase, pre_a, preprocessing_b=pre_b, limit=limit)
     elif config.dataset == "synthetic":
         count = config.synthetic_count if phase == "train" else max(config.snapshot_count, SYNTHETIC_TEST_COUNT)
+        count = min(count, limit or count)
         domains = data.synthetic_domains(count, config.load_size, phase, pre_a, config.seed, preprocessing_b=pre_b)
     else:
         domains = data.tfds_domains(
             config.dataset, phase, pre_a, config.data_dir, config.download, preprocessing_b=pre_b
         )
-    return domains if config.direction == "AtoB" else domains[::-1]
+        domains = tuple(_first(domain, limit) for domain in domains)
+    if config.strict_data and any(domain.bad for domain in domains):
+        raise data.DataError(
+            "--strict-data: " + data.report_bad_files(domains) + "\nFix or remove them, or run without --strict-data"
+        )
+    return domains if config.direction == "a2b" else domains[::-1]
+
+
+def _first(domain, limit):
+    """`domain` with only its first `limit` images (all when None)."""
+    if limit is None or len(domain) <= limit:
+        return domain
+    if domain.images is not None:
+        return data.Domain(domain.name, images=domain.images[:limit], bad=domain.bad)
+    return data.Domain(domain.name, paths=domain.paths[:limit], bad=domain.bad)
 
 
 # -- The run ------------------------------------------------------------------------
@@ -282,6 +160,7 @@ RESUMABLE = (
     "lr",
     "checkpoint_every",
     "snapshot_every",
+    "snapshot_every_epochs",
     "snapshot_count",
     "strict_data",
     "strategy",
@@ -307,11 +186,9 @@ def check_workdir(config, workdir, write=True):
     workdir = Path(workdir)
     path = workdir / "config.json"
     wanted = dataclasses.asdict(config)
-    # A setting added since the run began is absent from its config.json: it had the default.
-    defaults = {f.name: f.default for f in dataclasses.fields(config)}
     started = cb.Checkpoint.latest(workdir / "checkpoints") is not None or (workdir / "model.keras").exists()
     if started and path.exists():
-        found = {**defaults, **json.loads(path.read_text())}
+        found = _upgrade(json.loads(path.read_text()))
         differences = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
         fixed = [k for k in differences if k not in RESUMABLE]
         if fixed:
@@ -326,6 +203,22 @@ def check_workdir(config, workdir, write=True):
         workdir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(wanted, indent=2) + "\n"
         cb.replace_atomically(path, lambda partial: partial.write_text(text))
+
+
+def _upgrade(found):
+    """A config.json of an earlier version in today's terms.
+
+    Settings added since take their defaults (which reproduce what earlier
+    versions did), and directions `AtoB`/`BtoA` become `a2b`/`b2a`.
+    """
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+    found = {**defaults, **found}
+    found["direction"] = LEGACY_DIRECTIONS.get(found["direction"], found["direction"])
+    return found
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says where it stopped and how to resume."""
 
 
 def make_strategy(config):
@@ -410,8 +303,14 @@ def _train(config, workdir, run_dir, strategy, verbose):
             f"An epoch of {max(len(domain_a), len(domain_b))} pairs is less than one global batch "
             f"({global_batch} = --batch-size {config.batch_size} x {replicas} replicas)"
         )
+    if config.steps_per_epoch and config.steps_per_epoch > steps:
+        # An epoch stays one pass over the data, as the reference's; say so rather than cut silently.
+        print(
+            f"--steps-per-epoch {config.steps_per_epoch} is more than one pass over the data "
+            f"({steps} steps of global batch {global_batch}): epochs have {steps} steps."
+        )
     steps = min(steps, config.steps_per_epoch or steps)
-    total_epochs = config.n_epochs + config.n_epochs_decay
+    total_epochs = config.total_epochs
     print(
         f"Training on {replicas} replica(s) ({type(strategy).__name__}), global batch {global_batch} "
         f"(--batch-size {config.batch_size} per replica), precision {config.precision}, "
@@ -435,17 +334,29 @@ def _train(config, workdir, run_dir, strategy, verbose):
         print(line)
     stop_on_non_finite = cb.StopOnNonFinite()
     checkpoint = cb.Checkpoint(run_dir / "checkpoints", steps, config.checkpoint_every or None)
+    position = _Position(epoch, step)
     callbacks = [
+        position,  # first: it counts a step as done before any other callback can be interrupted
         stop_on_non_finite,
-        cb.LinearDecaySchedule(config.lr, config.n_epochs, config.n_epochs_decay),
-        *([evaluation] if evaluation else []),  # before the CSVLogger, which logs its scores
-        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
+        cb.StepTimer(),
+        cb.LearningRateSchedule(
+            config.lr,
+            config.lr_policy,
+            config.n_epochs,
+            config.n_epochs_decay,
+            epoch_count=config.epoch_count,
+            lr_decay_iters=config.lr_decay_iters,
+            history_csv=workdir / "log.csv",
+        ),
+        *([evaluation] if evaluation else []),  # before the CSV log, which records its scores
+        cb.CSVLog(str(run_dir / "log.csv"), append=True),
         cb.ImageSnapshot(
             snapshot_a,
             snapshot_b,
             run_dir / "snapshots",
             config.snapshot_every,
             tensorboard_dir=run_dir / "tensorboard",
+            every_n_epochs=config.snapshot_every_epochs,
         ),
         checkpoint,
         cb.LossCurve(run_dir / "log.csv", run_dir / "loss_curve.png"),
@@ -470,6 +381,7 @@ def _train(config, workdir, run_dir, strategy, verbose):
                 start_epoch=start_epoch,
                 steps_per_epoch=steps * local_replicas,
                 shard=(pipelines, context.input_pipeline_id) if pipelines > 1 else None,
+                serial=config.serial_batches,
             )
             return batches.skip(skip_steps * local_replicas) if skip_steps else batches
 
@@ -477,31 +389,42 @@ def _train(config, workdir, run_dir, strategy, verbose):
             return pipeline(tf.distribute.InputContext())
         return strategy.distribute_datasets_from_function(pipeline)
 
-    if 0 < step < steps and epoch < total_epochs:
-        # Finish the interrupted epoch first: its remaining steps, from the
-        # exact batch where it stopped.
-        checkpoint.step_offset = step
-        model.fit(
-            stream(epoch, step),
-            initial_epoch=epoch,
-            epochs=epoch + 1,
-            steps_per_epoch=steps - step,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,
+    if epoch < total_epochs:
+        print("Compiling the training step (the first step takes a while)...", flush=True)
+    try:
+        if 0 < step < steps and epoch < total_epochs:
+            # Finish the interrupted epoch first: its remaining steps, from the
+            # exact batch where it stopped.
+            checkpoint.step_offset = position.step_offset = step
+            model.fit(
+                stream(epoch, step),
+                initial_epoch=epoch,
+                epochs=epoch + 1,
+                steps_per_epoch=steps - step,
+                callbacks=callbacks,
+                verbose=verbose,
+                shuffle=False,
+            )
+            checkpoint.step_offset = position.step_offset = 0
+            epoch += 1
+        if epoch < total_epochs and not stop_on_non_finite.error:
+            model.fit(
+                stream(epoch),
+                initial_epoch=epoch,
+                epochs=total_epochs,
+                steps_per_epoch=steps,
+                callbacks=callbacks,
+                verbose=verbose,
+                shuffle=False,
+            )
+    except KeyboardInterrupt:
+        kept = cb.Checkpoint.latest(workdir / "checkpoints")
+        resume = (
+            f"run the same command to resume (from the last checkpoint: epoch {kept[1] + 1}, step {kept[2]})"
+            if kept
+            else "run the same command to start again (no checkpoint was written yet)"
         )
-        checkpoint.step_offset = 0
-        epoch += 1
-    if epoch < total_epochs and not stop_on_non_finite.error:
-        model.fit(
-            stream(epoch),
-            initial_epoch=epoch,
-            epochs=total_epochs,
-            steps_per_epoch=steps,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,
-        )
+        raise TrainingInterrupted(f"stopped at epoch {position.epoch + 1} step {position.step}; {resume}") from None
     if stop_on_non_finite.error:
         kept = cb.Checkpoint.latest(workdir / "checkpoints")
         where = (
@@ -512,6 +435,14 @@ def _train(config, workdir, run_dir, strategy, verbose):
         )
         raise TrainingError(f"Training stopped: {stop_on_non_finite.error}. {where}")
     cb.replace_atomically(run_dir / "model.keras", model.save)
+    # The last checkpoint holds what model.keras holds: drop it (the state
+    # file first, so no state ever names a missing file). A finished run is
+    # recognised by model.keras.
+    (run_dir / "checkpoints" / cb.Checkpoint.STATE).unlink(missing_ok=True)
+    for leftover in (run_dir / "checkpoints").glob("*.keras"):
+        leftover.unlink()
+    if (run_dir / "checkpoints").is_dir() and not any((run_dir / "checkpoints").iterdir()):
+        (run_dir / "checkpoints").rmdir()
     if run_dir == workdir:
         print(f"Saved the trained model to {final_path}")
         if config.dataset == "synthetic" and not config.uses_folders:
@@ -560,10 +491,9 @@ def make_evaluation(config, test_split, features, run_dir, total_epochs):
     pre_a, pre_b = config.preprocessing("A"), config.preprocessing("B")
     truth_fn = None
     if config.dataset == "synthetic" and not config.uses_folders:
-        direction = "a2b" if config.direction == "AtoB" else "b2a"
 
         def truth_fn(images):
-            return data.synthetic_mapping(metrics.to_uint8(images), direction)
+            return data.synthetic_mapping(metrics.to_uint8(images), config.direction)
 
     evaluation = cb.Evaluation(
         config.eval_every,
@@ -593,11 +523,25 @@ def make_evaluation(config, test_split, features, run_dir, total_epochs):
     )
 
 
+class _Position(keras.callbacks.Callback):
+    """Where training is: 0-based `epoch` and `step`, the steps of it done (for the Ctrl-C message)."""
+
+    def __init__(self, epoch, step):
+        super().__init__()
+        self.epoch, self.step, self.step_offset = epoch, step, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.step = epoch, self.step_offset
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step = self.step_offset + batch + 1
+
+
 def synthetic_report(model, config):
     """How close G(a) is to the synthetic dataset's true mapping."""
     test_a, _ = load_domains(config, "test")
     real_a = data.domain_images(test_a, config.preprocessing("A"))
-    truth = data.synthetic_mapping(real_a, "a2b" if config.direction == "AtoB" else "b2a")
+    truth = data.synthetic_mapping(real_a, config.direction)
     error = float(np.mean(np.abs(model.translate(real_a) - truth)))
     baseline = float(np.mean(np.abs(real_a - truth)))
     return f"Synthetic test set: mean |G(a) - true mapping| = {error:.3f} (the input itself: {baseline:.3f})"

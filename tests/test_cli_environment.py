@@ -15,7 +15,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CLI_NAMES = sorted(p.stem for p in (ROOT / "cyclegan_keras" / "cli").glob("*.py") if p.stem not in ("__init__", "args"))
 # What TensorFlow 2.21 printed on a CPU-only machine before `_env` (see its docstring).
 NOISE = ("E0000", "cuInit", "I0000", "cudart_stub", "absl::InitializeLog")
-TF_BEFORE_PARSE = {"train": "TrainConfig is in training.py, which imports TensorFlow; it moves to a TF-free module"}
 
 
 def clean_environment(**extra):
@@ -37,13 +36,7 @@ def test_help_prints_usage_and_nothing_on_stderr(name):
     assert run.stderr == ""
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=TF_BEFORE_PARSE[n])) if n in TF_BEFORE_PARSE else n
-        for n in CLI_NAMES
-    ],
-)
+@pytest.mark.parametrize("name", CLI_NAMES)
 def test_help_takes_under_a_second_and_starts_no_tensorflow(name):
     code = (
         "import json, sys, time\n"

@@ -117,23 +117,39 @@ def test_snapshot_grid(tmp_path, rng):
 
 
 def run_cli(module, argv, capsys):
-    code = module.main([str(a) for a in argv])
+    try:
+        code = module.main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse refusing a flag
+        code = exit_.code
     captured = capsys.readouterr()
     return code, captured.out + captured.err
 
 
 def test_cli_end_to_end_on_a_folder(tmp_path, dataroot, capsys):
     workdir = tmp_path / "run"
+    # A first try that fails on its data after config.json is written (12.3):
+    # the corrected command must not be refused as "another run".
+    not_a_dataset = tmp_path / "typo"
+    (not_a_dataset / "trainA").mkdir(parents=True)
+    code, output = run_cli(train, ["--dataroot", not_a_dataset, "--workdir", workdir, *TINY], capsys)
+    assert code == 2 and "does not have the layout" in output and (workdir / "config.json").exists()
     code, output = run_cli(
         train, ["--dataroot", dataroot, "--workdir", workdir, "--n-epochs", 1, "--n-epochs-decay", 0, *TINY], capsys
     )
     assert code == 0, output
+    assert "different configuration" not in output
+    assert "Compiling the training step" in output.split("Epoch 1/1")[0]
+    assert "\r" not in output and "\x1b[" not in output  # not a terminal: one line per epoch, no bars
     for name in ("config.json", "log.csv", "loss_curve.png", "model.keras", "snapshots/epoch_001.png"):
         assert (workdir / name).exists(), name
+    assert not (workdir / "checkpoints").exists()  # its last checkpoint would duplicate model.keras
     config = json.loads((workdir / "config.json").read_text())
     assert config["dataroot"] == str(dataroot) and config["lambda_identity"] == 0.5
     log = (workdir / "log.csv").read_text().splitlines()
-    assert log[0].startswith("epoch,cycle_loss") and "lr" in log[0] and len(log) == 2
+    header = log[0].split(",")
+    assert header[:2] == ["epoch", "cycle_loss"] and "lr" in header and len(log) == 2
+    assert not [name for name in header if name.startswith("val_")], header
+    assert 0 < float(log[1].split(",")[header.index("seconds_per_step")]) < 60
 
     # translate.py on odd-sized images gives back the same sizes.
     inputs = tmp_path / "odd"
@@ -161,10 +177,10 @@ def test_cli_end_to_end_on_a_folder(tmp_path, dataroot, capsys):
     "argv, message",
     [
         (["--dataroot", "/nowhere/at/all"], "/nowhere/at/all"),
-        (["--dataset", "horse2zebrra"], "--dataset 'horse2zebrra' is unknown"),
+        (["--dataset", "horse2zebrra"], "argument --dataset: invalid choice: 'horse2zebrra'"),
         (["--load-size", "64", "--crop-size", "72"], "crop_size (72) cannot be larger than load_size (64)"),
         (["--crop-size", "66", "--load-size", "70"], "--crop-size 66 must be a multiple of 4"),
-        (["--generator", "resnet_12blocks"], "--generator 'resnet_12blocks' is unknown"),
+        (["--generator", "resnet_12blocks"], "argument --generator: invalid choice: 'resnet_12blocks'"),
         (["--input-nc", "1"], "--lambda-identity 0"),
         (["--train-a", "/tmp"], "--train-a and --train-b go together"),
     ],
@@ -249,3 +265,203 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, dataroot):
         np.testing.assert_allclose(np.asarray(v2), np.asarray(v1), rtol=0, atol=1e-6, err_msg=v1.path)
     log = (tmp_path / "resumed" / "log.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in log[1:]] == ["0", "1", "2"]
+
+
+# -- The reference's options (issue 11) -----------------------------------------------
+
+
+def test_every_lr_policy_matches_the_reference_formulas():
+    def rates(policy, epochs, **kwargs):
+        schedule = cb.LearningRateSchedule(1.0, policy, n_epochs=4, n_epochs_decay=4, **kwargs)
+        return [schedule.factor(e) for e in epochs]
+
+    # linear with epoch_count 3: 1 - max(0, e + 3 - 4) / 5
+    np.testing.assert_allclose(rates("linear", range(6), epoch_count=3), [1, 1, 0.8, 0.6, 0.4, 0.2])
+    np.testing.assert_allclose(rates("step", [0, 2, 3, 6], lr_decay_iters=3), [1, 1, 0.1, 0.01])
+    np.testing.assert_allclose(rates("cosine", [0, 2, 4, 6]), [1, 0.5, 0, 0.5], atol=1e-12)  # T_max = n_epochs
+
+
+def test_plateau_follows_pytorch_and_resumes_from_the_csv_log(tmp_path):
+    # ReduceLROnPlateau(mode="min", factor=0.2, threshold=0.01, patience=5):
+    # 1.0 then values not 1% lower: the 6th bad epoch cuts the rate.
+    losses = [1.0, 0.995, 0.999, 0.992, 0.991, 0.995, 0.993, 0.5, 0.5]
+    state = cb.PlateauState()
+    scales = [state.step(value, 1.0) for value in losses]
+    assert scales == [1, 1, 1, 1, 1, 1, 0.2, 0.2, 0.2]
+
+    model = tiny_cyclegan()
+    model.compile()
+    straight = cb.LearningRateSchedule(2e-4, "plateau", history_csv=tmp_path / "none.csv")
+    straight.set_model(model)
+    rows = ["epoch,cycle_loss,lr"]
+    rates = []
+    for epoch, loss in enumerate(losses):
+        straight.on_epoch_begin(epoch)
+        rates.append(float(model.generator_optimizer.learning_rate.numpy()))
+        logs = {"cycle_loss": loss}
+        straight.on_epoch_end(epoch, logs)
+        rows.append(f"{epoch},{loss},{logs['lr']}")
+    np.testing.assert_allclose(rates, [2e-4] * 7 + [4e-5] * 2, rtol=1e-6)
+    # Resumed at epoch 7: the state is rebuilt from the log's epochs 0..6.
+    (tmp_path / "log.csv").write_text("\n".join(rows[:8]) + "\n")
+    resumed = cb.LearningRateSchedule(2e-4, "plateau", history_csv=tmp_path / "log.csv")
+    resumed.set_model(model)
+    resumed.on_epoch_begin(7)
+    assert float(model.discriminator_optimizer.learning_rate.numpy()) == pytest.approx(4e-5)
+    with pytest.raises(ValueError, match="lacks cycle_loss of epoch"):
+        cb.LearningRateSchedule(2e-4, "plateau", history_csv=tmp_path / "log.csv").factor(9)
+
+
+@pytest.mark.parametrize("init_type", ["normal", "xavier", "kaiming", "orthogonal"])
+def test_init_weights_as_the_reference(init_type):
+    from cyclegan_keras import networks
+
+    gain = 0.05
+    network = networks.resnet_generator(n_blocks=1, filters=32, norm="batch")
+    networks.init_weights(network, init_type, gain, seed=3)
+    kernel = np.asarray(network.get_layer("down1_conv").kernel)
+    height, width, channels_in, channels_out = kernel.shape
+    fan_in, fan_out = height * width * channels_in, height * width * channels_out  # PyTorch's fans
+    expected = {
+        "normal": gain,
+        "xavier": gain * np.sqrt(2 / (fan_in + fan_out)),
+        "kaiming": np.sqrt(2 / fan_in),
+        "orthogonal": None,
+    }[init_type]
+    if expected is None:
+        flat = kernel.reshape(-1, kernel.shape[-1])  # columns orthonormal, times the gain
+        np.testing.assert_allclose(flat.T @ flat, gain**2 * np.eye(flat.shape[1]), atol=1e-6)
+    else:
+        assert kernel.std() == pytest.approx(expected, rel=0.05)
+        assert abs(kernel.mean()) < expected / 10
+    for layer in network.layers:
+        if getattr(layer, "bias", None) is not None:
+            assert not np.asarray(layer.bias).any(), layer.name
+    gammas = np.concatenate(
+        [np.asarray(layer.gamma) for layer in network.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    )
+    assert gammas.mean() == pytest.approx(1.0, abs=0.01) and gammas.std() == pytest.approx(gain, rel=0.15)
+
+
+def test_serial_batches_take_both_domains_in_order():
+    pre = data.Preprocessing(mode="none", channels=3)
+    images_a = [np.full((8, 8, 3), 10 * i, np.uint8) for i in range(4)]
+    images_b = [np.full((8, 8, 3), 100 + 10 * i, np.uint8) for i in range(3)]
+    domain_a, domain_b = data.Domain("A", images=images_a), data.Domain("B", images=images_b)
+
+    def firsts(serial):
+        dataset = data.unpaired_dataset(domain_a, domain_b, pre, serial=serial, start_epoch=1, steps_per_epoch=4)
+        pairs = [(a, b) for a, b in dataset.take(4).as_numpy_iterator()]
+        return [(round((a[0, 0, 0, 0] + 1) * 127.5), round((b[0, 0, 0, 0] + 1) * 127.5)) for a, b in pairs]
+
+    assert firsts(True) == [(0, 100), (10, 110), (20, 120), (30, 100)]
+    assert firsts(False) != firsts(True)
+
+
+def test_max_dataset_size_and_strict_data_list_both_domains(tmp_path, dataroot):
+    from cyclegan_keras.training import load_domains, make_config
+
+    config = make_config(dataroot=str(dataroot), max_dataset_size=3, **_tiny_settings())
+    assert [len(d) for d in load_domains(config, "train")] == [3, 3]
+    (dataroot / "trainA" / "bad_a.png").write_bytes(b"not a png")
+    (dataroot / "trainB" / "bad_b.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(data.DataError) as error:
+        load_domains(make_config(dataroot=str(dataroot), strict_data=True, **_tiny_settings()), "train")
+    assert "bad_a.png" in str(error.value) and "bad_b.jpg" in str(error.value)
+
+
+def _tiny_settings(**extra):
+    return dict(generator="resnet_6blocks", ngf=4, ndf=4, load_size=36, crop_size=32, pool_size=3, **extra)
+
+
+@pytest.mark.parametrize("direction", ["a2b", "b2a"])
+def test_one_channel_to_three_trains_in_both_directions(tmp_path, dataroot, direction):
+    from cyclegan_keras.training import make_config
+    from cyclegan_keras.training import train as train_run
+
+    config = make_config(
+        dataroot=str(dataroot),
+        direction=direction,
+        input_nc=1,
+        output_nc=3,
+        lambda_identity=0.0,
+        n_epochs=1,
+        n_epochs_decay=0,
+        steps_per_epoch=2,
+        snapshot_count=1,
+        **_tiny_settings(),
+    )
+    model = train_run(config, tmp_path / "run", verbose=0)
+    # input_nc is the model's domain A, whichever folder that is.
+    assert model.generator_ab.input_shape[-1] == 1 and model.generator_ab.output_shape[-1] == 3
+    assert model.generator_ba.input_shape[-1] == 3 and model.generator_ba.output_shape[-1] == 1
+
+
+def test_an_old_config_with_atob_still_resumes(tmp_path, dataroot):
+    from cyclegan_keras.training import check_workdir, make_config
+
+    config = make_config(dataroot=str(dataroot), **_tiny_settings())
+    old = {k: v for k, v in json.loads(json.dumps(__import__("dataclasses").asdict(config))).items()}
+    old["direction"] = "AtoB"
+    for new_setting in ("init_type", "init_gain", "lr_policy", "serial_batches", "max_dataset_size"):
+        del old[new_setting]  # written before these settings existed
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "checkpoints" / "checkpoint.json").write_text(json.dumps({"epoch": 1, "step": 0, "file": "x.keras"}))
+    (workdir / "config.json").write_text(json.dumps(old))
+    check_workdir(config, workdir)  # no ConfigError
+    assert json.loads((workdir / "config.json").read_text())["direction"] == "a2b"
+
+
+# -- Stops a user makes or meets (issue 12) ---------------------------------------------
+
+
+def _nan_when_lr_above(limit):
+    """A StopOnNonFinite.on_train_batch_end that sees a NaN loss in epoch 2 while the rate exceeds `limit`."""
+    original = cb.StopOnNonFinite.on_train_batch_end
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 1 and float(self.model.generator_optimizer.learning_rate.numpy()) > limit:
+            logs = {**(logs or {}), "cycle_loss": math.nan}
+        return original(self, batch, logs)
+
+    return on_train_batch_end
+
+
+def test_a_nan_stop_then_a_lower_lr_resumes(tmp_path, dataroot, capsys, monkeypatch):
+    monkeypatch.setattr(cb.StopOnNonFinite, "on_train_batch_end", _nan_when_lr_above(1e-2))
+    flags = ["--dataroot", dataroot, "--workdir", tmp_path / "run", "--n-epochs", 2, "--n-epochs-decay", 0]
+    flags += ["--steps-per-epoch", 2, *TINY]
+    code, output = run_cli(train, [*flags, "--lr", 0.5], capsys)
+    assert code == 1, output
+    kept = tmp_path / "run" / "checkpoints" / "ckpt-epoch0001-step0000000.keras"
+    assert f"cycle_loss became nan at epoch 2, step 1. The last good checkpoint, {kept}, is kept" in output
+    code, output = run_cli(train, [*flags, "--lr", 1e-4], capsys)
+    assert code == 0, output
+    assert "Resuming with lr changed: 0.5 -> 0.0001" in output and "Resumed from" in output
+
+
+def test_a_nan_before_any_checkpoint_names_none(tmp_path, dataroot, capsys, monkeypatch):
+    monkeypatch.setattr(cb.StopOnNonFinite, "on_train_batch_end", _nan_when_lr_above(1e-2))
+    monkeypatch.setattr(cb.Checkpoint, "save", lambda *args: None)
+    flags = ["--dataroot", dataroot, "--workdir", tmp_path / "run", "--n-epochs", 2, "--n-epochs-decay", 0]
+    code, output = run_cli(train, [*flags, "--steps-per-epoch", 1, "--lr", 0.5, *TINY], capsys)
+    assert code == 1 and "No checkpoint was written before it" in output and "checkpoints/" not in output
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, dataroot, capsys, monkeypatch):
+    original = cb.StopOnNonFinite.on_train_batch_end
+
+    def on_train_batch_end(self, batch, logs=None):
+        original(self, batch, logs)
+        if batch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cb.StopOnNonFinite, "on_train_batch_end", on_train_batch_end)
+    flags = ["--dataroot", dataroot, "--workdir", tmp_path / "run", "--n-epochs", 1, "--n-epochs-decay", 0]
+    code, output = run_cli(train, [*flags, "--checkpoint-every", 2, *TINY], capsys)
+    assert code == 130
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output
+    assert output.splitlines()[-1] == (
+        "stopped at epoch 1 step 3; run the same command to resume (from the last checkpoint: epoch 1, step 2)"
+    )

@@ -1,4 +1,4 @@
-"""Argument types shared by the command-line scripts (translate.py, export.py).
+"""Argument types shared by the command-line scripts (train.py, translate.py, export.py).
 
 Each type checks one flag's value while argparse parses, so a bad value
 stops the command before any work, with one line
@@ -14,6 +14,7 @@ TensorFlow; a test keeps them equal.
 
 import argparse
 import glob
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -82,6 +83,50 @@ class IntRange:
 
     def __repr__(self):  # argparse names the type in some messages
         return self.allowed
+
+
+class FloatRange:
+    """argparse type: a finite number within bounds: `minimum`/`maximum` inclusive, `above`/`below` exclusive."""
+
+    def __init__(self, minimum=None, maximum=None, above=None, below=None):
+        self.minimum, self.maximum, self.above, self.below = minimum, maximum, above, below
+
+    @property
+    def allowed(self):
+        bounds = [
+            f"{sign} {value}"
+            for sign, value in ((">=", self.minimum), (">", self.above), ("<=", self.maximum), ("<", self.below))
+            if value is not None
+        ]
+        return " ".join(["a finite number", " and ".join(bounds)]).strip()
+
+    def __call__(self, text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if (
+            not math.isfinite(value)
+            or (self.minimum is not None and value < self.minimum)
+            or (self.maximum is not None and value > self.maximum)
+            or (self.above is not None and value <= self.above)
+            or (self.below is not None and value >= self.below)
+        ):
+            raise argparse.ArgumentTypeError(f"must be {self.allowed}. Received: {text!r}")
+        return value
+
+    def __repr__(self):
+        return self.allowed
+
+
+def existing_folder(text):
+    """argparse type: a folder that exists (what it holds is checked when it is read)."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} not found")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    return text
 
 
 def output_folder(text):

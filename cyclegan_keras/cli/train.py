@@ -15,96 +15,83 @@ import os
 import sys
 
 from cyclegan_keras import _env
+from cyclegan_keras import config as config_module
+from cyclegan_keras.cli import args as cli_args
 
-HELP = {
-    "dataset": "'synthetic' (built in, no download) or a tfds cycle_gan config: horse2zebra, monet2photo, ...",
-    "dataroot": "folder in the reference layout: trainA/, trainB/ (and testA/, testB/ for snapshots)",
-    "train_a": "folder of domain A images (with --train-b), instead of --dataroot",
-    "train_b": "folder of domain B images (with --train-a)",
-    "data_dir": "tensorflow-datasets data folder",
-    "download": "let tensorflow-datasets download the dataset (needs the internet)",
-    "synthetic_count": "images per domain of the synthetic dataset",
-    "direction": "AtoB or BtoA: which folder is the model's domain A",
-    "input_nc": "channels of domain A images (1 grayscale, 3 RGB, 4 RGBA)",
-    "output_nc": "channels of domain B images",
-    "generator": "resnet_9blocks, resnet_6blocks, unet_256 or unet_128",
-    "discriminator": "basic (70x70 PatchGAN), n_layers (with --n-layers-d) or pixel",
-    "n_layers_d": "stride-2 layers of the n_layers discriminator",
-    "ngf": "generator filters in the first layer",
-    "ndf": "discriminator filters in the first layer",
-    "norm": "instance, batch or none",
-    "dropout": "dropout(0.5) in the generators (off for CycleGAN, as the paper)",
-    "gan_mode": "lsgan, vanilla or wgangp",
-    "pool_size": "image pool size per direction; 0 disables it",
-    "lambda_a": "weight of the cycle loss A -> B -> A",
-    "lambda_b": "weight of the cycle loss B -> A -> B",
-    "lambda_identity": "identity loss weight relative to the cycle weights (0 disables it)",
-    "lr": "initial Adam learning rate",
-    "beta1": "Adam beta_1",
-    "n_epochs": "epochs at the initial learning rate",
-    "n_epochs_decay": "epochs of linear decay to zero after that",
-    "batch_size": "images per domain in a batch",
-    "load_size": "resize images to this size first",
-    "crop_size": "then crop to this size",
-    "preprocess": "resize_and_crop, crop, scale_width, scale_width_and_crop or none",
-    "no_flip": "no random horizontal flips",
-    "seed": "seed of the initial weights, the data order and the augmentation",
-    "steps_per_epoch": "cap an epoch at this many steps",
-    "checkpoint_every": "also checkpoint every this many steps (epoch ends always); 0: epoch ends only",
-    "snapshot_every": "also save a snapshot every this many steps",
-    "snapshot_count": "image pairs in each snapshot",
-    "strict_data": "fail before training if any image file cannot be read (default: skip and report it)",
-    "jit_compile": "compile the training step with XLA",
-    "deterministic": "deterministic ops (slower; for bit-exact reruns)",
-    "strategy": "auto, one_device, mirrored (all local GPUs), multi_worker (TF_CONFIG) or tpu; "
-    "--batch-size is per replica",
-    "precision": "float32, mixed_bfloat16 (TPU, recent GPUs, CPUs with AMX/AVX512-BF16) or mixed_float16 (GPUs)",
-    "eval_every": "every this many epochs (and at the last), score the test split: FID/KID with Inception "
-    "weights, PSNR/SSIM/MAE on the synthetic data; logged to log.csv and TensorBoard, best model kept as "
-    "WORKDIR/best.keras; 0: off",
-    "inception_weights": "FID Inception weights for --eval-every (pytorch-fid's .pth or the TorchScript .pt; "
-    "default: $CYCLEGAN_INCEPTION_WEIGHTS, then ~/.cache/cyclegan_keras/)",
+INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)
+# Path checks by `setting(kind=...)`.
+PATH_TYPES = {
+    "folder": cli_args.existing_folder,
+    "image_folder": cli_args.image_folder,
+    "output_folder": cli_args.output_folder,
+    "direction": cli_args.direction,
 }
-FLAG_NAMES = {"jit_compile": "--xla"}
+
+
+def argument(field):
+    """`add_argument` keyword arguments for a `TrainConfig` field, from its metadata.
+
+    Every flag gets a check while parsing: its choices, its numeric range or
+    its path kind. A field with none of them is refused here, so a new
+    setting cannot reach the command line unchecked.
+    """
+    m = field.metadata
+    if "help" not in m:
+        raise TypeError(f"TrainConfig.{field.name} has no help: declare it with config.setting(...)")
+    if field.type is bool:
+        return dict(action="store_true", default=None, help=m["help"])
+    shown = f"default: {field.default}"
+    if field.name in config_module.SYNTHETIC_DEFAULTS:
+        shown += f"; {config_module.SYNTHETIC_DEFAULTS[field.name]} on the synthetic dataset"
+    # None means "not given", so make_config can tell defaults from choices.
+    kwargs = dict(default=None, help=f"{m['help']} ({shown})")
+    if m["choices"] is not None:
+        kwargs.update(type=field.type, choices=m["choices"])
+    elif m["kind"] is not None:
+        kwargs.update(type=PATH_TYPES[m["kind"]])
+    elif field.type is int and config_module.allowed(field):
+        kwargs.update(type=cli_args.IntRange(m["minimum"], m["maximum"]))
+    elif field.type is float and config_module.allowed(field):
+        kwargs.update(type=cli_args.FloatRange(m["minimum"], m["maximum"], m["above"], m["below"]))
+    else:
+        raise TypeError(f"TrainConfig.{field.name} has no check: give it choices, bounds or a kind")
+    return kwargs
 
 
 def parser():
-    _env.import_tensorflow()  # until TrainConfig moves out of training.py, which imports TensorFlow
-    from cyclegan_keras.training import SYNTHETIC_DEFAULTS, TrainConfig
-
     result = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    result.add_argument("--workdir", help="where the run is written (default: runs/DATASET)")
-    for field in dataclasses.fields(TrainConfig):
-        flag = FLAG_NAMES.get(field.name, "--" + field.name.replace("_", "-"))
-        text = HELP[field.name]
-        if field.type is bool:
-            result.add_argument(flag, dest=field.name, action="store_true", default=None, help=text)
-            continue
-        shown = f"default: {field.default}"
-        if field.name in SYNTHETIC_DEFAULTS:
-            shown += f"; {SYNTHETIC_DEFAULTS[field.name]} on the synthetic dataset"
-        # None means "not given", so make_config can tell defaults from choices.
-        result.add_argument(flag, dest=field.name, type=field.type, default=None, help=f"{text} ({shown})")
+    result.add_argument(
+        "--workdir", type=cli_args.output_folder, help="where the run is written (default: runs/DATASET)"
+    )
+    for field in dataclasses.fields(config_module.TrainConfig):
+        result.add_argument(config_module.flag_name(field), dest=field.name, **argument(field))
     return result
 
 
 def main(argv=None):
-    args = vars(parser().parse_args(argv))
-    workdir = args.pop("workdir")
-    _env.import_tensorflow()
-
-    from cyclegan_keras.data import DataError
-    from cyclegan_keras.training import ConfigError, TrainingError, make_config, train
-
     try:
-        config = make_config(**args)
-        if workdir is None:
-            source = config.dataroot or config.train_a or config.dataset
-            workdir = os.path.join("runs", os.path.basename(os.path.normpath(source)))
-        train(config, workdir)
-    except (ConfigError, DataError, TrainingError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1 if isinstance(error, TrainingError) else 2
+        args = vars(parser().parse_args(argv))
+        workdir = args.pop("workdir")
+        _env.import_tensorflow()
+        from cyclegan_keras.data import DataError
+        from cyclegan_keras.training import ConfigError, TrainingError, TrainingInterrupted, make_config, train
+
+        try:
+            config = make_config(**args)
+            if workdir is None:
+                source = config.dataroot or config.train_a or config.dataset
+                workdir = os.path.join("runs", os.path.basename(os.path.normpath(source)))
+            # One line per epoch when the output is a file or a pipe: no bars, no carriage returns.
+            train(config, workdir, verbose=1 if sys.stdout.isatty() else 2)
+        except (ConfigError, DataError, TrainingError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1 if isinstance(error, TrainingError) else 2
+        except TrainingInterrupted as interrupted:
+            print(interrupted, file=sys.stderr)
+            return INTERRUPTED
+    except KeyboardInterrupt:
+        print("stopped before training started; run the same command to start it", file=sys.stderr)
+        return INTERRUPTED
     print(f"Done. Open {workdir}/snapshots/ and {workdir}/loss_curve.png; the model is {workdir}/model.keras")
     return 0
 
