@@ -129,6 +129,16 @@ def existing_folder(text):
     return text
 
 
+def existing_file(text):
+    """argparse type: a file that exists (what it holds is checked when it is read)."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} not found")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    return text
+
+
 def output_folder(text):
     """argparse type: a folder to write into (created later, only on success)."""
     path = Path(text)

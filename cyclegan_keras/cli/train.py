@@ -9,7 +9,6 @@ checkpoint. Everything lands in --workdir; the trained model is
 WORKDIR/model.keras.
 """
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -22,6 +21,7 @@ INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C (128 +
 # Path checks by `setting(kind=...)`.
 PATH_TYPES = {
     "folder": cli_args.existing_folder,
+    "file": cli_args.existing_file,
     "image_folder": cli_args.image_folder,
     "output_folder": cli_args.output_folder,
     "direction": cli_args.direction,
@@ -59,7 +59,7 @@ def argument(field):
 
 
 def parser():
-    result = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    result = cli_args.ArgumentParser(description=__doc__)
     result.add_argument(
         "--workdir", type=cli_args.output_folder, help="where the run is written (default: runs/DATASET)"
     )
