@@ -193,11 +193,15 @@ def test_user_errors_exit_nonzero_with_one_message(tmp_path, capsys, argv, messa
 
 
 def test_workdir_with_another_configuration_is_refused(tmp_path, dataroot, capsys):
+    # A run counts once it has a checkpoint; --lr may change on resume, --ngf may not.
     workdir = tmp_path / "run"
-    workdir.mkdir()
-    (workdir / "config.json").write_text(json.dumps({"dataset": "synthetic", "lr": 0.1}))
-    code, output = run_cli(train, ["--dataroot", dataroot, "--workdir", workdir], capsys)
-    assert code == 2 and "different configuration" in output and "lr: 0.1 -> 0.0002" in output
+    (workdir / "checkpoints").mkdir(parents=True)
+    state = {"epoch": 1, "step": 0, "file": "ckpt.keras"}
+    (workdir / "checkpoints" / "checkpoint.json").write_text(json.dumps(state))
+    (workdir / "config.json").write_text(json.dumps({"dataset": "synthetic", "lr": 0.1, "ngf": 8}))
+    code, output = run_cli(train, ["--dataroot", dataroot, "--workdir", workdir, *TINY], capsys)
+    assert code == 2 and "different configuration" in output and "ngf: 8 -> 4" in output
+    assert "lr:" not in output.split("different configuration")[1]
 
 
 KILL_AT_STEP = """
