@@ -192,13 +192,14 @@ def test_user_errors_exit_nonzero_with_one_message(tmp_path, capsys, argv, messa
 
 
 def test_workdir_with_another_configuration_is_refused(tmp_path, dataroot, capsys):
-    # A run counts once it has checkpointed; lr may change on resume, ngf not.
+    # A run counts once it has a checkpoint; --lr may change on resume, --ngf may not.
     workdir = tmp_path / "run"
     (workdir / "checkpoints").mkdir(parents=True)
-    (workdir / "checkpoints" / "checkpoint.json").write_text(json.dumps({"epoch": 1, "step": 0, "file": "x.keras"}))
-    (workdir / "config.json").write_text(json.dumps({"dataset": "synthetic", "lr": 0.1, "ngf": 32}))
-    code, output = run_cli(train, ["--dataroot", dataroot, "--workdir", workdir], capsys)
-    assert code == 2 and "different configuration" in output and "ngf: 32 -> 64" in output
+    state = {"epoch": 1, "step": 0, "file": "ckpt.keras"}
+    (workdir / "checkpoints" / "checkpoint.json").write_text(json.dumps(state))
+    (workdir / "config.json").write_text(json.dumps({"dataset": "synthetic", "lr": 0.1, "ngf": 8}))
+    code, output = run_cli(train, ["--dataroot", dataroot, "--workdir", workdir, *TINY], capsys)
+    assert code == 2 and "different configuration" in output and "ngf: 8 -> 4" in output
     assert "lr:" not in output.split("different configuration")[1]
 
 
