@@ -327,6 +327,12 @@ class TrainConfig:
         """Epochs this run trains: the reference's `epoch_count .. n_epochs + n_epochs_decay`."""
         return self.n_epochs + self.n_epochs_decay - (self.epoch_count - 1)
 
+    def test_preprocessing(self, domain):
+        """The reference's test-time transform for `domain`: as `preprocessing`, with
+        `load_size = crop_size` and no flip (its TestOptions), so a resized image
+        is shown whole. Snapshots and `--eval-every` use it."""
+        return dataclasses.replace(self.preprocessing(domain), load_size=self.crop_size, flip=False)
+
     def preprocessing(self, domain):
         """`data.Preprocessing` for the model's domain "A" (input_nc channels) or "B" (output_nc)."""
         from cyclegan_keras import data  # imports TensorFlow

@@ -292,8 +292,8 @@ def _train(config, workdir, run_dir, strategy, verbose):
     test_split = load_domains(config, "test")
     test_domains = test_split or (domain_a, domain_b)
     count = min(config.snapshot_count, len(test_domains[0]), len(test_domains[1]))
-    snapshot_a = data.domain_images(test_domains[0], config.preprocessing("A"), count)
-    snapshot_b = data.domain_images(test_domains[1], config.preprocessing("B"), count)
+    snapshot_a = data.domain_images(test_domains[0], config.test_preprocessing("A"), count)
+    snapshot_b = data.domain_images(test_domains[1], config.test_preprocessing("B"), count)
 
     replicas = strategy.num_replicas_in_sync
     global_batch = config.batch_size * replicas
@@ -488,7 +488,7 @@ def make_evaluation(config, test_split, features, run_dir, total_epochs):
     from cyclegan_keras import fid_inception, metrics
 
     test_a, test_b = test_split
-    pre_a, pre_b = config.preprocessing("A"), config.preprocessing("B")
+    pre_a, pre_b = config.test_preprocessing("A"), config.test_preprocessing("B")
     truth_fn = None
     if config.dataset == "synthetic" and not config.uses_folders:
 
@@ -540,7 +540,7 @@ class _Position(keras.callbacks.Callback):
 def synthetic_report(model, config):
     """How close G(a) is to the synthetic dataset's true mapping."""
     test_a, _ = load_domains(config, "test")
-    real_a = data.domain_images(test_a, config.preprocessing("A"))
+    real_a = data.domain_images(test_a, config.test_preprocessing("A"))
     truth = data.synthetic_mapping(real_a, config.direction)
     error = float(np.mean(np.abs(model.translate(real_a) - truth)))
     baseline = float(np.mean(np.abs(real_a - truth)))

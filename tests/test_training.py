@@ -466,3 +466,20 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, dataroot, capsys, monkey
     assert output.splitlines()[-1] == (
         "stopped at epoch 1 step 3; run the same command to resume (from the last checkpoint: epoch 1, step 2)"
     )
+
+
+def test_snapshots_and_evaluation_use_the_reference_test_transform():
+    # The reference's test options set load_size = crop_size: a resized image
+    # is shown whole, not centre-cropped as in training (286 -> crop 256).
+    from cyclegan_keras import data
+    from cyclegan_keras.config import make_config
+
+    config = make_config(load_size=72, crop_size=64)
+    pre = config.test_preprocessing("A")
+    assert (pre.load_size, pre.crop_size, pre.flip) == (64, 64, False)
+    image = np.zeros((72, 72, 3), np.uint8)
+    image[:4, :4] = 255  # a corner that a 64-of-72 centre crop would cut off
+    whole = data.domain_images(data.array_domain([image], pre, "A"), pre)
+    cropped = data.domain_images(data.array_domain([image], config.preprocessing("A"), "A"), config.preprocessing("A"))
+    assert whole.shape == cropped.shape == (1, 64, 64, 3)
+    assert whole[0, 0, 0, 0] > 0.5 and cropped[0, 0, 0, 0] < -0.5
