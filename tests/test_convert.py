@@ -286,7 +286,7 @@ def test_export_from_a_cut_file_exits_2_with_one_line_and_writes_nothing(tmp_pat
         errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
         assert exit_.value.code == 2
         assert len(errors) == 1 and errors[0].endswith(
-            f" error: argument --from-torch: {path} is truncated or corrupt: {detail}; download it again"
+            f"error: argument --from-torch: {path} is truncated or corrupt: {detail}; download it again"
         )
         assert not (tmp_path / "out").exists()
 
@@ -303,7 +303,7 @@ def test_export_from_a_cut_file_in_a_fresh_process(tmp_path):
     )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert _own_lines(run.stderr)[-1] == (
-        f"export.py: error: argument --from-torch: {path} is truncated or corrupt: expected 12 bytes for tensor "
+        f"error: argument --from-torch: {path} is truncated or corrupt: expected 12 bytes for tensor "
         "model.19.bias, found 4; download it again"
     )
     assert not (tmp_path / "out").exists()
