@@ -70,7 +70,11 @@ def small_inception(inception, monkeypatch, tmp_path, no_weights):
 
 
 def run(capsys, *argv):
-    code = train.main([str(a) for a in argv])
+    """(exit code, stdout + stderr) of train.py's main, as the shell sees them."""
+    try:
+        code = train.main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse refusing a flag
+        code = exit_.code
     captured = capsys.readouterr()
     return code, captured.out + captured.err
 
@@ -171,8 +175,11 @@ def test_without_weights_psnr_against_the_true_mapping_chooses_the_best(tmp_path
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--eval-every", "-1"], "--eval-every must be >= 0. Received: -1"),
-        (["--eval-every", "1", "--inception-weights", "/no/such/weights.pth"], "weights file not found"),
+        (["--eval-every", "-1"], "argument --eval-every: must be an integer >= 0"),
+        (
+            ["--eval-every", "1", "--inception-weights", "/no/such/weights.pth"],
+            "argument --inception-weights: /no/such/weights.pth not found",
+        ),
     ],
 )
 def test_bad_evaluation_settings_are_refused_before_anything_is_written(tmp_path, capsys, no_weights, argv, message):
