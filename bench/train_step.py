@@ -89,7 +89,7 @@ def measure(size, steps, warmup, jit_compile, precision="float32", strategy_name
         "images_per_second": round(replicas / seconds, 3),
     }
     if size in TFLOP_PER_ITERATION:
-        result["gflops_per_second"] = round(TFLOP_PER_ITERATION[size] * 1000 / seconds, 1)
+        result["gflops_per_second"] = round(replicas * TFLOP_PER_ITERATION[size] * 1000 / seconds, 1)
     return result
 
 
