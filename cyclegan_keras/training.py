@@ -266,6 +266,10 @@ def train(config, workdir, verbose=1, strategy=None):
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def _strategy_name(strategy):
+    return "one device" if strategy is tf.distribute.get_strategy() else type(strategy).__name__
+
+
 def _train(config, workdir, run_dir, strategy, verbose):
     """`train()` once the strategy exists: reads `workdir`, writes `run_dir`."""
     try:
@@ -312,7 +316,7 @@ def _train(config, workdir, run_dir, strategy, verbose):
     steps = min(steps, config.steps_per_epoch or steps)
     total_epochs = config.total_epochs
     print(
-        f"Training on {replicas} replica(s) ({type(strategy).__name__}), global batch {global_batch} "
+        f"Training on {replicas} replica(s) ({_strategy_name(strategy)}), global batch {global_batch} "
         f"(--batch-size {config.batch_size} per replica), precision {config.precision}, "
         f"{steps} steps per epoch."
     )
