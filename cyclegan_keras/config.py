@@ -77,7 +77,7 @@ def setting(default, help, choices=None, minimum=None, maximum=None, above=None,
         minimum, maximum: inclusive bounds of a number, or None.
         above, below: exclusive bounds of a number, or None. A float
             setting with any bound must also be finite.
-        kind: what a path must be: `"folder"` (exists), `"file"` (exists), `"image_folder"`
+        kind: what a path must be: `"folder"` (exists), `"inception_weights"` (a file), `"image_folder"`
             (holds images) or `"output_folder"` (can be created), or
             `"direction"` (a2b/b2a, the reference's spellings as aliases).
         flag: the command-line flag when it is not `--` + the name with `-`.
@@ -268,7 +268,7 @@ class TrainConfig:
         None,
         "FID Inception weights for --eval-every (pytorch-fid's .pth or the TorchScript .pt; "
         "default: $CYCLEGAN_INCEPTION_WEIGHTS, then ~/.cache/cyclegan_keras/)",
-        kind="file",
+        kind="inception_weights",
     )
 
     def __post_init__(self):

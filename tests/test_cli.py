@@ -18,12 +18,13 @@ from PIL import Image
 
 from cyclegan_keras import data, model, networks
 from cyclegan_keras.cli import args as cli_args
+from cyclegan_keras.cli import evaluate as evaluate_cli
 from cyclegan_keras.cli import export as export_cli
 from cyclegan_keras.cli import translate
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
-COMMANDS = {"translate": translate, "export": export_cli}
+COMMANDS = {"translate": translate, "export": export_cli, "evaluate": evaluate_cli}
 
 # Bad values by argument type; "@name" is a path made by the `world` fixture.
 PATH_CASES = {
@@ -32,6 +33,11 @@ PATH_CASES = {
     cli_args.torch_file: ["@missing", "@empty_dir", "@cut_legacy.pth", "@cut_zip.pth", "@text_file", "@malicious.pth"],
     cli_args.image_folder: ["@missing", "@text_file", "@empty_dir", "@no_images_dir", "@unreadable_images_dir"],
     cli_args.fid_image_folder: ["@missing", "@text_file", "@empty_dir", "@no_images_dir", "@one_image_dir"],
+    cli_args.model_source: ["@missing", "@empty_dir", "@garbage.keras", "@dir_with_garbage_model", "@pth_as.keras"],
+    cli_args.existing_file: ["@missing", "@empty_dir"],
+    cli_args.inception_weights_file: ["@missing", "@empty_dir"],
+    cli_args.labels_source: ["@missing", "@empty_dir", "citiscapes"],
+    cli_args.output_file: ["@empty_dir", "@under_a_file"],
     cli_args.image_source: [
         "@missing",
         "@text_file",
@@ -129,6 +135,8 @@ def resolve(value, world):
 
 
 def base_argv(command, world, out):
+    if command == "evaluate":
+        return ["--fake", str(world / "images"), "--truth", str(world / "images"), "--json", str(out)]
     if command == "translate":
         return ["--model", str(world / "model.keras"), "--input", str(world / "images"), "--out", str(out)]
     return ["--model", str(world / "model.keras"), "--out", str(out), "--sample-size", "16"]
@@ -139,6 +147,9 @@ def with_flag(argv, flag, value):
     argv = list(argv)
     if flag == "--from-torch":
         index = argv.index("--model")
+        del argv[index : index + 2]
+    if flag == "--model" and "--fake" in argv:  # evaluate: one source or the other
+        index = argv.index("--fake")
         del argv[index : index + 2]
     if flag in argv:
         argv[argv.index(flag) + 1] = value
@@ -198,7 +209,7 @@ def test_flags_that_would_be_ignored_are_refused(command, extra, flag, world, tm
     assert_refused(code, output, flag, tmp_path / "out")
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", ["translate", "export"])
 def test_missing_required_flags_are_named(command, world, tmp_path, capsys):
     argv = base_argv(command, world, tmp_path / "out")
     for flag in ("--model", "--out"):
@@ -257,3 +268,9 @@ def test_a_bad_model_in_a_fresh_process_is_one_line(world):
         "(a .keras file is a zip archive with config.json)"
     )
     assert not (world / "never").exists()
+
+
+def test_the_weights_hint_is_the_library_s():
+    from cyclegan_keras import fid_inception
+
+    assert cli_args.FID_WEIGHTS_URL == fid_inception.FID_WEIGHTS_URL

@@ -269,10 +269,12 @@ def test_bad_inputs_give_one_line_and_exit_2(capsys, tmp_path, dataset, generato
     )
     assert "FID and KID need the FID Inception weights" in bad(capsys, "--fake", a, "--real", b)
     (tmp_path / "empty").mkdir()
-    assert "No images" in bad(capsys, "--fake", tmp_path / "empty", "--real", b, *weights)
-    assert "Image folder not found" in bad(capsys, "--fake", tmp_path / "missing", "--real", b, *weights)
+    assert "holds no image files" in bad(capsys, "--fake", tmp_path / "empty", "--real", b, *weights)
+    assert "missing not found" in bad(capsys, "--fake", tmp_path / "missing", "--real", b, *weights)
     write_png(tmp_path / "one" / "x.png", np.zeros((SIZE, SIZE, 3)))
-    assert "at least 2 images; --real" in bad(capsys, "--fake", a, "--real", tmp_path / "one", *weights)
+    assert "argument --real: FID needs at least 2 images" in bad(
+        capsys, "--fake", a, "--real", tmp_path / "one", *weights
+    )
     assert "at least 2 generated images" in bad(capsys, "--fake", tmp_path / "one", "--real", b, *weights)
     for i in range(2):
         write_png(tmp_path / "gray" / f"im{i}.png", np.zeros((SIZE, SIZE, 1)))
@@ -288,21 +290,23 @@ def test_bad_inputs_give_one_line_and_exit_2(capsys, tmp_path, dataset, generato
     assert "--model needs --input" in bad(capsys, "--model", generator_file, "--real", b)
     assert "nothing to score" in bad(capsys, "--fake", a)
     assert "--labels needs --truth" in bad(capsys, "--fake", a, "--real", b, "--labels", "cityscapes")
-    assert "--batch-size must be at least 1. Received: 0" in bad(
+    assert "argument --batch-size: must be an integer >= 1" in bad(
         capsys, "--fake", a, "--truth", truth, "--batch-size", "0"
     )
-    assert "--kid-subset-size must be at least 2" in bad(capsys, "--fake", a, "--real", b, "--kid-subset-size", "1")
+    assert "argument --kid-subset-size: must be an integer >= 2" in bad(
+        capsys, "--fake", a, "--real", b, "--kid-subset-size", "1"
+    )
     assert "--resize-mode: invalid choice: 'bicubic'" in bad(
         capsys, "--fake", a, "--real", b, "--resize-mode", "bicubic"
     )
     assert "one of the arguments --model --fake is required" in bad(capsys, "--real", b)
-    assert "--model: not found" in bad(capsys, "--model", tmp_path / "nope.keras", "--input", a, "--truth", truth)
+    assert "nope.keras not found" in bad(capsys, "--model", tmp_path / "nope.keras", "--input", a, "--truth", truth)
     (tmp_path / "notes.txt").write_text("x")
     assert "is not a .keras file, a work directory" in bad(
         capsys, "--model", tmp_path / "notes.txt", "--input", a, "--truth", truth
     )
     assert "holds neither model.keras" in bad(capsys, "--model", tmp_path / "empty", "--input", a, "--truth", truth)
-    assert "palette file not found" in bad(capsys, "--fake", a, "--truth", truth, "--labels", tmp_path / "p.txt")
+    assert "p.txt not found" in bad(capsys, "--fake", a, "--truth", truth, "--labels", tmp_path / "p.txt")
 
 
 def test_a_file_that_is_not_fid_weights_is_refused(capsys, dataset):

@@ -20,7 +20,7 @@ from cyclegan_keras.cli import train
 ROOT = Path(__file__).resolve().parent.parent
 PATH_CASES = {
     cli_args.existing_folder: ["@missing", "@text_file"],
-    cli_args.existing_file: ["@missing", "@empty_dir"],
+    cli_args.inception_weights_file: ["@missing", "@empty_dir"],
     cli_args.image_folder: ["@missing", "@text_file", "@empty_dir", "@no_images_dir"],
     cli_args.output_folder: ["@text_file", "@under_a_file"],
 }

@@ -23,6 +23,9 @@ DIRECTIONS = ("a2b", "b2a")
 # The reference's spellings (`--direction AtoB`) are aliases, in any case.
 _DIRECTION_ALIASES = {"a2b": "a2b", "b2a": "b2a", "atob": "a2b", "btoa": "b2a"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+FID_WEIGHTS_URL = (  # cyclegan_keras.fid_inception.FID_WEIGHTS_URL
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -223,6 +226,57 @@ def fid_image_folder(text):
     count = sum(1 for _, _, names in os.walk(text) for name in names if _is_image(name))
     if count < 2:
         raise argparse.ArgumentTypeError(f"FID needs at least 2 images; {text} holds {count}")
+    return text
+
+
+def model_source(text):
+    """argparse type: a model in any form evaluate takes: a `.keras` file or work directory,
+    a SavedModel directory (or export OUT folder), or a `.tflite` file."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} not found")
+    if path.is_dir():
+        if any((path / name).is_file() for name in ("saved_model.pb", "saved_model/1/saved_model.pb")):
+            return text
+        if not (path / "model.keras").is_file():
+            raise argparse.ArgumentTypeError(
+                f"{text} holds neither model.keras (a work directory) nor saved_model.pb (a SavedModel)"
+            )
+        return keras_model(text)
+    if path.suffix == ".tflite":
+        return text
+    if path.suffix != ".keras":
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a .keras file, a work directory, a SavedModel directory or a .tflite file"
+        )
+    return keras_model(text)
+
+
+def inception_weights_file(text):
+    """argparse type: an FID Inception weights file that exists; if not, where to download it."""
+    path = Path(text)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "not found"
+        raise argparse.ArgumentTypeError(f"{text} {what}: download {FID_WEIGHTS_URL} (91 MB) and give its path")
+    return text
+
+
+def labels_source(text):
+    """argparse type: `cityscapes` or a palette file (one `R G B name` line per class)."""
+    if text == "cityscapes":
+        return text
+    existing_file(text)
+    return text
+
+
+def output_file(text):
+    """argparse type: a file to write (its folder is created on success); not a folder."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    ancestor = _existing_ancestor(path.parent)
+    if not ancestor.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} cannot be created: {ancestor} is a file")
     return text
 
 

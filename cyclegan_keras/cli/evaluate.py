@@ -26,19 +26,47 @@ RESIZE_MODES = ("pytorch-fid", "clean")  # cyclegan_keras.fid_inception.RESIZE_M
 def parser():
     result = cli_args.ArgumentParser(description=__doc__)
     source = result.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="a .keras file, work directory, SavedModel directory or .tflite file")
-    source.add_argument("--fake", help="a folder of images already translated")
-    result.add_argument("--direction", default="a2b", choices=["a2b", "b2a"], help="CycleGAN direction (default: a2b)")
-    result.add_argument("--input", help="input-domain images: translated with --model; the identity baseline")
-    result.add_argument("--real", help="target-domain images for FID and KID")
-    result.add_argument("--truth", help="ground truth of each input, matched by file name: PSNR, SSIM, MAE")
-    result.add_argument("--labels", help="label scores of label maps: 'cityscapes' or a palette file (R G B name)")
-    result.add_argument("--inception-weights", help="FID Inception weights (.pth of pytorch-fid, or TorchScript .pt)")
+    source.add_argument(
+        "--model",
+        type=cli_args.model_source,
+        help="a .keras file, work directory, SavedModel directory or .tflite file",
+    )
+    source.add_argument("--fake", type=cli_args.image_folder, help="a folder of images already translated")
+    result.add_argument(
+        "--direction", default="a2b", type=cli_args.direction, help="CycleGAN direction, a2b or b2a (default: a2b)"
+    )
+    result.add_argument(
+        "--input",
+        type=cli_args.image_folder,
+        help="input-domain images: translated with --model; the identity baseline",
+    )
+    result.add_argument("--real", type=cli_args.fid_image_folder, help="target-domain images for FID and KID (>= 2)")
+    result.add_argument(
+        "--truth",
+        type=cli_args.image_folder,
+        help="ground truth of each input, matched by file name: PSNR, SSIM, MAE",
+    )
+    result.add_argument(
+        "--labels",
+        type=cli_args.labels_source,
+        help="label scores of label maps: 'cityscapes' or a palette file (R G B name)",
+    )
+    result.add_argument(
+        "--inception-weights",
+        type=cli_args.inception_weights_file,
+        help="FID Inception weights (.pth of pytorch-fid, or TorchScript .pt)",
+    )
     result.add_argument("--resize-mode", default="pytorch-fid", choices=RESIZE_MODES, help="default: pytorch-fid")
-    result.add_argument("--batch-size", type=int, default=50, help="images per batch (default: 50)")
-    result.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default: 100, clean-fid's)")
-    result.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size (default: 1000)")
-    result.add_argument("--json", help="write the scores and settings to this JSON file")
+    result.add_argument(
+        "--batch-size", type=cli_args.IntRange(1), default=50, help="images per batch, >= 1 (default: 50)"
+    )
+    result.add_argument(
+        "--kid-subsets", type=cli_args.IntRange(1), default=100, help="KID subsets, >= 1 (default: 100, clean-fid's)"
+    )
+    result.add_argument(
+        "--kid-subset-size", type=cli_args.IntRange(2), default=1000, help="KID subset size, >= 2 (default: 1000)"
+    )
+    result.add_argument("--json", type=cli_args.output_file, help="write the scores and settings to this JSON file")
     result.add_argument("--quiet", action="store_true", help="no progress bars")
     return result
 
@@ -50,11 +78,6 @@ def check_args(args):
         return "nothing to score: give --real (FID, KID) and/or --truth (PSNR, SSIM, MAE)"
     if args.labels and not args.truth:
         return "--labels needs --truth (the true label maps)"
-    for flag in ("batch_size", "kid_subsets"):
-        if getattr(args, flag) < 1:
-            return f"--{flag.replace('_', '-')} must be at least 1. Received: {getattr(args, flag)}"
-    if args.kid_subset_size < 2:
-        return f"--kid-subset-size must be at least 2. Received: {args.kid_subset_size}"
     return None
 
 
@@ -78,7 +101,8 @@ def main(argv=None):
         FileNotFoundError,
         ValueError,
     ) as error:
-        print(f"error: {error}", file=sys.stderr)
+        flag = _flag_holding(getattr(error, "path", None), args)
+        print(f"error: {f'argument {flag}: ' if flag else ''}{error}", file=sys.stderr)
         return 2
     for note in notes:
         print(note)
@@ -92,6 +116,19 @@ def main(argv=None):
         replace_atomically(args.json, lambda path: Path(path).write_text(text))
         print(f"Wrote {args.json}")
     return 0
+
+
+def _flag_holding(path, args):
+    """The folder flag (`--fake`, `--input`, ...) whose folder holds `path`, or None."""
+    if path is None:
+        return None
+    from pathlib import Path
+
+    for name in ("fake", "input", "real", "truth"):
+        folder = getattr(args, name)
+        if folder and Path(path).resolve().is_relative_to(Path(folder).resolve()):
+            return f"--{name}"
+    return None
 
 
 def run(args):

@@ -21,7 +21,7 @@ INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C (128 +
 # Path checks by `setting(kind=...)`.
 PATH_TYPES = {
     "folder": cli_args.existing_folder,
-    "file": cli_args.existing_file,
+    "inception_weights": cli_args.inception_weights_file,
     "image_folder": cli_args.image_folder,
     "output_folder": cli_args.output_folder,
     "direction": cli_args.direction,
