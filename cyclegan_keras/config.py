@@ -25,9 +25,10 @@ DIRECTIONS = ("a2b", "b2a")
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 LR_POLICIES = ("linear", "step", "plateau", "cosine")
 CHANNELS = (1, 3, 4)
-# These repeat names owned by modules that import TensorFlow (the registries
-# in `networks`, `model.GAN_MODES`, `data.PREPROCESS_MODES`,
-# `data.TFDS_CONFIGS`); tests/test_train_cli.py keeps them equal.
+# The registries in `networks` and `model.GAN_MODES` live in modules that
+# import TensorFlow, so their names are repeated here and
+# tests/test_train_cli.py keeps them equal; `data` takes PREPROCESS_MODES and
+# TFDS_CONFIGS from here.
 GENERATORS = ("resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128")
 DISCRIMINATORS = ("basic", "n_layers", "pixel")
 NORMS = ("instance", "batch", "none")

@@ -22,21 +22,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from cyclegan_keras.config import PREPROCESS_MODES, TFDS_CONFIGS  # noqa: F401  (the one list of each)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
-TFDS_CONFIGS = (
-    "apple2orange",
-    "summer2winter_yosemite",
-    "horse2zebra",
-    "monet2photo",
-    "cezanne2photo",
-    "ukiyoe2photo",
-    "vangogh2photo",
-    "maps",
-    "cityscapes",
-    "facades",
-    "iphone2dslr_flower",
-)
 DEFAULT_CACHE_BYTES = 4 * 2**30
 
 
