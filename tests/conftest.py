@@ -17,6 +17,12 @@ tf.config.set_logical_device_configuration(
 
 from cyclegan_keras import CycleGAN, networks  # noqa: E402
 
+# train.py flags of the fast tier's runs: 4 filters, 32x32 crops, pool 3.
+TINY_TRAIN_FLAGS = [
+    *("--generator", "resnet_6blocks", "--ngf", "4", "--ndf", "4"),
+    *("--load-size", "36", "--crop-size", "32", "--pool-size", "3", "--snapshot-count", "2"),
+]
+
 
 def tiny_cyclegan(pool_size=50, channels=3, **kwargs):
     """The fast tier's CycleGAN: 8 filters, one residual block."""

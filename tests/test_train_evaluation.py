@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import TINY_TRAIN_FLAGS
 from tensorflow.core.util import event_pb2
 
 import train
@@ -20,28 +21,8 @@ from cyclegan_keras import callbacks as cb
 from cyclegan_keras import data, fid_inception, metrics, training
 
 TINY = [
-    "--generator",
-    "resnet_6blocks",
-    "--ngf",
-    "4",
-    "--ndf",
-    "4",
-    "--load-size",
-    "36",
-    "--crop-size",
-    "32",
-    "--pool-size",
-    "3",
-    "--snapshot-count",
-    "2",
-    "--synthetic-count",
-    "4",
-    "--steps-per-epoch",
-    "2",
-    "--n-epochs",
-    "2",
-    "--n-epochs-decay",
-    "1",
+    *TINY_TRAIN_FLAGS,
+    *("--synthetic-count", "4", "--steps-per-epoch", "2", "--n-epochs", "2", "--n-epochs-decay", "1"),
 ]
 
 

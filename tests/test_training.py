@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_cyclegan
+from conftest import TINY_TRAIN_FLAGS, tiny_cyclegan
 from PIL import Image
 
 from cyclegan_keras import callbacks as cb
@@ -17,22 +17,6 @@ from cyclegan_keras import data
 from cyclegan_keras.cli import train, translate
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "--generator",
-    "resnet_6blocks",
-    "--ngf",
-    "4",
-    "--ndf",
-    "4",
-    "--load-size",
-    "36",
-    "--crop-size",
-    "32",
-    "--pool-size",
-    "3",
-    "--snapshot-count",
-    "2",
-]
 
 
 @pytest.fixture
@@ -131,10 +115,12 @@ def test_cli_end_to_end_on_a_folder(tmp_path, dataroot, capsys):
     # the corrected command must not be refused as "another run".
     not_a_dataset = tmp_path / "typo"
     (not_a_dataset / "trainA").mkdir(parents=True)
-    code, output = run_cli(train, ["--dataroot", not_a_dataset, "--workdir", workdir, *TINY], capsys)
+    code, output = run_cli(train, ["--dataroot", not_a_dataset, "--workdir", workdir, *TINY_TRAIN_FLAGS], capsys)
     assert code == 2 and "does not have the layout" in output and (workdir / "config.json").exists()
     code, output = run_cli(
-        train, ["--dataroot", dataroot, "--workdir", workdir, "--n-epochs", 1, "--n-epochs-decay", 0, *TINY], capsys
+        train,
+        ["--dataroot", dataroot, "--workdir", workdir, "--n-epochs", 1, "--n-epochs-decay", 0, *TINY_TRAIN_FLAGS],
+        capsys,
     )
     assert code == 0, output
     assert "different configuration" not in output
@@ -168,7 +154,9 @@ def test_cli_end_to_end_on_a_folder(tmp_path, dataroot, capsys):
 
     # The same command again does not train again.
     code, output = run_cli(
-        train, ["--dataroot", dataroot, "--workdir", workdir, "--n-epochs", 1, "--n-epochs-decay", 0, *TINY], capsys
+        train,
+        ["--dataroot", dataroot, "--workdir", workdir, "--n-epochs", 1, "--n-epochs-decay", 0, *TINY_TRAIN_FLAGS],
+        capsys,
     )
     assert code == 0 and "already holds a trained model" in output
 
@@ -198,7 +186,7 @@ def test_workdir_with_another_configuration_is_refused(tmp_path, dataroot, capsy
     state = {"epoch": 1, "step": 0, "file": "ckpt.keras"}
     (workdir / "checkpoints" / "checkpoint.json").write_text(json.dumps(state))
     (workdir / "config.json").write_text(json.dumps({"dataset": "synthetic", "lr": 0.1, "ngf": 8}))
-    code, output = run_cli(train, ["--dataroot", dataroot, "--workdir", workdir, *TINY], capsys)
+    code, output = run_cli(train, ["--dataroot", dataroot, "--workdir", workdir, *TINY_TRAIN_FLAGS], capsys)
     assert code == 2 and "different configuration" in output and "ngf: 8 -> 4" in output
     assert "lr:" not in output.split("different configuration")[1]
 
@@ -242,7 +230,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, dataroot):
         "--checkpoint-every",
         2,
         "--deterministic",
-        *TINY,
+        *TINY_TRAIN_FLAGS,
     ]
     straight = run_train_process([*flags, "--workdir", tmp_path / "straight"])
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -432,7 +420,7 @@ def _nan_when_lr_above(limit):
 def test_a_nan_stop_then_a_lower_lr_resumes(tmp_path, dataroot, capsys, monkeypatch):
     monkeypatch.setattr(cb.StopOnNonFinite, "on_train_batch_end", _nan_when_lr_above(1e-2))
     flags = ["--dataroot", dataroot, "--workdir", tmp_path / "run", "--n-epochs", 2, "--n-epochs-decay", 0]
-    flags += ["--steps-per-epoch", 2, *TINY]
+    flags += ["--steps-per-epoch", 2, *TINY_TRAIN_FLAGS]
     code, output = run_cli(train, [*flags, "--lr", 0.5], capsys)
     assert code == 1, output
     kept = tmp_path / "run" / "checkpoints" / "ckpt-epoch0001-step0000000.keras"
@@ -446,7 +434,7 @@ def test_a_nan_before_any_checkpoint_names_none(tmp_path, dataroot, capsys, monk
     monkeypatch.setattr(cb.StopOnNonFinite, "on_train_batch_end", _nan_when_lr_above(1e-2))
     monkeypatch.setattr(cb.Checkpoint, "save", lambda *args: None)
     flags = ["--dataroot", dataroot, "--workdir", tmp_path / "run", "--n-epochs", 2, "--n-epochs-decay", 0]
-    code, output = run_cli(train, [*flags, "--steps-per-epoch", 1, "--lr", 0.5, *TINY], capsys)
+    code, output = run_cli(train, [*flags, "--steps-per-epoch", 1, "--lr", 0.5, *TINY_TRAIN_FLAGS], capsys)
     assert code == 1 and "No checkpoint was written before it" in output and "checkpoints/" not in output
 
 
@@ -460,7 +448,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, dataroot, capsys, monkey
 
     monkeypatch.setattr(cb.StopOnNonFinite, "on_train_batch_end", on_train_batch_end)
     flags = ["--dataroot", dataroot, "--workdir", tmp_path / "run", "--n-epochs", 1, "--n-epochs-decay", 0]
-    code, output = run_cli(train, [*flags, "--checkpoint-every", 2, *TINY], capsys)
+    code, output = run_cli(train, [*flags, "--checkpoint-every", 2, *TINY_TRAIN_FLAGS], capsys)
     assert code == 130
     assert "Traceback" not in output and "KeyboardInterrupt" not in output
     assert output.splitlines()[-1] == (
