@@ -144,7 +144,7 @@ def test_bad_export_requests_are_named(tmp_path, generator, capsys):
 
 
 def test_a_failed_export_leaves_the_output_folder_as_it_was(tmp_path, generator, monkeypatch):
-    def fails_after_writing(generator, path):  # a failure midway, with files already written
+    def fails_after_writing(generator, path, **settings):  # a failure midway, with files already written
         Path(path).mkdir(parents=True)
         (Path(path) / "saved_model.pb").write_text("half an export")
         raise export.ExportError("verification failed")
