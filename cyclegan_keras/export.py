@@ -88,7 +88,7 @@ def _checked(images, channels, max_pixels):
 
 
 def _over_limit(max_pixels):
-    return f"more than this model's limit of {max_pixels} pixels per request (export.py --max-pixels)"
+    return f"more than the limit of {max_pixels} pixels per request set at export (export.py --max-pixels)"
 
 
 def _refuse_unless(condition, *message):
