@@ -10,7 +10,8 @@ bytes), OUT/generator_<variant>.tflite, and OUT/export_report.json: every
 artifact reloaded in a fresh process and compared with the Keras model (max
 abs error, PSNR, size, ops, latency). With --from-torch also
 OUT/generator.keras. Every flag is checked before any work, and OUT is
-written only once everything is verified.
+written only once everything is verified. The SavedModel refuses a request
+of more than --max-pixels pixels (INVALID_ARGUMENT, before decoding).
 
 With --eval-real DIR, every artifact (and the Keras model) then translates
 the --eval-input images (default: --representative) and the report gains
