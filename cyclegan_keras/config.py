@@ -48,6 +48,9 @@ TFDS_CONFIGS = (
     "iphone2dslr_flower",
 )
 DATASETS = ("synthetic", *TFDS_CONFIGS)
+# export.py --max-pixels: the most pixels (height x width, summed over the
+# batch) one SavedModel request may hold; measured in bench/serving_memory.py.
+SERVING_MAX_PIXELS = 2048 * 2048
 # config.json of runs made before directions were a2b/b2a.
 LEGACY_DIRECTIONS = {"AtoB": "a2b", "BtoA": "b2a"}
 

@@ -10,10 +10,14 @@
 and `verify(out_dir)`, run in a fresh process, reloads every artifact and
 measures it against the Keras outputs.
 
-SavedModel signatures (any batch, any height and width; sides that are not
-multiples of what the generator needs are reflect-padded and cropped back
-inside the graph; image inputs are declared with unknown rank so that a
-wrong rank or channel count gets a message naming the expected layout):
+SavedModel signatures (any batch, any height and width up to `max_pixels`
+in a request; sides that are not multiples of what the generator needs are
+reflect-padded and cropped back inside the graph; image inputs are declared
+with unknown rank so that a wrong rank or channel count gets a message
+naming the expected layout). A request holding more than `max_pixels`
+pixels (height x width summed over its images; `bytes` reads them from each
+header before decoding) is refused with INVALID_ARGUMENT naming its size and
+the limit, before any memory is spent on it:
 - `serving_default`: `images` float32 (n, h, w, c) in [-1, 1] -> `translated`.
 - `uint8`: `images` uint8 (n, h, w, c) 0..255 -> `translated` uint8.
 - `bytes`: `encoded_images` string (n,) of JPEG/PNG/BMP/GIF ->
@@ -23,7 +27,8 @@ wrong rank or channel count gets a message naming the expected layout):
   into the JSON).
 
 TFLite files take float32 (1, h, w, c) in [-1, 1], resized at run time with
-`resize_tensor_input`. The int8 variant quantizes weights and activations
+`resize_tensor_input`; they carry no size limit (LiteRT runs in the app's
+process, so the app checks the size before resizing). The int8 variant quantizes weights and activations
 with a representative dataset; ops without an int8 kernel stay float (the
 report lists them), and its interface stays float32.
 """
@@ -44,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan_keras import networks
+from cyclegan_keras.config import SERVING_MAX_PIXELS
 from cyclegan_keras.model import padded_call
 
 TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
@@ -51,8 +57,8 @@ PRECISIONS = ("float32", "bfloat16")  # what the SavedModel computes in
 FLOAT32_TOLERANCE = 1e-4
 
 
-def _checked(images, channels):
-    """`images` after checks that fail with a message naming the expected layout.
+def _checked(images, channels, max_pixels):
+    """`images` after checks that fail with a message naming the expected layout or the size limit.
 
     The signatures declare an unknown rank so that these run: with a static
     rank in the signature, TensorFlow would fold the checks away and a wrong
@@ -64,51 +70,238 @@ def _checked(images, channels):
     with tf.control_dependencies(
         [tf.debugging.assert_equal(tf.size(shape), 4, message=f"{expected}; got another rank")]
     ):
+        pixels = tf.reduce_prod(tf.cast(shape[:3], tf.int64))
         checks = [
             tf.debugging.assert_equal(shape[-1], channels, message=f"{expected}; got another channel count"),
             tf.debugging.assert_positive(shape[0], message=f"{expected} with batch >= 1; got an empty batch"),
+            _refuse_unless(
+                pixels <= max_pixels,
+                "images of ",
+                tf.strings.reduce_join(tf.strings.as_string(shape[:3]), separator=" x "),
+                " (batch x height x width) hold ",
+                pixels,
+                " pixels, " + _over_limit(max_pixels),
+            ),
         ]
     with tf.control_dependencies(checks):
         return tf.ensure_shape(tf.identity(images), (None, None, None, channels))
 
 
-def export_saved_model(generator, path):
-    """Writes a SavedModel with the three signatures to `path` (e.g. OUT/saved_model/1)."""
+def _over_limit(max_pixels):
+    return f"more than the limit of {max_pixels} pixels per request set at export (export.py --max-pixels)"
+
+
+def _refuse_unless(condition, *message):
+    """An assertion: INVALID_ARGUMENT with `message` (strings and number tensors, joined) when false."""
+    pieces = [
+        piece if isinstance(piece, str) or piece.dtype == tf.string else tf.strings.as_string(piece)
+        for piece in message
+    ]
+    return tf.debugging.Assert(condition, [tf.strings.join(pieces)])
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+HEADER_BYTES = 26  # every format's size is within the first 26 bytes (BMP's ends there)
+
+
+def _declared_size(encoded):
+    """`[height, width, length]`: the size the header of a JPEG, PNG, GIF or BMP declares, and the bytes to decode.
+
+    Nothing is decoded. The formats are told apart by the magic bytes
+    `tf.io.decode_image` uses, and each size is read where its decoder reads
+    it: JPEG's frame header (`tf.io.extract_jpeg_shape`), PNG's IHDR
+    (big-endian at bytes 16-24), GIF's logical screen (little-endian at
+    6-10) and first image, BMP's info header (little-endian int32 at 18-26;
+    a negative height means top-down rows). Another format, or a header cut
+    short, gives a size of 0 x 0. `length` is where a GIF's first image ends
+    (`_first_gif_image`), the whole string otherwise.
+    """
+    length = tf.strings.length(encoded, unit="BYTE")
+    padded = tf.strings.join([tf.strings.substr(encoded, 0, HEADER_BYTES), b"\0" * HEADER_BYTES])
+    head = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, HEADER_BYTES), tf.uint8), tf.int64)
+
+    def starts(magic):
+        return tf.strings.substr(encoded, 0, len(magic)) == magic
+
+    def number(start, size, big_endian=False):
+        order = range(size - 1, -1, -1) if big_endian else range(size)
+        return sum(head[start + i] * 256**k for k, i in enumerate(order))
+
+    def signed32(value):
+        return tf.where(value >= 2**31, value - 2**32, value)
+
+    def whole(height, width):
+        return tf.stack([height, width, tf.cast(length, tf.int64)])
+
+    def jpeg():
+        shape = tf.cast(tf.io.extract_jpeg_shape(encoded), tf.int64)
+        return whole(shape[0], shape[1])
+
+    def png():
+        return whole(number(20, 4, big_endian=True), number(16, 4, big_endian=True))
+
+    def gif():
+        end, height, width = _first_gif_image(encoded)
+        return tf.stack([tf.maximum(number(8, 2), height), tf.maximum(number(6, 2), width), end])
+
+    def bmp():
+        return whole(tf.abs(signed32(number(22, 4))), signed32(number(18, 4)))
+
+    return tf.case(
+        [
+            (starts(b"\xff\xd8\xff"), jpeg),
+            (starts(PNG_SIGNATURE) & (length >= 24), png),
+            (starts(b"GIF8") & (length >= 13), gif),
+            (starts(b"BM") & (length >= 26), bmp),
+        ],
+        default=lambda: tf.zeros((3,), tf.int64),
+    )
+
+
+def _first_gif_image(encoded):
+    """`(end, height, width)`: where a GIF's first image ends, and the size its image descriptor declares.
+
+    giflib reads every frame of a file into memory before TensorFlow keeps
+    the first, so an animation of many frames would cost many images'
+    memory; the `bytes` signature decodes `encoded[:end]` and a trailer
+    instead. The walk follows the GIF89a block structure: extensions
+    (0x21) and the first image descriptor (0x2C), each followed by
+    length-prefixed sub-blocks up to a zero-length one.
+    """
+    data = tf.cast(tf.io.decode_raw(encoded, tf.uint8), tf.int64)
+    length = tf.size(data, out_type=tf.int64)
+
+    zero, one = tf.constant(0, tf.int64), tf.constant(1, tf.int64)
+
+    def byte(at):
+        return tf.gather(data, tf.minimum(at, length - 1))
+
+    def color_table(packed):
+        return tf.where(packed >= 128, 3 * 2 ** (packed % 8 + 1), zero)
+
+    # Modes: 0 at a block, 1 in an extension's sub-blocks, 2 in the image's.
+    def step(at, mode, end, height, width):
+        value = byte(at)
+        at_block = mode == 0
+        image = at_block & (value == 0x2C)
+        extension = at_block & (value == 0x21)
+        sub_blocks_end = ~at_block & (value == 0)
+        # An image descriptor is 10 bytes, its colour table, then the LZW code size byte.
+        next_at = tf.where(extension, at + 2, tf.where(image, at + 11 + color_table(byte(at + 9)), at + 1 + value))
+        next_mode = tf.where(extension, one, tf.where(image, one + 1, tf.where(sub_blocks_end, zero, mode)))
+        found = (sub_blocks_end & (mode == 2)) | (at_block & ~image & ~extension)
+        next_end = tf.where(found, tf.where(at_block, at, at + 1), end)
+        height = tf.where(image, byte(at + 7) + 256 * byte(at + 8), height)
+        width = tf.where(image, byte(at + 5) + 256 * byte(at + 6), width)
+        return next_at, next_mode, next_end, height, width
+
+    start = 13 + color_table(byte(one * 10))
+    at, _, end, height, width = tf.while_loop(
+        lambda at, mode, end, height, width: (end < 0) & (at < length),
+        step,
+        (start, zero, zero - 1, zero, zero),
+    )
+    return tf.where(end < 0, length, end), height, width
+
+
+def _decoded(encoded, length, channels):
+    """One image of the `bytes` signature, decoded from `encoded[:length]` (a GIF's first image, closed)."""
+    encoded = tf.cond(
+        tf.strings.substr(encoded, 0, 4) == b"GIF8",
+        lambda: tf.strings.join([tf.strings.substr(encoded, tf.constant(0, tf.int64), length), b";"]),
+        lambda: encoded,
+    )
+    image = tf.io.decode_image(encoded, channels=channels, dtype=tf.uint8, expand_animations=False)
+    return tf.ensure_shape(image, (None, None, channels))
+
+
+def _checked_encoded(encoded_images, max_pixels):
+    """`(encoded_images, lengths)` after checks of their headers: known formats, pixels within `max_pixels`.
+
+    This runs before any image is decoded: a small file can declare a huge
+    image, and decoding allocates what it declares.
+    """
+    declared = tf.map_fn(_declared_size, encoded_images, fn_output_signature=tf.TensorSpec((3,), tf.int64))
+    sizes = declared[:, :2]
+    unknown = tf.where(tf.reduce_any(sizes <= 0, axis=1))[:, 0]
+    # float64: the product of two 32-bit sides can overflow int64.
+    pixels = tf.reduce_sum(tf.reduce_prod(tf.cast(tf.maximum(sizes, 0), tf.float64), axis=1))
+    shown = 8  # sizes named in the message
+
+    def listed(strings):
+        more = tf.where(tf.size(strings) > shown, ", ...", "")
+        return tf.strings.reduce_join(strings[:shown], separator=", ") + more
+
+    checks = [
+        _refuse_unless(
+            tf.size(unknown) == 0,
+            "encoded_images[",
+            listed(tf.strings.as_string(unknown)),
+            "]: not JPEG, PNG, GIF or BMP, or the header is cut short; nothing was decoded",
+        ),
+        _refuse_unless(
+            pixels <= max_pixels,
+            "encoded_images declare ",
+            tf.cast(tf.minimum(pixels, 2.0**62), tf.int64),
+            " pixels (height x width: ",
+            listed(tf.strings.as_string(sizes[:, 0]) + "x" + tf.strings.as_string(sizes[:, 1])),
+            "), " + _over_limit(max_pixels) + "; nothing was decoded",
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(encoded_images), tf.identity(declared[:, 2])
+
+
+def export_saved_model(generator, path, max_pixels=SERVING_MAX_PIXELS):
+    """Writes a SavedModel with the three signatures to `path` (e.g. OUT/saved_model/1).
+
+    Args:
+        max_pixels: int. The most pixels (height x width, summed over the
+            batch) one request may hold; larger requests are refused with
+            INVALID_ARGUMENT before anything is decoded or translated. The
+            SavedModel keeps it as `loaded.max_pixels[0]`. Defaults to
+            2048 x 2048.
+    """
+    if not (isinstance(max_pixels, int) and max_pixels >= 1):
+        raise ValueError(f"max_pixels must be an integer >= 1. Received: max_pixels={max_pixels!r}")
     channels = generator.input_shape[-1]
     translate = padded_call(generator)
 
     def serve_float(images):
-        return {"translated": translate(_checked(images, channels))}
+        return {"translated": translate(_checked(images, channels, max_pixels))}
 
     def serve_uint8(images):
-        floats = tf.cast(_checked(images, channels), tf.float32) / 127.5 - 1.0
+        floats = tf.cast(_checked(images, channels, max_pixels), tf.float32) / 127.5 - 1.0
         return {"translated": _to_uint8(translate(floats))}
 
     def serve_bytes(encoded_images):
-        def one(encoded):
-            image = tf.io.decode_image(encoded, channels=channels, dtype=tf.uint8, expand_animations=False)
-            image = tf.ensure_shape(image, (None, None, channels))
+        def one(args):
+            image = _decoded(*args, channels)
             output = translate(tf.cast(image, tf.float32)[None] / 127.5 - 1.0)[0]
             return tf.io.encode_png(_to_uint8(output))
 
-        return {"translated_png_bytes": tf.map_fn(one, encoded_images, fn_output_signature=tf.string)}
+        checked = _checked_encoded(encoded_images, max_pixels)
+        return {"translated_png_bytes": tf.map_fn(one, checked, fn_output_signature=tf.string)}
 
     archive = keras.export.ExportArchive()
     archive.track(generator)
+    # What clients may send, readable without a request: tf.saved_model.load(path).max_pixels[0].
+    archive.add_variable_collection("max_pixels", [tf.Variable(max_pixels, dtype=tf.int64, trainable=False)])
     # Unknown rank, so that a wrong input meets `_checked`'s message.
     archive.add_endpoint("serving_default", serve_float, [tf.TensorSpec(None, tf.float32, name="images")])
     archive.add_endpoint("uint8", serve_uint8, [tf.TensorSpec(None, tf.uint8, name="images")])
     archive.add_endpoint("bytes", serve_bytes, [tf.TensorSpec((None,), tf.string, name="encoded_images")])
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     archive.write_out(str(path), verbose=False)
-    write_warmup_requests(path, channels)
+    write_warmup_requests(path, channels, size=min(WARMUP_SIZE, math.isqrt(max_pixels)))
     return Path(path)
 
 
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+WARMUP_SIZE = 256
 
 
-def write_warmup_requests(saved_model_dir, channels, size=256):
+def write_warmup_requests(saved_model_dir, channels, size=WARMUP_SIZE):
     """Writes TF Serving's warmup file: one `PredictRequest` per signature.
 
     TF Serving runs the requests in `SAVED_MODEL_DIR/assets.extra/
@@ -243,6 +436,7 @@ def export(
     samples=None,
     save_generator=False,
     precision="float32",
+    max_pixels=SERVING_MAX_PIXELS,
 ):
     """Exports `generator` and verifies every artifact in a fresh process.
 
@@ -271,6 +465,8 @@ def export(
         precision: `"float32"` or `"bfloat16"`: what the SavedModel
             computes in. TFLite files are float32 (or quantized) models.
             Defaults to `"float32"`.
+        max_pixels: int. The most pixels one SavedModel request may hold
+            (see `export_saved_model`). Defaults to 2048 x 2048.
 
     Returns:
         The report (also `OUT/export_report.json`).
@@ -281,6 +477,13 @@ def export(
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}. Received: precision={precision!r}")
+    samples = samples if samples is not None else sample_images(generator)
+    largest = max(int(np.prod(np.shape(image)[:2])) for image in samples)
+    if "saved_model" in formats and largest > max_pixels:
+        raise ValueError(
+            f"The SavedModel would refuse the parity samples ({largest} pixels): max_pixels must be at least "
+            f"that. Received: max_pixels={max_pixels}"
+        )
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"out_dir must be a folder. Received a file: {out_dir}")
@@ -290,7 +493,7 @@ def export(
     stage.mkdir()
     try:
         report, written = _export_into(
-            stage, generator, formats, variants, representative, samples, save_generator, precision
+            stage, generator, formats, variants, representative, samples, save_generator, precision, max_pixels
         )
         _publish(stage, out_dir, written)
     finally:
@@ -321,8 +524,7 @@ def _publish(stage, out_dir, written):
         os.replace(source, target)
 
 
-def _export_into(out_dir, generator, formats, variants, representative, samples, save_generator, precision):
-    samples = samples if samples is not None else sample_images(generator)
+def _export_into(out_dir, generator, formats, variants, representative, samples, save_generator, precision, max_pixels):
     artifacts, written = [], ["reference.npz", "artifacts.json", "export_report.json"]
     if save_generator:
         generator.save(out_dir / "generator.keras")
@@ -330,8 +532,10 @@ def _export_into(out_dir, generator, formats, variants, representative, samples,
     generator = networks.with_precision(generator, "float32")  # as trained, mixed or not
     if "saved_model" in formats:
         served = generator if precision == "float32" else networks.with_precision(generator, "mixed_bfloat16")
-        export_saved_model(served, out_dir / "saved_model" / "1")
-        artifacts.append({"format": "saved_model", "variant": precision, "path": "saved_model/1"})
+        export_saved_model(served, out_dir / "saved_model" / "1", max_pixels=max_pixels)
+        artifacts.append(
+            {"format": "saved_model", "variant": precision, "path": "saved_model/1", "max_pixels": max_pixels}
+        )
     if "tflite" in formats:
         calibration = list(representative if representative is not None else samples)[:32]
         for variant in variants:

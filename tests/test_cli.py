@@ -199,6 +199,7 @@ def test_bad_flag_values_are_refused_before_any_work(command, flag, value, world
         ("export", ["--format", "saved_model", "--tflite-quantization", "int8"], "--tflite-quantization"),
         ("export", ["--from-torch", str(FIXTURES / "resnet_tiny.pth"), "--direction", "b2a"], "--direction"),
         ("export", ["--model", "@generator.keras", "--direction", "b2a"], "--direction"),
+        ("export", ["--max-pixels", "100"], "--max-pixels"),  # the 16-pixel parity samples would be refused
     ],
 )
 def test_flags_that_would_be_ignored_are_refused(command, extra, flag, world, tmp_path, capsys):

@@ -117,6 +117,7 @@ def test_every_tflite_variant_runs_with_parity(tmp_path, generator):
         assert artifact["size_bytes"] < by_variant[("tflite", "float32")]["size_bytes"]
         assert (tmp_path / f"generator_{variant}.tflite").exists()
     assert by_variant[("saved_model", "float32")]["signatures"] == ["bytes", "serving_default", "uint8"]
+    assert by_variant[("saved_model", "float32")]["max_pixels"] == 2048 * 2048
     assert "TRANSPOSE_CONV" in by_variant[("tflite", "float32")]["ops"]
     assert "MEAN" in by_variant[("tflite", "float32")]["float_ops"]
     saved = json.loads((tmp_path / "export_report.json").read_text())
@@ -144,7 +145,7 @@ def test_bad_export_requests_are_named(tmp_path, generator, capsys):
 
 
 def test_a_failed_export_leaves_the_output_folder_as_it_was(tmp_path, generator, monkeypatch):
-    def fails_after_writing(generator, path):  # a failure midway, with files already written
+    def fails_after_writing(generator, path, **settings):  # a failure midway, with files already written
         Path(path).mkdir(parents=True)
         (Path(path) / "saved_model.pb").write_text("half an export")
         raise export.ExportError("verification failed")

@@ -10,7 +10,8 @@ bytes), OUT/generator_<variant>.tflite, and OUT/export_report.json: every
 artifact reloaded in a fresh process and compared with the Keras model (max
 abs error, PSNR, size, ops, latency). With --from-torch also
 OUT/generator.keras. Every flag is checked before any work, and OUT is
-written only once everything is verified.
+written only once everything is verified. The SavedModel refuses a request
+of more than --max-pixels pixels (INVALID_ARGUMENT, before decoding).
 
 With --eval-real DIR, every artifact (and the Keras model) then translates
 the --eval-input images (default: --representative) and the report gains
@@ -26,6 +27,7 @@ import sys
 
 from cyclegan_keras import _env
 from cyclegan_keras.cli import args as cli_args
+from cyclegan_keras.config import SERVING_MAX_PIXELS
 
 QUANTIZATIONS = {"none": "float32", "float16": "float16", "dynamic": "dynamic", "int8": "int8"}
 MIN_SAMPLE_SIZE = 8  # the odd-sized parity sample is (size - 6) x (size + 10)
@@ -57,6 +59,14 @@ def parser():
         choices=["float32", "bfloat16"],
         help="what the SavedModel computes in; bfloat16 (float32 in and out) is for GPUs, TPUs and CPUs "
         "with AMX or AVX512-BF16, its PSNR against float32 is in the report (default: float32)",
+    )
+    result.add_argument(
+        "--max-pixels",
+        type=cli_args.IntRange(1),
+        default=SERVING_MAX_PIXELS,
+        help="the most pixels (height x width, summed over its images) one SavedModel request may hold; "
+        "larger requests get INVALID_ARGUMENT before anything is decoded (the README gives the memory "
+        f"one request needs) (default: {SERVING_MAX_PIXELS} = 2048x2048)",
     )
     result.add_argument(
         "--tflite-quantization",
@@ -111,6 +121,12 @@ def main(argv=None):
     for flag in ("eval_input", "inception_weights"):
         if getattr(args, flag) and not args.eval_real:
             cli.error(f"argument --{flag.replace('_', '-')}: applies only with --eval-real")
+    sample_pixels = args.sample_size**2 if args.representative else (args.sample_size - 6) * (args.sample_size + 10)
+    if args.format != "tflite" and args.max_pixels < sample_pixels:
+        cli.error(
+            f"argument --max-pixels: the SavedModel is verified on --sample-size {args.sample_size} samples of up "
+            f"to {sample_pixels} pixels; give at least that or a smaller --sample-size. Received: {args.max_pixels}"
+        )
     if args.eval_real and not (args.eval_input or args.representative):
         cli.error(
             "argument --eval-real: needs input-domain images to translate: --eval-input DIR (or --representative)"
@@ -144,6 +160,7 @@ def main(argv=None):
             samples,
             save_generator=bool(args.from_torch),
             precision=args.precision,
+            max_pixels=args.max_pixels,
         )
     except export.ExportError as error:
         print(f"error: {error}", file=sys.stderr)
