@@ -142,16 +142,17 @@ def _decode_16_bit_png(data, channels):
 
 
 # EXIF orientation o -> the stored image as viewers show it: _ORIENTED[o - 1],
-# PIL.ImageOps.exif_transpose's transposition for each value.
+# PIL.ImageOps.exif_transpose's transposition for each value. (tf.reverse, as
+# a [::-1] slice is ten times slower.)
 _ORIENTED = (
     lambda image: image,
-    lambda image: image[:, ::-1],  # 2: FLIP_LEFT_RIGHT
-    lambda image: image[::-1, ::-1],  # 3: ROTATE_180
-    lambda image: image[::-1],  # 4: FLIP_TOP_BOTTOM
+    lambda image: tf.reverse(image, [1]),  # 2: FLIP_LEFT_RIGHT
+    lambda image: tf.reverse(image, [0, 1]),  # 3: ROTATE_180
+    lambda image: tf.reverse(image, [0]),  # 4: FLIP_TOP_BOTTOM
     lambda image: tf.transpose(image, [1, 0, 2]),  # 5: TRANSPOSE
-    lambda image: tf.transpose(image[::-1], [1, 0, 2]),  # 6: ROTATE_270 (a quarter turn clockwise)
-    lambda image: tf.transpose(image[::-1, ::-1], [1, 0, 2]),  # 7: TRANSVERSE
-    lambda image: tf.transpose(image[:, ::-1], [1, 0, 2]),  # 8: ROTATE_90
+    lambda image: tf.transpose(tf.reverse(image, [0]), [1, 0, 2]),  # 6: ROTATE_270 (a quarter turn clockwise)
+    lambda image: tf.transpose(tf.reverse(image, [0, 1]), [1, 0, 2]),  # 7: TRANSVERSE
+    lambda image: tf.transpose(tf.reverse(image, [1]), [1, 0, 2]),  # 8: ROTATE_90
 )
 
 
@@ -170,10 +171,11 @@ def orient(image, orientation):
 
 @dataclasses.dataclass(frozen=True)
 class ImageHeader:
-    """What an image file's header declares: its stored size, GIF frames and EXIF orientation."""
+    """What an image file's header declares: stored size, PIL mode, GIF frames and EXIF orientation."""
 
     width: int
     height: int
+    mode: str
     frames: int = 1
     orientation: int = 1
 
@@ -215,14 +217,16 @@ def read_header(path):
             raise UnreadableImage(path, "cannot decode: not a JPEG, PNG, GIF or BMP file")
         file.seek(0)
         try:
-            with opener(file) as image:
-                width, height = image.size
-                frames = image.n_frames if isinstance(image, GifImagePlugin.GifImageFile) else 1
-                # Image.getexif reads what the header held; PngImageFile's own decodes the pixels to look past them.
-                orientation = Image.Image.getexif(image).get(0x0112, 1)
+            image = opener(file)
+            frames = image.n_frames if isinstance(image, GifImagePlugin.GifImageFile) else 1
         except Exception as error:  # PIL raises many types for a malformed header
             raise UnreadableImage(path, f"cannot decode: {str(error) or type(error).__name__}") from None
-    return ImageHeader(width, height, frames, orientation if orientation in range(1, 9) else 1)
+        try:
+            # Image.getexif reads what the header held; PngImageFile's own decodes the pixels to look past them.
+            orientation = Image.Image.getexif(image).get(0x0112, 1)
+        except Exception:  # a malformed EXIF block (PIL warns): the pixels are still good, shown as stored
+            orientation = 1
+    return ImageHeader(*image.size, image.mode, frames, orientation if orientation in range(1, 9) else 1)
 
 
 def read_image(path, channels=3, max_pixels=MAX_DECODE_PIXELS):

@@ -166,3 +166,27 @@ def test_lossless_files_decode_to_their_exact_bytes(tmp_path):
         with Image.open(tmp_path / name) as stored:
             expected = np.asarray(stored.convert("RGBA" if channels == 4 else "RGB"))
         np.testing.assert_array_equal(data.read_image(tmp_path / name, channels), expected, err_msg=name)
+
+
+def metadata(kind):
+    """JPEG save options that say Orientation 6 in the way of `kind`."""
+    if kind == "big-endian":  # "MM" EXIF, as many cameras write it
+        exif = Image.Exif()
+        exif.endian, exif[0x0112] = ">", 6
+        assert exif.tobytes()[6:8] == b"MM"
+        return {"exif": exif.tobytes()}
+    if kind == "xmp":  # no EXIF: the orientation in XMP only
+        return {"xmp": b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><tiff:Orientation>6</tiff:Orientation></x:xmpmeta>'}
+    # One IFD entry cut short after its tag: shown as stored.
+    return {"exif": b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x05\x01\x12"}
+
+
+@pytest.mark.parametrize("kind, shape", [("big-endian", (8, 6, 3)), ("xmp", (8, 6, 3)), ("malformed", (6, 8, 3))])
+def test_orientation_is_found_where_pil_finds_it(tmp_path, kind, shape):
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(quadrants(6, 8)).save(path, quality=100, subsampling=0, **metadata(kind))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL's own "Corrupt EXIF data"
+        image, expected = data.read_image(path).numpy(), as_viewers_show(path)
+    assert image.shape == shape
+    assert_same_picture(image, expected)
