@@ -4,8 +4,10 @@ Sources: a folder in the reference layout (ROOT/trainA, trainB, testA,
 testB), any two folders, the tensorflow-datasets `cycle_gan` builder, and a
 built-in synthetic dataset that needs no download. Each becomes a `Domain`:
 images decoded and deterministically resized once (the cache), or, when they
-do not fit in memory, file paths decoded on the fly. Bad files are found
-while building a domain, reported by path and left out.
+do not fit in memory, file paths decoded on the fly; either way as viewers
+show them (EXIF orientation applied). Bad files, and files whose header
+declares more pixels than decoding may take, are found while building a
+domain, reported by path and left out.
 
 Pipeline order: decode -> deterministic resize -> cache -> pairing -> random
 crop/flip -> batch -> prefetch. All randomness is stateless, derived from
@@ -28,11 +30,11 @@ from cyclegan_keras.config import PREPROCESS_MODES, TFDS_CONFIGS  # noqa: F401  
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 DEFAULT_CACHE_BYTES = 4 * 2**30
 # Pixels an image file may declare (width x height x GIF frames), checked in
-# its header before decoding. Decoded, a pixel is 3 bytes (6 for a 16-bit
-# PNG); resizing for training holds it as 12 bytes of float32, in up to 8
-# threads. So: any photo (a 200 MP phone photo is 0.6 GB decoded) for
-# translation, whose `tiling` bounds the rest; 8192x8192 for training, which
-# shrinks every image to load_size anyway.
+# its header before decoding. Decoded, a pixel is 3 bytes (a 16-bit PNG
+# passes through float32 on the way); resizing for training holds it as 12
+# bytes of float32, in up to 8 threads. So: any photo for translation (a
+# 200 MP phone photo is 0.6 GB decoded), which tiles the rest; 8192x8192 for
+# training, which shrinks every image to load_size anyway.
 MAX_DECODE_PIXELS = 2**28
 MAX_TRAINING_PIXELS = 2**26
 
