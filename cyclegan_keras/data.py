@@ -4,8 +4,10 @@ Sources: a folder in the reference layout (ROOT/trainA, trainB, testA,
 testB), any two folders, the tensorflow-datasets `cycle_gan` builder, and a
 built-in synthetic dataset that needs no download. Each becomes a `Domain`:
 images decoded and deterministically resized once (the cache), or, when they
-do not fit in memory, file paths decoded on the fly. Bad files are found
-while building a domain, reported by path and left out.
+do not fit in memory, file paths decoded on the fly; either way as viewers
+show them (EXIF orientation applied). Bad files, and files whose header
+declares more pixels than decoding may take, are found while building a
+domain, reported by path and left out.
 
 Pipeline order: decode -> deterministic resize -> cache -> pairing -> random
 crop/flip -> batch -> prefetch. All randomness is stateless, derived from
@@ -15,6 +17,7 @@ restart (`unpaired_dataset(start_epoch=e).skip(s)`).
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import re
 from pathlib import Path
@@ -26,6 +29,14 @@ from cyclegan_keras.config import PREPROCESS_MODES, TFDS_CONFIGS  # noqa: F401  
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 DEFAULT_CACHE_BYTES = 4 * 2**30
+# Pixels an image file may declare (width x height x GIF frames), checked in
+# its header before decoding. Decoded, a pixel is 3 bytes (a 16-bit PNG
+# passes through float32 on the way); resizing for training holds it as 12
+# bytes of float32, in up to 8 threads. So: any photo for translation (a
+# 200 MP phone photo is 0.6 GB decoded), which tiles the rest; 8192x8192 for
+# training, which shrinks every image to load_size anyway.
+MAX_DECODE_PIXELS = 2**28
+MAX_TRAINING_PIXELS = 2**26
 
 
 class DataError(ValueError):
@@ -89,13 +100,15 @@ class Domain:
     """The images of one domain, after decoding and deterministic resizing.
 
     Exactly one of `images` (the in-memory cache) and `paths` (decode on the
-    fly) is set. `bad` lists `(path, reason)` for files left out.
+    fly) is set; `orientations` holds each path's EXIF orientation (see
+    `orient`; all 1 when None). `bad` lists `(path, reason)` for files left out.
     """
 
     name: str
     images: list = None
     paths: list = None
     bad: list = dataclasses.field(default_factory=list)
+    orientations: list = None
 
     def __len__(self):
         return len(self.images if self.images is not None else self.paths)
@@ -105,25 +118,148 @@ class Domain:
 
 
 def decode_image(data, channels=3):
-    """Decodes JPEG/PNG/BMP/GIF bytes to uint8 `(height, width, channels)`.
+    """Decodes JPEG/PNG/BMP/GIF bytes to uint8 `(height, width, channels)`, as stored.
 
     Grayscale, RGBA and palette images are converted; 16-bit PNGs are scaled
-    to 8 bits; a GIF gives its first frame.
+    to 8 bits (rounded); a GIF gives its first frame. EXIF orientation is not
+    applied here (see `read_image` and `orient`).
     """
-    image = tf.io.decode_image(data, channels=channels, dtype=tf.uint16, expand_animations=False)
-    # Decoding at 16 bits and rounding keeps 16-bit PNGs exact to the byte.
+    bit_depth = tf.strings.substr(data, tf.minimum(24, tf.strings.length(data)), 1)  # in a PNG's IHDR
+    sixteen_bit_png = tf.logical_and(tf.strings.substr(data, 0, 8) == _PNG_SIGNATURE, bit_depth == b"\x10")
+    return tf.cond(
+        sixteen_bit_png,
+        lambda: _decode_16_bit_png(data, channels),
+        # Straight to uint8: TensorFlow widens 8-bit JPEG/BMP/GIF pixels to 16 bits as x * 256 (not 257).
+        lambda: tf.io.decode_image(data, channels=channels, dtype=tf.uint8, expand_animations=False),
+    )
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _decode_16_bit_png(data, channels):
+    image = tf.io.decode_png(data, channels=channels, dtype=tf.uint16)
+    # Rounding, not TensorFlow's truncating conversion, keeps 16-bit PNGs exact to the byte.
     return tf.cast(tf.round(tf.cast(image, tf.float32) / 257.0), tf.uint8)
 
 
-def read_image(path, channels=3):
-    """Reads and decodes one image file (see `decode_image`).
+# EXIF orientation o -> the stored image as viewers show it: _ORIENTED[o - 1],
+# PIL.ImageOps.exif_transpose's transposition for each value. (tf.reverse, as
+# a [::-1] slice is ten times slower.)
+_ORIENTED = (
+    lambda image: image,
+    lambda image: tf.reverse(image, [1]),  # 2: FLIP_LEFT_RIGHT
+    lambda image: tf.reverse(image, [0, 1]),  # 3: ROTATE_180
+    lambda image: tf.reverse(image, [0]),  # 4: FLIP_TOP_BOTTOM
+    lambda image: tf.transpose(image, [1, 0, 2]),  # 5: TRANSPOSE
+    lambda image: tf.transpose(tf.reverse(image, [0]), [1, 0, 2]),  # 6: ROTATE_270 (a quarter turn clockwise)
+    lambda image: tf.transpose(tf.reverse(image, [0, 1]), [1, 0, 2]),  # 7: TRANSVERSE
+    lambda image: tf.transpose(tf.reverse(image, [1]), [1, 0, 2]),  # 8: ROTATE_90
+)
+
+
+def orient(image, orientation):
+    """Turns an image `(height, width, channels)` as stored into the picture its EXIF orientation describes.
+
+    Args:
+        image: tensor, as `decode_image` returns it.
+        orientation: int or int tensor, the EXIF Orientation tag (1..8, as
+            `PIL.ImageOps.exif_transpose` reads it); other values leave the
+            image as it is. Works inside a `tf.data` graph.
+    """
+    branches = [functools.partial(transposition, image) for transposition in _ORIENTED]
+    return tf.switch_case(tf.cast(orientation, tf.int32) - 1, branches, default=branches[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header declares: stored size, PIL mode, GIF frames and EXIF orientation."""
+
+    width: int
+    height: int
+    mode: str
+    frames: int = 1
+    orientation: int = 1
+
+    @property
+    def pixels(self):
+        """Pixels TensorFlow decodes: every frame of a GIF, to return the first."""
+        return self.width * self.height * self.frames
+
+
+def read_header(path):
+    """The `ImageHeader` of an image file, read without decoding its pixels.
+
+    The orientation comes from a JPEG's EXIF (or XMP) segment or a PNG's eXIf
+    chunk before the pixels, as PIL's header reading finds them.
+
+    Raises:
+        UnreadableImage: naming the file: not a JPEG/PNG/GIF/BMP, or a
+            header that cannot be read.
+    """
+    from PIL import BmpImagePlugin, GifImagePlugin, Image, JpegImagePlugin, PngImagePlugin
+
+    # The signatures TensorFlow's decode_image recognizes. Opening with the
+    # format's class, not Image.open, keeps PIL's own pixel limit (a warning,
+    # then DecompressionBombError) out: the limit here is the caller's.
+    formats = (
+        (b"\xff\xd8\xff", JpegImagePlugin.JpegImageFile),
+        (_PNG_SIGNATURE, PngImagePlugin.PngImageFile),
+        (b"GIF8", GifImagePlugin.GifImageFile),
+        (b"BM", BmpImagePlugin.BmpImageFile),
+    )
+    try:
+        file = open(path, "rb")
+    except OSError as error:
+        raise UnreadableImage(path, f"cannot read: {error.strerror or error}") from None
+    with file:
+        signature = file.read(8)
+        opener = next((opener for start, opener in formats if signature.startswith(start)), None)
+        if opener is None:
+            raise UnreadableImage(path, "cannot decode: not a JPEG, PNG, GIF or BMP file")
+        file.seek(0)
+        try:
+            image = opener(file)
+            frames = image.n_frames if isinstance(image, GifImagePlugin.GifImageFile) else 1
+        except Exception as error:  # PIL raises many types for a malformed header
+            raise UnreadableImage(path, f"cannot decode: {str(error) or type(error).__name__}") from None
+        try:
+            # Image.getexif reads what the header held; PngImageFile's own decodes the pixels to look past them.
+            orientation = Image.Image.getexif(image).get(0x0112, 1)
+        except Exception:  # a malformed EXIF block (PIL warns): the pixels are still good, shown as stored
+            orientation = 1
+    return ImageHeader(*image.size, image.mode, frames, orientation if orientation in range(1, 9) else 1)
+
+
+def read_image(path, channels=3, max_pixels=MAX_DECODE_PIXELS):
+    """Reads one image file as viewers show it: decoded (see `decode_image`), then its EXIF orientation applied.
+
+    Args:
+        path: the file.
+        channels: int. 1, 3 or 4. Defaults to `3`.
+        max_pixels: int. Files whose header declares more pixels (width x
+            height x GIF frames) are refused before decoding. Defaults to
+            `MAX_DECODE_PIXELS` (2**28: 16384x16384, 0.8 GB decoded).
 
     Raises:
         UnreadableImage: naming the file and why, without TensorFlow's
             internal op names.
     """
+    return _read_image(path, channels, max_pixels)[0]
+
+
+def _read_image(path, channels, max_pixels):
+    """`(image, header)`; see `read_image`."""
+    header = read_header(path)
+    if header.pixels > max_pixels:
+        frames = f"{header.frames} frames of " if header.frames > 1 else ""
+        raise UnreadableImage(
+            path,
+            f"declares {frames}{header.width}x{header.height} pixels ({header.pixels:,}), "
+            f"over the limit of {max_pixels:,} pixels for decoding",
+        )
     try:
-        return decode_image(tf.io.read_file(str(path)), channels)
+        return orient(decode_image(tf.io.read_file(str(path)), channels), header.orientation), header
     except (tf.errors.OpError, ValueError) as error:
         message = getattr(error, "message", str(error)).strip().splitlines()[0]
         message = re.sub(r"\s*\[Op:.*$", "", re.sub(r"\{\{[^}]*\}\}\s*", "", message))
@@ -265,31 +401,43 @@ def list_image_files(folder):
     return paths
 
 
-def folder_domain(folder, preprocessing, strict=False, cache_bytes=DEFAULT_CACHE_BYTES, name=None, limit=None):
+def folder_domain(
+    folder,
+    preprocessing,
+    strict=False,
+    cache_bytes=DEFAULT_CACHE_BYTES,
+    name=None,
+    limit=None,
+    max_pixels=MAX_TRAINING_PIXELS,
+):
     """A domain from every image under `folder` (the first `limit` in file-name order when given).
 
-    Each file is decoded once, in parallel: files that fail are listed in
-    `domain.bad` with the reason and left out (or, with `strict=True`, a
-    `DataError` lists them all before any training). Decoded, resized images
-    are kept in memory when they fit in `cache_bytes`; otherwise the domain
-    keeps their paths and decodes again on the fly.
+    Each file is decoded once, in parallel, as viewers show it (see
+    `read_image`): files that fail, or that declare more than `max_pixels`,
+    are listed in `domain.bad` with the reason and left out (or, with
+    `strict=True`, a `DataError` lists them all before any training).
+    Decoded, resized images are kept in memory when they fit in
+    `cache_bytes`; otherwise the domain keeps their paths and decodes again
+    on the fly.
     """
     paths = list_image_files(folder)[:limit]
 
     def load(path):
         try:
-            return resize_for(read_image(path, preprocessing.channels), preprocessing).numpy()
+            image, header = _read_image(path, preprocessing.channels, max_pixels)
         except UnreadableImage as error:
-            return error.reason
+            return error.reason, None
+        return resize_for(image, preprocessing).numpy(), header.orientation
 
-    good_paths, images, bad, total_bytes = [], [], [], 0
+    good_paths, orientations, images, bad, total_bytes = [], [], [], [], 0
     workers = min(8, os.cpu_count() or 1)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for path, result in zip(paths, pool.map(load, paths)):
+        for path, (result, orientation) in zip(paths, pool.map(load, paths)):
             if isinstance(result, str):
                 bad.append((path, result))
                 continue
             good_paths.append(path)
+            orientations.append(orientation)
             total_bytes += result.nbytes
             if total_bytes <= cache_bytes:  # the total only grows: once past, always past
                 images.append(result)
@@ -303,7 +451,7 @@ def folder_domain(folder, preprocessing, strict=False, cache_bytes=DEFAULT_CACHE
     name = name or Path(folder).name
     if images is not None:
         return Domain(name, images=images, bad=bad)
-    return Domain(name, paths=good_paths, bad=bad)
+    return Domain(name, paths=good_paths, bad=bad, orientations=orientations)
 
 
 def reference_folder_domains(
@@ -430,7 +578,12 @@ def _lookup(domain, preprocessing):
         flat = tf.constant(flat)
         return lambda i: tf.reshape(flat[offsets[i] : offsets[i + 1]], shapes[i])
     paths = tf.constant(domain.paths)
-    return lambda i: resize_for(decode_image(tf.io.read_file(paths[i]), preprocessing.channels), preprocessing)
+    orientations = tf.constant(domain.orientations or [1] * len(domain.paths), tf.int32)
+
+    def read(i):
+        return orient(decode_image(tf.io.read_file(paths[i]), preprocessing.channels), orientations[i])
+
+    return lambda i: resize_for(read(i), preprocessing)
 
 
 def unpaired_dataset(

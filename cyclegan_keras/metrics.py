@@ -344,13 +344,10 @@ _GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"
 
 def colour_channels(path):
     """1 for a grayscale file, 3 for colour (alpha aside), from the header only."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as image:
-            return 1 if image.mode in _GRAY_MODES else 3
-    except Exception:
-        return 3  # unreadable: decoding reports it with its reason
+        return 1 if data.read_header(path).mode in _GRAY_MODES else 3
+    except data.UnreadableImage:
+        return 3  # decoding reports it with its reason
 
 
 def set_channels(paths):

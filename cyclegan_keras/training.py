@@ -144,7 +144,8 @@ def _first(domain, limit):
         return domain
     if domain.images is not None:
         return data.Domain(domain.name, images=domain.images[:limit], bad=domain.bad)
-    return data.Domain(domain.name, paths=domain.paths[:limit], bad=domain.bad)
+    orientations = domain.orientations and domain.orientations[:limit]
+    return data.Domain(domain.name, paths=domain.paths[:limit], bad=domain.bad, orientations=orientations)
 
 
 # -- The run ------------------------------------------------------------------------
