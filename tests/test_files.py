@@ -118,13 +118,13 @@ def test_a_held_folder_refuses_a_second_writer_and_a_dead_holder_is_taken_over(t
     assert not lock.path.exists()  # released: removed
 
     # A holder killed with SIGKILL: the kernel drops its flock, its record stays.
-    script = (
-        "import importlib.util, sys, time; "
-        f"spec = importlib.util.spec_from_file_location('files', {str(ROOT / 'cyclegan_keras' / 'files.py')!r}); "
-        "files = importlib.util.module_from_spec(spec); spec.loader.exec_module(files); "
+    script = (  # files.py imports no TensorFlow: this starts in a moment
+        "import sys, time; from cyclegan_keras import files; "
         "lock = files.exclusive(sys.argv[1]); lock.__enter__(); print('held', flush=True); time.sleep(60)"
     )
-    holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "w")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "w")], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(files.FolderInUse, match=f"pid {holder.pid} "):
         with files.exclusive(tmp_path / "w"):
