@@ -182,12 +182,14 @@ def append_text(path: str | os.PathLike, text: str) -> Path:
 def remove_partials(folder: str | os.PathLike) -> list[Path]:
     """Deletes what killed writers left in `folder` (not recursive): `replace_atomically`'s temporary files.
 
-    Only safe while holding the folder's lock (`exclusive`).
+    Only safe while holding the folder's lock (`exclusive`). Folders are
+    left alone (an export's hidden staging folder has its own lock).
     """
     removed = []
     for path in Path(folder).glob(".*.partial*"):
-        _remove(path)
-        removed.append(path)
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+            removed.append(path)
     return removed
 
 

@@ -164,6 +164,21 @@ def test_a_second_train_on_a_held_workdir_exits_2_and_writes_nothing(tmp_path, d
     assert line.startswith(f"error: argument --workdir: {workdir} is in use by pid {os.getpid()} on host ")
 
 
+def test_taking_over_from_a_killed_run_clears_its_partial_files(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / ".lock").write_text(json.dumps({"pid": 4321, "host": "gone", "since": "yesterday"}))
+    left = [files.partial_path(workdir / "checkpoints" / "ckpt-epoch0001-step0000002.keras")]
+    left.append(files.partial_path(workdir / "model.keras"))
+    for path in left:
+        path.write_bytes(b"half a zip")
+    kept = workdir / "checkpoints" / "ckpt-epoch0001-step0000000.keras"
+    kept.write_bytes(b"a whole checkpoint")
+    with training._one_writer(workdir):
+        assert not any(path.exists() for path in left) and kept.exists()
+    assert "note: " + str(workdir) + " was held by pid 4321 on host gone since yesterday" in capsys.readouterr().out
+
+
 # -- A full disk: a real small file system, or ENOSPC injected ----------------------
 
 
