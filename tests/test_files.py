@@ -164,6 +164,22 @@ def test_a_second_train_on_a_held_workdir_exits_2_and_writes_nothing(tmp_path, d
     assert line.startswith(f"error: argument --workdir: {workdir} is in use by pid {os.getpid()} on host ")
 
 
+def test_a_second_translate_or_export_into_a_busy_out_exits_2(tmp_path, model_file, capsys, rng):
+    # Two exports publishing into one OUT would mix their files (one's report, the other's model).
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    for module, argv, lock in (
+        (translate_cli, ["--input", tmp_path / "a.png"], out / ".cyclegan_keras.lock"),
+        (export_cli, ["--format", "saved_model", "--sample-size", 16], out / ".out.lock"),
+    ):
+        with files.exclusive(lock.parent, lock.name):
+            code, output = run(module, ["--model", model_file, "--out", out, *argv], capsys)
+            assert sorted(p.name for p in out.iterdir()) == [lock.name]
+        assert code == 2, output
+        (line,) = error_lines(output)
+        assert line.startswith(f"error: argument --out: {out} is in use by pid {os.getpid()} on host "), line
+
+
 def test_taking_over_from_a_killed_run_clears_its_partial_files(tmp_path, capsys):
     workdir = tmp_path / "run"
     (workdir / "checkpoints").mkdir(parents=True)
