@@ -6,17 +6,17 @@ Each takes its inputs as arguments and works with any fit()."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from cyclegan_keras import metrics
+from cyclegan_keras import files, metrics
 from cyclegan_keras.config import LR_POLICIES
 
 
@@ -193,21 +193,39 @@ class StepTimer(keras.callbacks.Callback):
             logs["seconds_per_step"] = self.total / self.count
 
 
-class CSVLog(keras.callbacks.CSVLogger):
-    """Keras's `CSVLogger` without the empty `val_*` columns it adds when there is no validation.
+class CSVLog(keras.callbacks.Callback):
+    """The epoch logs as a CSV file, one row appended at each epoch end.
 
-    The columns are the first epoch's log keys plus `extra_columns` (for
-    values logged only at some epochs).
+    Keras's `CSVLogger` (columns `epoch` and the first epoch's log keys,
+    sorted) without the empty `val_*` columns it adds when there is no
+    validation, plus `extra_columns` (for values logged only at some
+    epochs). A row is appended whole or not at all (`files.append_text`),
+    so a full disk never leaves half a row.
     """
 
     def __init__(self, filename, separator=",", append=False, extra_columns=()):
-        super().__init__(filename, separator=separator, append=append)
+        super().__init__()
+        self.filename = Path(filename)
+        self.separator = separator
+        self.append = append
         self.extra_columns = tuple(extra_columns)
+        self.keys = None
+
+    def on_train_begin(self, logs=None):
+        self.keys = None
+        if not self.append:
+            self.filename.unlink(missing_ok=True)
 
     def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
         if self.keys is None:
-            self.keys = sorted({*(logs or {}), *self.extra_columns})
-        super().on_epoch_end(epoch, logs)
+            self.keys = sorted({*logs, *self.extra_columns})
+        text = io.StringIO()
+        writer = csv.writer(text, delimiter=self.separator, lineterminator="\r\n")  # as csv.excel, Keras's
+        if not self.filename.exists() or self.filename.stat().st_size == 0:
+            writer.writerow(["epoch", *self.keys])
+        writer.writerow([epoch, *(logs.get(key, "NA") for key in self.keys)])
+        files.append_text(self.filename, text.getvalue())
 
 
 def _optimizers(model):
@@ -319,8 +337,7 @@ class ImageSnapshot(keras.callbacks.Callback):
                 if r == 0:
                     axes.text(2, 10, self.COLUMNS[c], color="white", fontsize=7, backgroundcolor="black")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / f"{name}.png"
-        figure.savefig(path, dpi=dpi)
+        path = files.replace_atomically(self.out_dir / f"{name}.png", lambda partial: figure.savefig(partial, dpi=dpi))
         self._to_tensorboard(rows, name)
         return path
 
@@ -537,7 +554,7 @@ class Evaluation(keras.callbacks.Callback):
             if not (value < best if self.monitor == "fid" else value > best):
                 return
         self.best_path.parent.mkdir(parents=True, exist_ok=True)
-        replace_atomically(self.best_path, self.model.save)
+        files.replace_atomically(self.best_path, self.model.save, size=_size_or_none(self.best_path))
         record = {
             "epoch": epoch,
             "metric": self.monitor,
@@ -546,8 +563,7 @@ class Evaluation(keras.callbacks.Callback):
             "baseline": self.baseline,
             "basis": self._basis(),
         }
-        text = json.dumps(metrics.finite_or_str(record), indent=2) + "\n"
-        replace_atomically(self._record_path(), lambda path: path.write_text(text))
+        files.write_text(self._record_path(), json.dumps(metrics.finite_or_str(record), indent=2) + "\n")
         self.best = metrics.finite_or_str(record)
 
     def on_train_end(self, logs=None):
@@ -587,7 +603,7 @@ def plot_losses(csv_path: str | os.PathLike, png_path: str | os.PathLike) -> str
         axes.set_xlabel("epoch")
         axes.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(png_path)
+    files.replace_atomically(png_path, figure.savefig)
     return png_path
 
 
@@ -659,25 +675,16 @@ class Checkpoint(keras.callbacks.Callback):
         self.directory.mkdir(parents=True, exist_ok=True)
         previous = self.latest(self.directory)
         name = f"ckpt-epoch{epoch:04d}-step{step:07d}.keras"
-        replace_atomically(self.directory / name, self.model.save)
-        state = json.dumps({"epoch": epoch, "step": step, "file": name})
-        replace_atomically(self.directory / self.STATE, lambda path: path.write_text(state))
+        # The previous checkpoint's size is what this one needs (named if the disk is full).
+        size = _size_or_none(previous[0]) if previous else None
+        files.replace_atomically(self.directory / name, self.model.save, size=size)
+        files.write_text(self.directory / self.STATE, json.dumps({"epoch": epoch, "step": step, "file": name}))
         if previous is not None and previous[0].name != name and previous[0].exists():
             previous[0].unlink()
 
 
-def replace_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Writes `path` by `write(temporary_path)` and then one `os.replace`.
-
-    A kill at any moment leaves either the old file or the new one, never a
-    part of one. The temporary name keeps the suffix (`.keras` files must
-    end in `.keras`).
-    """
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial{path.suffix}")
-    write(partial)
-    os.replace(partial, path)
-    return path
+def _size_or_none(path):
+    return Path(path).stat().st_size if Path(path).is_file() else None
 
 
 def _finite(logs):

@@ -48,7 +48,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cyclegan_keras import networks
+from cyclegan_keras import files, networks
 from cyclegan_keras.config import SERVING_MAX_PIXELS
 from cyclegan_keras.model import padded_call
 
@@ -447,9 +447,13 @@ def export(
     the report gives its PSNR against float32.
 
     Everything is written to a hidden folder beside `out_dir` and moved into
-    `out_dir` only once verified, so a failure leaves `out_dir` as it was
-    (absent if it was). Into an existing `out_dir` only this function's own
-    files are replaced (`saved_model/1`, not other versions beside it).
+    `out_dir` only once verified, so a failure (a full disk included)
+    leaves `out_dir` as it was (absent if it was). Into an existing
+    `out_dir` only this function's own files are replaced (`saved_model/1`,
+    not other versions beside it), and only those an earlier export wrote
+    and nobody changed since (`files.Manifest`): a user's own
+    `export_report.json` there stops the export before any work. One export
+    writes an `out_dir` at a time (a lock beside the hidden folder).
 
     Args:
         generator: `keras.Model`, e.g. `CycleGAN.generator("a2b")`.
@@ -474,6 +478,10 @@ def export(
     Raises:
         ExportError: a float32 export differs from Keras by more than 1e-4,
             or an artifact does not load and run.
+        files.ForeignFile: an output name is taken by a file this package
+            did not write.
+        files.FolderInUse: another export is writing `out_dir`.
+        files.DiskFull: the disk filled (the hidden folder is removed).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}. Received: precision={precision!r}")
@@ -489,16 +497,29 @@ def export(
         raise ValueError(f"out_dir must be a folder. Received a file: {out_dir}")
     # Beside or inside out_dir, so the final moves stay on one file system.
     parent = out_dir if out_dir.is_dir() else _existing_ancestor(out_dir)
-    stage = parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    stage.mkdir()
-    try:
-        report, written = _export_into(
-            stage, generator, formats, variants, representative, samples, save_generator, precision, max_pixels
-        )
-        _publish(stage, out_dir, written)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    with files.exclusive(parent, f".{out_dir.name}.lock"):
+        if out_dir.is_dir():
+            files.Manifest(out_dir).check(_outputs(formats, variants, save_generator))
+        stage = parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        stage.mkdir()
+        try:
+            with files.removed_on_error(out_dir, stage):
+                report = _export_into(
+                    stage, generator, formats, variants, representative, samples, save_generator, precision, max_pixels
+                )
+            _publish(stage, out_dir, _outputs(formats, variants, save_generator))
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
     return report
+
+
+def _outputs(formats, variants, save_generator):
+    """What `export` writes in OUT, relative to it."""
+    names = ["reference.npz", "artifacts.json", "export_report.json"]
+    names += ["generator.keras"] if save_generator else []
+    names += ["saved_model/1"] if "saved_model" in formats else []
+    names += [f"generator_{variant}.tflite" for variant in variants] if "tflite" in formats else []
+    return names
 
 
 def _existing_ancestor(path):
@@ -509,11 +530,18 @@ def _existing_ancestor(path):
 
 
 def _publish(stage, out_dir, written):
-    """Moves `written` (paths relative to `stage`) into `out_dir`, replacing what they replace."""
+    """Moves `written` (paths relative to `stage`) into `out_dir`, replacing what they replace.
+
+    Recorded in `out_dir`'s manifest: pending before the first move, with
+    their fingerprints after the last.
+    """
     if not out_dir.exists():
+        files.Manifest(stage).finish(written)  # moving the folder keeps every file's size and time
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         os.replace(stage, out_dir)
         return
+    manifest = files.Manifest(out_dir)
+    manifest.begin(written)
     for relative in written:
         source, target = stage / relative, out_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -522,13 +550,13 @@ def _publish(stage, out_dir, written):
         elif target.exists() or target.is_symlink():
             target.unlink()
         os.replace(source, target)
+    manifest.finish(written)
 
 
 def _export_into(out_dir, generator, formats, variants, representative, samples, save_generator, precision, max_pixels):
-    artifacts, written = [], ["reference.npz", "artifacts.json", "export_report.json"]
+    artifacts = []
     if save_generator:
         generator.save(out_dir / "generator.keras")
-        written.append("generator.keras")
     generator = networks.with_precision(generator, "float32")  # as trained, mixed or not
     if "saved_model" in formats:
         served = generator if precision == "float32" else networks.with_precision(generator, "mixed_bfloat16")
@@ -545,7 +573,6 @@ def _export_into(out_dir, generator, formats, variants, representative, samples,
             for variant in variants:
                 path = _convert_tflite(source, out_dir / f"generator_{variant}.tflite", variant, calibration)
                 artifacts.append({"format": "tflite", "variant": variant, "path": path.name})
-    written += [artifact["path"] for artifact in artifacts]
     keras_fn = padded_call(generator)
     references, keras_seconds = [], []
     for image in samples:
@@ -584,7 +611,7 @@ def _export_into(out_dir, generator, formats, variants, representative, samples,
             failures.append(f"{artifact['path']}: max abs error {error:.2e} > {FLOAT32_TOLERANCE}")
     if failures:
         raise ExportError("Export verification failed: " + "; ".join(failures))
-    return report, written
+    return report
 
 
 def evaluate_artifacts(

@@ -2,7 +2,8 @@
 
 `translate_files` streams: it reads, translates and writes a batch at a time,
 so memory does not grow with the number of files. It never writes over an
-input nor over another output of the same run.
+input, nor over another output of the same run, nor over a file in the
+output folder that it did not write (`files.Manifest`).
 """
 
 import glob
@@ -16,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cyclegan_keras import data
+from cyclegan_keras import data, files
 from cyclegan_keras.model import DIRECTIONS, CycleGAN, padded_generator, translate_images
 
 INFERENCE_PREPROCESS = ("none", "resize")
@@ -28,7 +29,11 @@ class ModelLoadError(ValueError):
 
 
 class OutputConflict(ValueError):
-    """Writing the outputs would overwrite an input or mix with the originals."""
+    """Writing the outputs would overwrite an input, mix with the originals or replace a user's file."""
+
+
+# In OUT while a translation writes it, so that two never write one folder at once.
+LOCK = ".cyclegan_keras.lock"
 
 
 def load_generator(path, direction="a2b"):
@@ -161,11 +166,12 @@ def plan_outputs(spec, out_dir):
 
     Refused (`OutputConflict`): `out_dir` equal to or inside a folder given
     as `spec` (translations would mix with the originals, and a second run
-    would read them as inputs); any output path that is an input file; and,
-    when `out_dir` holds input files, any output path that already exists
-    (it may be an original that the pattern did not match). Outputs cannot
-    collide in any other case, e.g. `--input 'photos/*.jpg' --out photos/`
-    adds PNGs beside the JPEGs.
+    would read them as inputs); any output path that is an input file; and
+    any output path (`<name>.png`, `inputs/<name>.png`, `index.html`) that
+    already exists but was not written by an earlier translation into
+    `out_dir`, or was changed since (`files.Manifest`): it is the user's.
+    So `--input 'photos/*.jpg' --out photos/` adds PNGs beside the JPEGs,
+    and running the same command again replaces its own outputs.
     """
     paths, root = resolve_inputs(spec)
     out = Path(os.path.realpath(out_dir))
@@ -177,18 +183,25 @@ def plan_outputs(spec, out_dir):
                 "and be read as inputs next time; choose a folder outside it"
             )
     names = output_names(paths, root)
-    targets = [out / "index.html"] + [folder / f"{n}.png" for n in names for folder in (out, out / "inputs")]
-    targets = [Path(os.path.realpath(t)) for t in targets]
+    relatives = _output_files(names)
     inputs = {Path(os.path.realpath(p)) for p in paths}
-    for target in targets:
+    for relative in relatives:
+        target = Path(os.path.realpath(out / relative))
         if target in inputs:
             raise OutputConflict(f"writing into {out_dir} would overwrite the input {target}; choose another folder")
-    input_folders = {p.parent for p in inputs}
-    if out in input_folders or out / "inputs" in input_folders:
-        for target in targets:
-            if target.exists():
-                raise OutputConflict(f"{out_dir} holds input images and {target} already exists; choose another folder")
+    try:
+        files.Manifest(out).check(relatives)
+    except files.ForeignFile as error:
+        raise OutputConflict(
+            f"{error.path} already exists and is not a translation this tool wrote there (or was changed "
+            "since); move it away or choose another folder"
+        ) from None
     return list(zip(paths, names))
+
+
+def _output_files(names):
+    """The files a translation writes in OUT, relative to it."""
+    return ["index.html", *(f"{folder}{n}.png" for n in names for folder in ("", "inputs/"))]
 
 
 def translate_files(
@@ -200,9 +213,10 @@ def translate_files(
     same size, and translates and writes a batch when it is full or the next
     image has another size, so at most `batch_size` decoded images are held.
     Writes `OUT/<name>.png` (see `output_names`), `OUT/inputs/<name>.png`
-    (the preprocessed input) and an `OUT/index.html` gallery. Nothing is
-    written before the first image is translated; unreadable files are
-    skipped and returned.
+    (the preprocessed input) and an `OUT/index.html` gallery, each
+    atomically, and lists them in `OUT/.cyclegan_keras_manifest.json`.
+    Holds `OUT/.cyclegan_keras.lock` meanwhile. No image is written before
+    the first one is translated; unreadable files are skipped and returned.
 
     Args:
         generator: `keras.Model`, e.g. from `load_generator`.
@@ -219,14 +233,27 @@ def translate_files(
         the files skipped.
 
     Raises:
-        OutputConflict: an output would overwrite an input.
+        OutputConflict: an output would overwrite an input or a user's file.
+        files.FolderInUse: another process is writing `out_dir`.
+        files.DiskFull: the disk filled (the file being written is removed).
         data.DataError: no input image could be decoded (nothing is written).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
     check_preprocess(preprocess, load_size)
-    plan = plan_outputs(spec, out_dir)
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
+    try:
+        with files.exclusive(out_dir, LOCK):
+            return _translate_files(generator, spec, out_dir, batch_size, preprocess, load_size, verbose)
+    finally:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+
+
+def _translate_files(generator, spec, out_dir, batch_size, preprocess, load_size, verbose):
+    plan = plan_outputs(spec, out_dir)
+    manifest = files.Manifest(out_dir)
     channels = generator.input_shape[-1]
     fn = padded_generator(generator)
     progress = keras.utils.Progbar(len(plan), unit_name="image") if verbose else None
@@ -235,6 +262,8 @@ def translate_files(
     def flush():
         if not batch:
             return
+        if not written:
+            manifest.begin(_output_files([name for _, name in plan]))
         (out_dir / "inputs").mkdir(parents=True, exist_ok=True)
         inputs = np.stack([image for _, image in batch]).astype("float32") / 127.5 - 1.0
         outputs = translate_images(generator, inputs, batch_size, fn)
@@ -261,13 +290,13 @@ def translate_files(
         first = f" ({bad[0][0]}: {bad[0][1]})" if bad else ""
         raise data.DataError(f"None of the {len(plan)} image file(s) of {spec} could be decoded{first}")
     _write_gallery(out_dir, [p.stem for p in written])
+    manifest.finish(_output_files([name for _, name in plan]))
     return written, bad
 
 
 def _write_png(path, image):
     pixels = np.clip(np.round((np.asarray(image) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    tf.io.write_file(str(path), tf.io.encode_png(pixels))
-    return Path(path)
+    return files.write_bytes(path, tf.io.encode_png(pixels).numpy())
 
 
 def _url(name):
@@ -279,10 +308,11 @@ def _write_gallery(out_dir, names):
         f'<tr><td>{html.escape(n)}</td><td><img src="inputs/{_url(n)}.png"></td><td><img src="{_url(n)}.png"></td></tr>'
         for n in names
     )
-    (Path(out_dir) / "index.html").write_text(
+    files.write_text(
+        Path(out_dir) / "index.html",
         "<!doctype html><html><head><meta charset='utf-8'><title>CycleGAN translations</title>"
         "<style>img{max-width:384px}td{padding:4px;vertical-align:top}</style></head><body>"
-        f"<table><tr><th>name</th><th>input</th><th>output</th></tr>\n{rows}\n</table></body></html>\n"
+        f"<table><tr><th>name</th><th>input</th><th>output</th></tr>\n{rows}\n</table></body></html>\n",
     )
 
 

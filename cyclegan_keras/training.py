@@ -12,11 +12,14 @@ holds everything a run produces and needs to resume:
     WORKDIR/model.keras        the trained CycleGAN
     WORKDIR/best.keras         with --eval-every: the best model by FID (see
                                callbacks.Evaluation), best.json its scores
+    WORKDIR/.lock              while a run writes it: the lock that keeps a
+                               second run out (see files.exclusive)
 
-Running the same command again after a crash resumes from the last
-checkpoint; a finished run is not trained again.
+Running the same command again after a crash, or after a full disk stopped
+it, resumes from the last checkpoint; a finished run is not trained again.
 """
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -29,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan_keras import callbacks as cb
-from cyclegan_keras import data, distribute, networks
+from cyclegan_keras import data, distribute, files, networks
 from cyclegan_keras.config import (  # noqa: F401  (re-exported: training is where users look)
     LEGACY_DIRECTIONS,
     SYNTHETIC_DEFAULTS,
@@ -202,8 +205,7 @@ def check_workdir(config, workdir, write=True):
             print(f"Resuming with {key} changed: {found.get(key)!r} -> {wanted.get(key)!r}")
     if write:
         workdir.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(wanted, indent=2) + "\n"
-        cb.replace_atomically(path, lambda partial: partial.write_text(text))
+        files.write_text(path, json.dumps(wanted, indent=2) + "\n")
 
 
 def _upgrade(found):
@@ -233,10 +235,13 @@ def make_strategy(config):
 def train(config, workdir, verbose=1, strategy=None):
     """Trains a CycleGAN as `config` says, resuming from `workdir` if it can.
 
-    Under a multi-worker strategy every worker runs this with the same
-    arguments; the chief writes `workdir`, the others write to a temporary
-    folder that they delete, and all resume from the chief's checkpoints
-    (so `workdir` must be on storage that every worker can read).
+    One process writes a work directory at a time: the run holds
+    `WORKDIR/.lock` throughout (see `files.exclusive`). Under a
+    multi-worker strategy every worker runs this with the same arguments;
+    the chief holds the lock and writes `workdir`, the others write to a
+    temporary folder that they delete, and all resume from the chief's
+    checkpoints (so `workdir` must be on storage that every worker can
+    read).
 
     Args:
         config: `TrainConfig`.
@@ -250,6 +255,11 @@ def train(config, workdir, verbose=1, strategy=None):
 
     Raises:
         ConfigError, data.DataError: before any training, for bad settings or data.
+        files.FolderInUse: another process is training into `workdir`
+            (nothing is written).
+        files.DiskFull: a write found the disk full (its partial file is
+            removed, the last good checkpoint kept); the message says how
+            to resume.
         TrainingError: a loss became NaN or infinite (the last good
             checkpoint is kept).
     """
@@ -261,10 +271,35 @@ def train(config, workdir, verbose=1, strategy=None):
         raise ConfigError(f"--workdir {workdir} is a file, not a folder")
     run_dir = workdir if chief else Path(tempfile.mkdtemp(prefix="cyclegan-worker-"))
     try:
-        return _train(config, workdir, run_dir, strategy, verbose)
+        with _one_writer(workdir) if chief else contextlib.nullcontext():
+            return _train(config, workdir, run_dir, strategy, verbose)
+    except files.DiskFull as error:
+        raise error.rerun(_resume_hint(workdir)) from None
     finally:
         if not chief:
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _one_writer(workdir):
+    """Holds WORKDIR/.lock for the block; clears what a killed holder left half-written."""
+    with files.exclusive(workdir) as lock:
+        if lock.unsupported:
+            print(f"warning: {lock.unsupported}: nothing stops a second run writing here at the same time")
+        else:
+            if lock.stale:
+                holder = files.describe(lock.stale)
+                print(f"note: {workdir} was held by {holder}, which ended without releasing it; taken over")
+            for folder in (workdir, workdir / "checkpoints"):
+                files.remove_partials(folder)
+        yield
+
+
+def _resume_hint(workdir):
+    kept = cb.Checkpoint.latest(Path(workdir) / "checkpoints")
+    if kept:
+        return f"run the same command to resume (from the last checkpoint: epoch {kept[1] + 1}, step {kept[2]})"
+    return "run the same command to start again (no checkpoint was written yet)"
 
 
 def _strategy_name(strategy):
@@ -293,7 +328,7 @@ def _train(config, workdir, run_dir, strategy, verbose):
     report = data.report_bad_files([domain_a, domain_b])
     if report:
         print(report)
-        (run_dir / "bad_files.txt").write_text(report + "\n")
+        files.write_text(run_dir / "bad_files.txt", report + "\n")
     test_split = load_domains(config, "test")
     test_domains = test_split or (domain_a, domain_b)
     count = min(config.snapshot_count, len(test_domains[0]), len(test_domains[1]))
@@ -423,12 +458,7 @@ def _train(config, workdir, run_dir, strategy, verbose):
                 shuffle=False,
             )
     except KeyboardInterrupt:
-        kept = cb.Checkpoint.latest(workdir / "checkpoints")
-        resume = (
-            f"run the same command to resume (from the last checkpoint: epoch {kept[1] + 1}, step {kept[2]})"
-            if kept
-            else "run the same command to start again (no checkpoint was written yet)"
-        )
+        resume = _resume_hint(workdir)
         raise TrainingInterrupted(f"stopped at epoch {position.epoch + 1} step {position.step}; {resume}") from None
     if stop_on_non_finite.error:
         kept = cb.Checkpoint.latest(workdir / "checkpoints")
@@ -439,7 +469,9 @@ def _train(config, workdir, run_dir, strategy, verbose):
             else "No checkpoint was written before it: lower --lr or check the data and run again."
         )
         raise TrainingError(f"Training stopped: {stop_on_non_finite.error}. {where}")
-    cb.replace_atomically(run_dir / "model.keras", model.save)
+    kept = cb.Checkpoint.latest(run_dir / "checkpoints")
+    size = kept[0].stat().st_size if kept and kept[0].exists() else None  # what the final model needs too
+    files.replace_atomically(run_dir / "model.keras", model.save, size=size)
     # The last checkpoint holds what model.keras holds: drop it (the state
     # file first, so no state ever names a missing file). A finished run is
     # recognised by model.keras.

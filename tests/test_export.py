@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cyclegan_keras import export, networks
+from cyclegan_keras import export, files, networks
 from cyclegan_keras.cli import export as export_cli
 from cyclegan_keras.model import translate_images
 
@@ -156,11 +156,13 @@ def test_a_failed_export_leaves_the_output_folder_as_it_was(tmp_path, generator,
         if out.name == "existing":
             (out / "saved_model" / "1").mkdir(parents=True)
             (out / "saved_model" / "1" / "saved_model.pb").write_text("the previous export")
+            files.Manifest(out).finish(["saved_model/1"])  # as that export recorded it
         with pytest.raises(export.ExportError, match="verification failed"):
             export.export(generator, out, ("saved_model",), samples=samples, save_generator=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]  # no new/, no staging folder
     assert [str(p.relative_to(tmp_path)) for p in sorted(tmp_path.rglob("*")) if p.is_file()] == [
-        "existing/saved_model/1/saved_model.pb"
+        f"existing/{files.Manifest.NAME}",
+        "existing/saved_model/1/saved_model.pb",
     ]
     assert (tmp_path / "existing" / "saved_model" / "1" / "saved_model.pb").read_text() == "the previous export"
 
@@ -176,6 +178,7 @@ def test_cli_exports_a_trained_cyclegan(tmp_path, capsys):
     (tmp_path / "out" / "saved_model" / "2" / "keep.txt").write_text("version 2")
     (tmp_path / "out" / "saved_model" / "1").mkdir()
     (tmp_path / "out" / "saved_model" / "1" / "stale.txt").write_text("old version 1")
+    files.Manifest(tmp_path / "out").finish(["saved_model/1"])  # written by an earlier export
     folder = tmp_path / "representative"
     folder.mkdir()
     for i in range(3):
@@ -204,4 +207,12 @@ def test_cli_exports_a_trained_cyclegan(tmp_path, capsys):
     assert report["samples"] == [[32, 32, 3], [32, 32, 3]]
     assert (tmp_path / "out" / "saved_model" / "2" / "keep.txt").read_text() == "version 2"
     assert not (tmp_path / "out" / "saved_model" / "1" / "stale.txt").exists()
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no staging folder left
+    hidden = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+    assert hidden == [files.Manifest.NAME]  # no staging folder, no lock left
+    # The same command again may replace these files (export checks this before any work) ...
+    outputs = export._outputs(("saved_model", "tflite"), ("int8",), save_generator=False)
+    files.Manifest(tmp_path / "out").check(outputs)
+    # ... but not once the user changed one.
+    (tmp_path / "out" / "export_report.json").write_text("{}")
+    with pytest.raises(files.ForeignFile, match="export_report.json"):
+        files.Manifest(tmp_path / "out").check(outputs)

@@ -106,17 +106,22 @@ def test_outputs_never_overwrite_inputs(tmp_path, originals, model_file, capsys,
     assert "Traceback" not in output
 
 
-def test_pngs_beside_jpegs_are_allowed_once_but_never_overwrite(originals, model_file, capsys):
+def test_pngs_beside_jpegs_are_allowed_and_replace_only_their_own(originals, model_file, capsys):
     before = fingerprint(originals)
-    code, output = run(["--model", model_file, "--input", f"{originals}/*.jpg", "--out", originals], capsys)
+    argv = ["--model", model_file, "--input", f"{originals}/*.jpg", "--out", originals]
+    code, output = run(argv, capsys)
     assert code == 0 and "Wrote 1 image(s)" in output, output
     after = fingerprint(originals)
     assert {k: after[k] for k in before} == before
-    assert set(after) - set(before) == {"photo.png", "inputs/photo.png", "index.html"}
-    # photo.png now exists beside the inputs: a second run would overwrite it, so it is refused.
-    code, output = run(["--model", model_file, "--input", f"{originals}/*.jpg", "--out", originals], capsys)
-    assert code == 2 and "already exists; choose another folder" in output
-    assert fingerprint(originals) == after
+    assert set(after) - set(before) == {"photo.png", "inputs/photo.png", "index.html", ".cyclegan_keras_manifest.json"}
+    # The same command again replaces what it wrote, and nothing else.
+    assert run(argv, capsys)[0] == 0
+    assert {k: fingerprint(originals)[k] for k in before} == before
+    # A photo.png that is not its own (the user's, or one the user changed) is refused.
+    (originals / "photo.png").write_bytes(b"the user's")
+    code, output = run(argv, capsys)
+    assert code == 2 and f"{originals / 'photo.png'} already exists and is not a translation" in output
+    assert (originals / "photo.png").read_bytes() == b"the user's"
 
 
 def test_translation_streams_with_bounded_memory(tmp_path, monkeypatch, capsys):

@@ -207,19 +207,29 @@ sys.exit(train.main(sys.argv[1:]))
 """
 
 
-def run_train_process(argv, kill_at_step=None):
+def train_process(argv, kill_at_step=None):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     command = [sys.executable, str(ROOT / "train.py")]
     if kill_at_step:
         env["KILL_AT_STEP"] = str(kill_at_step)
         command = [sys.executable, "-c", KILL_AT_STEP]
-    return subprocess.run(command + [str(a) for a in argv], env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(
+        command + [str(a) for a in argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def run_train_process(argv, kill_at_step=None):
+    process = train_process(argv, kill_at_step)
+    stdout, stderr = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path, dataroot):
     # 3 epochs of 8 steps, checkpoints every 2 steps; killed at step 13
     # (epoch 2, step 5): resumes from epoch 2, step 4 and must end with the
-    # same weights as a run that was never interrupted.
+    # same weights as a run that was never interrupted. The killed run is
+    # started twice at the same moment on one work directory (issue 15, 4):
+    # one trains, the other exits 2 at once naming it.
     flags = [
         "--dataroot",
         dataroot,
@@ -235,15 +245,24 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, dataroot):
     straight = run_train_process([*flags, "--workdir", tmp_path / "straight"])
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    killed = run_train_process([*flags, "--workdir", tmp_path / "resumed"], kill_at_step=13)
-    assert killed.returncode == -signal.SIGKILL
+    twins = [train_process([*flags, "--workdir", tmp_path / "resumed"], kill_at_step=13) for _ in range(2)]
+    outputs = [twin.communicate(timeout=600) for twin in twins]
+    codes = sorted(twin.returncode for twin in twins)
+    assert codes == [-signal.SIGKILL, 2], outputs
+    killed = next(twin for twin in twins if twin.returncode == -signal.SIGKILL)
+    refused = [err for twin, (_, err) in zip(twins, outputs) if twin.returncode == 2][0]
+    (line,) = [line for line in refused.splitlines() if line.startswith("error:")]
+    assert f"is in use by pid {killed.pid} on host " in line, refused
     assert not (tmp_path / "resumed" / "model.keras").exists()
+    assert json.loads((tmp_path / "resumed" / ".lock").read_text())["pid"] == killed.pid  # killed: not released
     state = json.loads((tmp_path / "resumed" / "checkpoints" / "checkpoint.json").read_text())
     assert (state["epoch"], state["step"]) == (1, 4)
 
     resumed = run_train_process([*flags, "--workdir", tmp_path / "resumed"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resumed from" in resumed.stdout and "epoch 2, step 4 of 8" in resumed.stdout
+    assert f"was held by pid {killed.pid} on host " in resumed.stdout and "taken over" in resumed.stdout
+    assert not (tmp_path / "resumed" / ".lock").exists()
 
     expected = keras.models.load_model(tmp_path / "straight" / "model.keras")
     actual = keras.models.load_model(tmp_path / "resumed" / "model.keras")

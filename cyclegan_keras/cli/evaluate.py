@@ -16,9 +16,11 @@ the CYCLEGAN_INCEPTION_WEIGHTS variable, or the cache folder
 
 import json
 import sys
+from pathlib import Path
 
-from cyclegan_keras import _env
+from cyclegan_keras import _env, files
 from cyclegan_keras.cli import args as cli_args
+from cyclegan_keras.cli import full_disk_exits_1
 
 RESIZE_MODES = ("pytorch-fid", "clean")  # cyclegan_keras.fid_inception.RESIZE_MODES, without importing TF
 
@@ -66,7 +68,11 @@ def parser():
     result.add_argument(
         "--kid-subset-size", type=cli_args.IntRange(2), default=1000, help="KID subset size, >= 2 (default: 1000)"
     )
-    result.add_argument("--json", type=cli_args.output_file, help="write the scores and settings to this JSON file")
+    result.add_argument(
+        "--json",
+        type=cli_args.output_file,
+        help="write the scores and settings to this JSON file (never over a file evaluate.py did not write)",
+    )
     result.add_argument("--quiet", action="store_true", help="no progress bars")
     return result
 
@@ -81,12 +87,20 @@ def check_args(args):
     return None
 
 
+@full_disk_exits_1
 def main(argv=None):
     args = parser().parse_args(argv)
     problem = check_args(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if args.json:
+        manifest = files.Manifest(Path(args.json).parent)
+        try:
+            manifest.check([Path(args.json).name])
+        except files.ForeignFile as error:
+            print(f"error: argument --json: {error}", file=sys.stderr)
+            return 2
     _env.import_tensorflow()
     from cyclegan_keras import convert, data, fid_inception, metrics
 
@@ -108,12 +122,7 @@ def main(argv=None):
         print(note)
     print(format_table(scores))
     if args.json:
-        from pathlib import Path
-
-        from cyclegan_keras.callbacks import replace_atomically
-
-        text = json.dumps(metrics.finite_or_str(scores), indent=2) + "\n"
-        replace_atomically(args.json, lambda path: Path(path).write_text(text))
+        manifest.write_text(Path(args.json).name, json.dumps(metrics.finite_or_str(scores), indent=2) + "\n")
         print(f"Wrote {args.json}")
     return 0
 
@@ -122,8 +131,6 @@ def _flag_holding(path, args):
     """The folder flag (`--fake`, `--input`, ...) whose folder holds `path`, or None."""
     if path is None:
         return None
-    from pathlib import Path
-
     for name in ("fake", "input", "real", "truth"):
         folder = getattr(args, name)
         if folder and Path(path).resolve().is_relative_to(Path(folder).resolve()):

@@ -25,8 +25,9 @@ computed.
 import os
 import sys
 
-from cyclegan_keras import _env
+from cyclegan_keras import _env, files
 from cyclegan_keras.cli import args as cli_args
+from cyclegan_keras.cli import full_disk_exits_1
 from cyclegan_keras.config import SERVING_MAX_PIXELS
 
 QUANTIZATIONS = {"none": "float32", "float16": "float16", "dynamic": "dynamic", "int8": "int8"}
@@ -111,6 +112,7 @@ def load_representative(folder, channels, size):
     return list(data.domain_images(domain, preprocessing, count=64))
 
 
+@full_disk_exits_1
 def main(argv=None):
     cli = parser()
     args = cli.parse_args(argv)
@@ -165,6 +167,8 @@ def main(argv=None):
     except export.ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except (files.ForeignFile, files.FolderInUse) as error:
+        cli.error(f"argument --out: {error}")
     print(f"{'artifact':34} {'max abs err':>11} {'PSNR dB':>8} {'MB':>7} {'ms/image':>9}  float ops")
     for artifact in report["artifacts"]:
         label = (
@@ -220,18 +224,15 @@ def prepare_evaluation(cli, args, generator):
 def evaluate(args, generator, report, report_path, input_paths, real_paths, features):
     """Scores every artifact (export.evaluate_artifacts), prints the table, rewrites the report."""
     import json
-    from pathlib import Path
 
     from cyclegan_keras import data, export, metrics
-    from cyclegan_keras.callbacks import replace_atomically
 
     try:
         export.evaluate_artifacts(generator, args.out, report, input_paths, real_paths, features)
     except (data.DataError, metrics.MetricError) as error:
         print(f"error: scoring the exports: {error} (the export itself is complete in {args.out})", file=sys.stderr)
         return 1
-    text = json.dumps(report, indent=2) + "\n"
-    replace_atomically(report_path, lambda path: Path(path).write_text(text))
+    files.Manifest(args.out).write_text("export_report.json", json.dumps(report, indent=2) + "\n")
     print(format_evaluation(report))
     return 0
 

@@ -13,9 +13,10 @@ import dataclasses
 import os
 import sys
 
-from cyclegan_keras import _env
+from cyclegan_keras import _env, files
 from cyclegan_keras import config as config_module
 from cyclegan_keras.cli import args as cli_args
+from cyclegan_keras.cli import full_disk_exits_1
 
 INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)
 # Path checks by `setting(kind=...)`.
@@ -68,6 +69,7 @@ def parser():
     return result
 
 
+@full_disk_exits_1
 def main(argv=None):
     try:
         args = vars(parser().parse_args(argv))
@@ -83,6 +85,9 @@ def main(argv=None):
                 workdir = os.path.join("runs", os.path.basename(os.path.normpath(source)))
             # One line per epoch when the output is a file or a pipe: no bars, no carriage returns.
             train(config, workdir, verbose=1 if sys.stdout.isatty() else 2)
+        except files.FolderInUse as error:
+            print(f"error: argument --workdir: {error}", file=sys.stderr)
+            return 2
         except (ConfigError, DataError, TrainingError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1 if isinstance(error, TrainingError) else 2

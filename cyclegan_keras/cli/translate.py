@@ -8,14 +8,18 @@ By default each image is translated at its own size and aspect ratio
 (--preprocess none). --preprocess resize is the reference's test.py: every
 image resized to --load-size square (256), outputs that size. OUT/index.html
 shows input | output. --out never overwrites an input: it may not be inside
-an --input folder, and clashing names get _1, _2, ... suffixes.
+an --input folder, and clashing names get _1, _2, ... suffixes. Nor does it
+replace a file in --out that it did not write: the command refuses, naming
+the file (OUT/.cyclegan_keras_manifest.json lists what it wrote, which a
+rerun may replace).
 """
 
 import os
 import sys
 
-from cyclegan_keras import _env
+from cyclegan_keras import _env, files
 from cyclegan_keras.cli import args as cli_args
+from cyclegan_keras.cli import full_disk_exits_1
 
 DEFAULT_LOAD_SIZE = 256  # cyclegan_keras.inference.DEFAULT_LOAD_SIZE, without importing TensorFlow
 
@@ -64,6 +68,7 @@ def parser():
     return result
 
 
+@full_disk_exits_1
 def main(argv=None):
     cli = parser()
     args = cli.parse_args(argv)
@@ -97,6 +102,8 @@ def main(argv=None):
         )
     except DataError as error:
         cli.error(f"argument --input: {error}")
+    except (OutputConflict, files.FolderInUse) as error:  # found again once --out is locked
+        cli.error(f"argument --out: {error}")
     for path, reason in bad:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     print(f"Wrote {len(written)} image(s) and {os.path.join(args.out, 'index.html')}")
