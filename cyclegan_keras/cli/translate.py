@@ -9,6 +9,11 @@ By default each image is translated at its own size and aspect ratio
 image resized to --load-size square (256), outputs that size. OUT/index.html
 shows input | output. --out never overwrites an input: it may not be inside
 an --input folder, and clashing names get _1, _2, ... suffixes.
+
+Each translation stays within --max-memory (default: half the memory
+available): images that do not fit whole are translated in overlapping
+tiles with the whole image's normalization statistics; --tile-size 0
+refuses them instead.
 """
 
 import os
@@ -61,6 +66,7 @@ def parser():
         default=None,
         help=f"side of the square with --preprocess resize, >= 1 (default: {DEFAULT_LOAD_SIZE}, the reference's)",
     )
+    cli_args.add_memory_arguments(result)
     return result
 
 
@@ -71,7 +77,15 @@ def main(argv=None):
         cli.error(f"argument --load-size: applies only with --preprocess resize. Received: {args.load_size}")
     _env.import_tensorflow()
     from cyclegan_keras.data import DataError
-    from cyclegan_keras.inference import ModelLoadError, OutputConflict, load_generator, plan_outputs, translate_files
+    from cyclegan_keras.inference import (
+        MemoryBudgetError,
+        ModelLoadError,
+        OutputConflict,
+        check_tiling,
+        load_generator,
+        plan_outputs,
+        translate_files,
+    )
 
     try:
         plan_outputs(args.input, args.out)
@@ -86,6 +100,10 @@ def main(argv=None):
     except ValueError as error:
         cli.error(f"argument --direction: {error}")
     try:
+        check_tiling(generator, args.tile_size, args.tile_overlap)
+    except ValueError as error:
+        cli.error(f"argument --tile-size: {error}")
+    try:
         written, bad = translate_files(
             generator,
             args.input,
@@ -94,7 +112,12 @@ def main(argv=None):
             args.preprocess,
             args.load_size or DEFAULT_LOAD_SIZE,
             verbose=sys.stdout.isatty(),  # no progress bar escapes in logs
+            max_memory=args.max_memory,
+            tile_size=args.tile_size,
+            overlap=args.tile_overlap,
         )
+    except MemoryBudgetError as error:
+        cli.error(f"argument --max-memory: {error}")
     except DataError as error:
         cli.error(f"argument --input: {error}")
     for path, reason in bad:
