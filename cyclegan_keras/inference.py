@@ -12,7 +12,6 @@ import html
 import itertools
 import os
 import urllib.parse
-import weakref
 from pathlib import Path
 
 import keras
@@ -313,11 +312,13 @@ def _write_gallery(out_dir, names):
 
 DEFAULT_MEMORY_FRACTION = 0.5
 # Measured peak allocation per byte of the largest set of tensors alive at once in the
-# generator's graph (oneDNN's reordered copies, the executor's overlap); see `memory_needed`.
+# generator's graph (oneDNN's reordered copies, the executor's overlap): 1.87 at 512x384,
+# 1.99 at 1024x768 for resnet_9blocks/64 (bench/tiled_inference.py --calibrate).
 ALLOCATION_FACTOR = 2.0
-# Whole-image float32 buffers held beside the generator's tensors (input, output, their
-# conversions from and to uint8).
-IMAGE_BUFFERS = 4
+# Whole-image float32 (input + output channels) buffers held beside the generator's
+# tensors: the decoded image, the batch, the padded copy, the blended output and the
+# PNG conversions. 4 fell short by 13% on a tiled 12 MP photo in translate_files.
+IMAGE_BUFFERS = 6
 
 
 class MemoryBudgetError(ValueError):
@@ -518,13 +519,14 @@ class _GivenStatistics(keras.layers.Layer):
         return input_shape
 
 
-_RUNNERS = weakref.WeakKeyDictionary()
-
-
 def _runner(generator):
-    if generator not in _RUNNERS:
-        _RUNNERS[generator] = _Runner(generator)
-    return _RUNNERS[generator]
+    runner = getattr(generator, "_inference_runner", None)
+    if runner is None:
+        runner = _Runner(generator)
+        # Kept on the generator, untracked by Keras (not saved), and freed with it: a
+        # module-level cache would keep every generator alive, as the runner refers to it.
+        object.__setattr__(generator, "_inference_runner", runner)
+    return runner
 
 
 def _round_up(value, multiple):
@@ -557,8 +559,7 @@ def images_per_call(generator, height, width, max_memory, batch_size=None):
 
     At most `batch_size` (if given); 0 when not even one fits whole.
     """
-    one = memory_needed(generator, 1, height, width)
-    count = int(max_memory // one) if one else batch_size or 1
+    count = int(max_memory // memory_needed(generator, 1, height, width))
     return min(count, batch_size) if batch_size else count
 
 
