@@ -111,7 +111,9 @@ def speed_case(megapixels, max_memory):
         path = photo(width, height, Path(folder) / "photo.jpg")
         whole = inference.images_per_call(network, height, width, budget) > 0
         result = {"megapixels": round(width * height / 1e6, 2), "width": width, "height": height}
-        result.update(max_memory=budget, tiled=not whole, estimate_whole=inference.memory_needed(network, 1, height, width))
+        result.update(
+            max_memory=budget, tiled=not whole, estimate_whole=inference.memory_needed(network, 1, height, width)
+        )
         if not whole:
             tiling = inference.plan_tiles(network, height, width, budget)
             result.update(tile=tiling.tile, tiles=len(tiling.rows) * len(tiling.columns), overlap=tiling.overlap)
@@ -205,8 +207,14 @@ def calibrate_case(width, height):
     grown = peak_rss_bytes() - before
     graph = runner.bytes_per_pixel * inference._padded_size(runner, height, width)[0] * width
     images = 4 * 6 * height * width * inference.IMAGE_BUFFERS
-    return {"width": width, "height": height, "rss_growth": grown, "graph_peak_bytes": int(graph),
-            "factor": round((grown - images) / graph, 2), "estimate": inference.memory_needed(network, 1, height, width)}
+    return {
+        "width": width,
+        "height": height,
+        "rss_growth": grown,
+        "graph_peak_bytes": int(graph),
+        "factor": round((grown - images) / graph, 2),
+        "estimate": inference.memory_needed(network, 1, height, width),
+    }
 
 
 def run_case(case, args):

@@ -676,8 +676,8 @@ def _axis_weights(length, tile, offsets, overlap):
 
     On a side it shares with a neighbour, a tile's weight is 0 over its
     outer `overlap / 4` pixels, where its own border padding shows, then
-    rises linearly over `overlap / 2` pixels (cosine or linear made no
-    measurable difference); the weights are then divided by their sum.
+    rises linearly over `overlap / 2` pixels; the weights are then divided
+    by their sum (more than two tiles may share a pixel).
     """
     position = np.arange(tile) + 0.5
     profiles = []

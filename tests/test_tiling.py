@@ -74,7 +74,9 @@ def test_tiles_equal_the_whole_image_under_the_same_statistics(generator):
     runner = inference._runner(generator)
     statistics = inference.recorded_statistics(generator, image)
     overlap = 4 * inference.receptive_radius(generator)
-    tiling = inference.plan_tiles(generator, 200, 248, int(0.85 * inference.memory_needed(generator, 1, 200, 248)), overlap=overlap)
+    tiling = inference.plan_tiles(
+        generator, 200, 248, int(0.85 * inference.memory_needed(generator, 1, 200, 248)), overlap=overlap
+    )
     assert len(tiling.rows) * len(tiling.columns) >= 4
     tiled = inference._translate_tiled(generator, image, tiling, statistics)
     whole = runner.apply(image[None]).numpy()[0]

@@ -300,7 +300,7 @@ _BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 def byte_size(text):
-    """argparse type: a number of bytes >= 1M, e.g. `4G`, `512M`, `1.5G` or `2000000` (K, M, G, T: powers of 1024).
+    """argparse type: a number of bytes >= 1M, e.g. `4G`, `512M`, `1.5G` or `2000000` (K, M, G, T: 1024-powers).
 
     A trailing `B` or `iB` is accepted (`4GB`, `4GiB`: the same).
     """
@@ -312,7 +312,8 @@ def byte_size(text):
         value = math.nan
     if not math.isfinite(value) or value < 2**20:
         raise argparse.ArgumentTypeError(
-            f"must be a size of at least 1M, e.g. 4G, 512M or 2000000 (K, M, G, T are powers of 1024). Received: {text!r}"
+            f"must be a size of at least 1M, e.g. 4G, 512M or 2000000 (K, M, G, T are powers of 1024). "
+            f"Received: {text!r}"
         )
     return int(value)
 
