@@ -579,7 +579,7 @@ def load_torch_generator(path):
 
     Example:
         generator = load_torch_generator("horse2zebra.pth")
-        zebras = cyclegan_keras.model.translate_images(generator, horses)
+        zebras = cyclegan_keras.inference.translate_images(generator, horses)
 
     Raises:
         CorruptCheckpointError, UnsafePickleError, ConversionError: see

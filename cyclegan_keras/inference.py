@@ -6,6 +6,8 @@ input, nor over another output of the same run, nor over a file in the
 output folder that it did not write (`files.Manifest`).
 """
 
+import dataclasses
+import functools
 import glob
 import html
 import itertools
@@ -17,8 +19,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cyclegan_keras import data, files
-from cyclegan_keras.model import DIRECTIONS, CycleGAN, padded_generator, translate_images
+from cyclegan_keras import data, files, ops
+from cyclegan_keras.layers import InstanceNormalization
+from cyclegan_keras.model import DIRECTIONS, CycleGAN, padded_generator
+from cyclegan_keras.networks import min_size, size_multiple
 
 INFERENCE_PREPROCESS = ("none", "resize")
 DEFAULT_LOAD_SIZE = 256
@@ -205,13 +209,25 @@ def _output_files(names):
 
 
 def translate_files(
-    generator, spec, out_dir, batch_size=4, preprocess="none", load_size=DEFAULT_LOAD_SIZE, verbose=True
+    generator,
+    spec,
+    out_dir,
+    batch_size=4,
+    preprocess="none",
+    load_size=DEFAULT_LOAD_SIZE,
+    verbose=True,
+    max_memory=None,
+    tile_size=None,
+    overlap=None,
 ):
     """Translates every image of `spec` and writes one PNG per readable input.
 
     Streams: reads an image, adds it to the current batch of images of the
     same size, and translates and writes a batch when it is full or the next
     image has another size, so at most `batch_size` decoded images are held.
+    A batch is full at `batch_size` images or at as many as the memory
+    budget lets translate together; an image too large for the budget is
+    translated alone, in tiles (see `translate_images`).
     Writes `OUT/<name>.png` (see `output_names`), `OUT/inputs/<name>.png`
     (the preprocessed input) and an `OUT/index.html` gallery, each
     atomically, and lists them in `OUT/.cyclegan_keras_manifest.json`.
@@ -227,6 +243,9 @@ def translate_files(
             Defaults to `"none"`.
         load_size: int. Side for `"resize"`. Defaults to `256`.
         verbose: bool. Show a progress bar. Defaults to `True`.
+        max_memory: int. Bytes a translation may allocate. Defaults to
+            `default_memory_budget()`, taken once at the start.
+        tile_size, overlap: see `translate_images`.
 
     Returns:
         `(written, bad)`: the output paths written, and `(path, reason)` of
@@ -237,36 +256,43 @@ def translate_files(
         files.FolderInUse: another process is writing `out_dir`.
         files.DiskFull: the disk filled (the file being written is removed).
         data.DataError: no input image could be decoded (nothing is written).
+        MemoryBudgetError: an image does not fit the budget with
+            `tile_size=0` (the images before it are written).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
     check_preprocess(preprocess, load_size)
+    check_tiling(generator, tile_size, overlap)
     out_dir = Path(out_dir)
     created = not out_dir.exists()
     try:
         with files.exclusive(out_dir, LOCK):
-            return _translate_files(generator, spec, out_dir, batch_size, preprocess, load_size, verbose)
+            return _translate_files(
+                generator, spec, out_dir, batch_size, preprocess, load_size, verbose, max_memory, tile_size, overlap
+            )
     finally:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()
 
 
-def _translate_files(generator, spec, out_dir, batch_size, preprocess, load_size, verbose):
+def _translate_files(
+    generator, spec, out_dir, batch_size, preprocess, load_size, verbose, max_memory, tile_size, overlap
+):
     plan = plan_outputs(spec, out_dir)
     manifest = files.Manifest(out_dir)
     channels = generator.input_shape[-1]
-    fn = padded_generator(generator)
+    max_memory = max_memory or default_memory_budget()
     progress = keras.utils.Progbar(len(plan), unit_name="image") if verbose else None
     written, bad, batch = [], [], []
 
     def flush():
         if not batch:
             return
-        if not written:
-            manifest.begin(_output_files([name for _, name in plan]))
-        (out_dir / "inputs").mkdir(parents=True, exist_ok=True)
         inputs = np.stack([image for _, image in batch]).astype("float32") / 127.5 - 1.0
-        outputs = translate_images(generator, inputs, batch_size, fn)
+        outputs = translate_images(generator, inputs, batch_size, max_memory, tile_size, overlap)
+        if not written:  # after: an image refused for its size leaves nothing pending
+            manifest.begin(_output_files([name for _, name in plan]))
+        (out_dir / "inputs").mkdir(parents=True, exist_ok=True)  # after: a refused image writes nothing
         for (name, _), source, output in zip(batch, inputs, outputs):
             _write_png(out_dir / "inputs" / f"{name}.png", source)
             written.append(_write_png(out_dir / f"{name}.png", output))
@@ -281,7 +307,7 @@ def _translate_files(generator, spec, out_dir, batch_size, preprocess, load_size
             if batch and batch[0][1].shape != image.shape:
                 flush()
             batch.append((name, image))
-            if len(batch) == batch_size:
+            if len(batch) >= images_per_call(generator, *image.shape[:2], max_memory, batch_size):
                 flush()
         if progress:
             progress.add(1)
@@ -316,6 +342,498 @@ def _write_gallery(out_dir, names):
     )
 
 
+# -- Running a generator at any size, within a memory budget ----------------------------------
+
+DEFAULT_MEMORY_FRACTION = 0.5
+# Measured peak allocation per byte of the largest set of tensors alive at once in the
+# generator's graph (oneDNN's reordered copies, the executor's overlap): 1.87 at 512x384,
+# 1.99 at 1024x768 for resnet_9blocks/64 (bench/tiled_inference.py --calibrate).
+ALLOCATION_FACTOR = 2.0
+# Whole-image float32 (input + output channels) buffers held beside the generator's
+# tensors: the decoded image, the batch, the padded copy, the blended output and the
+# PNG conversions (a tiled 24 MP photo in translate_files held about 3.3).
+IMAGE_BUFFERS = 4
+
+
+class MemoryBudgetError(ValueError):
+    """An image cannot be translated within the memory budget (whole, with `tile_size=0`, or in tiles)."""
+
+
+def format_bytes(count):
+    """`count` bytes as `"4.0 GiB"`, `"512 MiB"` or `"900 bytes"`."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{int(count)} bytes"
+
+
+def available_memory():
+    """Bytes this process can still allocate where the generator runs.
+
+    On a GPU, the device's memory that TensorFlow may use minus what it
+    holds. On the CPU, `MemAvailable` of `/proc/meminfo`, or less where a
+    cgroup (v2 `memory.max`, v1 `memory.limit_in_bytes`) caps the process:
+    its limit minus its usage.
+    """
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        free = _free_gpu_memory(gpus[0].name)
+        if free is not None:
+            return free
+    candidates = [_meminfo_available(), *_cgroup_free()]
+    candidates = [c for c in candidates if c is not None]
+    if not candidates:  # not Linux
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return min(candidates)
+
+
+def default_memory_budget():
+    """`DEFAULT_MEMORY_FRACTION` of `available_memory()`: the budget when none is given."""
+    return int(DEFAULT_MEMORY_FRACTION * available_memory())
+
+
+def _meminfo_available():
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_free():
+    """`limit - usage` of each memory cgroup controlling this process (v2 and v1)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    root = Path("/sys/fs/cgroup")
+    found = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            places, limit, usage = [root / path.lstrip("/"), root], "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):
+            places = [root / "memory" / path.lstrip("/"), root / "memory"]
+            limit, usage = "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        for place in places:
+            try:
+                cap, used = (place / limit).read_text().strip(), int((place / usage).read_text())
+            except (OSError, ValueError):
+                continue
+            if cap != "max" and int(cap) < 2**60:  # v1 writes "no limit" as a huge number
+                found.append(max(int(cap) - used, 0))
+            break
+    return found
+
+
+def _free_gpu_memory(device):
+    try:
+        from tensorflow.python.client import device_lib
+
+        limits = [d.memory_limit for d in device_lib.list_local_devices() if d.name == device]
+        used = tf.config.experimental.get_memory_info(device.replace("/device:", ""))["current"]
+    except (ValueError, RuntimeError, KeyError):
+        return None
+    return limits[0] - used if limits else None
+
+
+def receptive_radius(generator):
+    """Input pixels on each side that one output pixel of `generator` depends on.
+
+    Walks the convolutions in order: a k x k convolution adds `(k - 1) // 2`
+    steps of the current resolution, a transposed one `ceil((k - 1) / 2s)`.
+    87 for resnet_9blocks, 23 for a one-block ResNet.
+    """
+    radius, step = 0, 1
+    for layer in generator.layers:
+        if isinstance(layer, keras.layers.Conv2DTranspose):
+            radius += -(-(layer.kernel_size[0] - 1) // (2 * layer.strides[0])) * step
+            step = max(step // layer.strides[0], 1)
+        elif isinstance(layer, keras.layers.Conv2D):
+            radius += (layer.kernel_size[0] - 1) // 2 * step
+            step *= layer.strides[0]
+    return radius
+
+
+def default_overlap(generator):
+    """Pixels shared by neighbouring tiles when none is given: the receptive radius, rounded up."""
+    multiple = size_multiple(generator)
+    return _round_up(receptive_radius(generator), multiple)
+
+
+class _Runner:
+    """A generator's compiled functions: the whole-image call and, with instance norm, the tiled one.
+
+    Tiles must not normalize themselves: `record` runs a (reduced) whole
+    image with the generator's instance norms, keeping each one's
+    per-channel mean and variance in `statistics`; `apply` runs tiles with
+    those statistics. Both are clones sharing the generator's layers, so the
+    generator and its saved form are unchanged.
+    """
+
+    def __init__(self, generator):
+        self.generator = generator
+        self.multiple, self.min_size = size_multiple(generator), min_size(generator)
+        self.whole = padded_generator(generator)
+        self.norms = [layer for layer in generator.layers if isinstance(layer, InstanceNormalization)]
+        self.statistics = {
+            norm.name: (tf.Variable(tf.zeros(norm.input.shape[-1])), tf.Variable(tf.ones(norm.input.shape[-1])))
+            for norm in self.norms
+        }
+        self._bytes_per_pixel = None
+
+    @functools.cached_property
+    def record(self):
+        return self._with_given_statistics(record=True) if self.norms else None
+
+    @functools.cached_property
+    def apply(self):
+        return self._with_given_statistics(record=False) if self.norms else self.whole
+
+    def _with_given_statistics(self, record):
+        def replace(layer):
+            if isinstance(layer, InstanceNormalization):
+                return _GivenStatistics(layer, *self.statistics[layer.name], record=record)
+            return layer  # shared, weights and all
+
+        clone = keras.models.clone_model(self.generator, clone_function=replace)
+        return padded_generator(clone)
+
+    @property
+    def bytes_per_pixel(self):
+        """The largest sum of tensors alive at once in the generator's graph, per input pixel."""
+        if self._bytes_per_pixel is None:
+            size = _round_up(max(128, self.min_size), self.multiple)
+            spec = tf.TensorSpec((1, size, size, self.generator.input_shape[-1]), tf.float32)
+            graph = tf.function(lambda x: self.generator(x, training=False)).get_concrete_function(spec).graph
+            self._bytes_per_pixel = _peak_live_bytes(graph) / size**2
+        return self._bytes_per_pixel
+
+
+def _peak_live_bytes(graph):
+    """Peak bytes of float tensors alive at once when `graph` runs its ops in order (weights excluded)."""
+    operations = graph.get_operations()
+    last_use = {}
+    for index, operation in enumerate(operations):
+        for tensor in operation.inputs:
+            last_use[tensor.ref()] = index
+    live, peak = {}, 0
+    for index, operation in enumerate(operations):
+        if operation.type not in ("ReadVariableOp", "Const"):
+            for tensor in operation.outputs:
+                if tensor.dtype.is_floating and tensor.shape.is_fully_defined():
+                    live[tensor.ref()] = tensor.shape.num_elements() * tensor.dtype.size
+        peak = max(peak, sum(live.values()))
+        for tensor in operation.inputs:
+            if last_use[tensor.ref()] == index:
+                live.pop(tensor.ref(), None)
+    return peak
+
+
+class _GivenStatistics(keras.layers.Layer):
+    """An `InstanceNormalization` normalizing with stored statistics, or recording them (batch 1)."""
+
+    def __init__(self, source, mean, variance, record):
+        super().__init__(name=source.name, dtype=source.dtype_policy)
+        self.source, self.mean, self.variance, self.record = source, mean, variance, record
+
+    def call(self, inputs):
+        if not self.record:
+            return self.source.normalize(inputs, self.mean, self.variance)
+        mean, variance = self.source.moments(inputs)
+        self.mean.assign(mean[0, 0, 0])
+        self.variance.assign(variance[0, 0, 0])
+        return self.source.normalize(inputs, mean, variance)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def _runner(generator):
+    runner = getattr(generator, "_inference_runner", None)
+    if runner is None:
+        runner = _Runner(generator)
+        # Kept on the generator, untracked by Keras (not saved), and freed with it: a
+        # module-level cache would keep every generator alive, as the runner refers to it.
+        object.__setattr__(generator, "_inference_runner", runner)
+    return runner
+
+
+def _round_up(value, multiple):
+    return -(-value // multiple) * multiple
+
+
+def _padded_size(runner, height, width):
+    return tuple(max(_round_up(side, runner.multiple), runner.min_size) for side in (height, width))
+
+
+def memory_needed(generator, batch, height, width):
+    """Estimated peak bytes that translating `batch` images `height` x `width` whole allocates.
+
+    `ALLOCATION_FACTOR` times the largest sum of tensors alive at once when
+    the generator's graph runs on the padded size (`_peak_live_bytes`, which
+    scales with the pixels), plus `IMAGE_BUFFERS` float32 copies of the
+    input and output images. The factor is measured by
+    `bench/tiled_inference.py --calibrate`.
+    """
+    runner = _runner(generator)
+    padded_height, padded_width = _padded_size(runner, height, width)
+    channels = generator.input_shape[-1] + generator.output_shape[-1]
+    per_image = ALLOCATION_FACTOR * runner.bytes_per_pixel * padded_height * padded_width
+    per_image += IMAGE_BUFFERS * 4 * channels * height * width
+    return int(batch * per_image)
+
+
+def images_per_call(generator, height, width, max_memory, batch_size=None):
+    """How many images `height` x `width` can be translated whole together within `max_memory`.
+
+    At most `batch_size` (if given); 0 when not even one fits whole.
+    """
+    count = int(max_memory // memory_needed(generator, 1, height, width))
+    return min(count, batch_size) if batch_size else count
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """How one image is translated in tiles (from `plan_tiles`).
+
+    Attributes:
+        tile: `(height, width)` of every tile, on the padded image.
+        rows, columns: offsets of the tiles' top and left sides.
+        overlap: the fewest pixels two neighbours share; the weights ramp
+            over the middle half of what they share.
+        statistics_size: `(height, width)` at which the whole image is run
+            for its normalization statistics, or None (no instance norm).
+        memory: estimated peak bytes.
+    """
+
+    tile: tuple
+    rows: tuple
+    columns: tuple
+    overlap: int
+    statistics_size: tuple | None
+    memory: int
+
+
+def check_tiling(generator, tile_size=None, overlap=None):
+    """The overlap to use; raises ValueError for a `tile_size` or `overlap` this generator cannot take."""
+    runner = _runner(generator)
+    overlap = default_overlap(generator) if overlap is None else overlap
+    if not isinstance(overlap, int) or overlap < 0:
+        raise ValueError(f"overlap must be an integer >= 0. Received: overlap={overlap!r}")
+    smallest = _smallest_tile(runner, overlap)
+    if tile_size is not None and (not isinstance(tile_size, int) or (tile_size != 0 and tile_size < smallest)):
+        raise ValueError(
+            f"tile_size must be 0 (never tile) or at least {smallest} for {generator.name!r} with an overlap of "
+            f"{overlap}. Received: tile_size={tile_size!r}"
+        )
+    return overlap
+
+
+def _smallest_tile(runner, overlap):
+    return max(runner.min_size, _round_up(overlap + runner.multiple, runner.multiple))
+
+
+def plan_tiles(generator, height, width, max_memory, tile_size=None, overlap=None):
+    """The tiling of one `height` x `width` image with the least computed area that fits `max_memory`.
+
+    Tiles are at most `tile_size` on a side (if given, > 0), multiples of
+    what the generator needs, and placed at multiples of it on the padded
+    image, so each tile's convolutions see the pixel grid the whole image's
+    see.
+
+    Raises:
+        MemoryBudgetError: not even the smallest tiles fit.
+    """
+    runner = _runner(generator)
+    overlap = check_tiling(generator, tile_size, overlap)
+    padded_height, padded_width = _padded_size(runner, height, width)
+    channels = generator.input_shape[-1] + generator.output_shape[-1]
+    held = IMAGE_BUFFERS * 4 * channels * padded_height * padded_width  # the whole image, in and out
+    per_pixel = ALLOCATION_FACTOR * runner.bytes_per_pixel + IMAGE_BUFFERS * 4 * channels
+    area = (max_memory - held) / per_pixel  # the most tile pixels the budget leaves
+    side = tile_size or max(padded_height, padded_width)
+    smallest = _smallest_tile(runner, overlap)
+    best = None
+    for rows in range(1, padded_height // runner.multiple + 1):
+        tile_height, row_offsets = _axis_tiles(padded_height, rows, overlap, runner.multiple)
+        if tile_height > side:
+            continue
+        widest = min(side, padded_width, int(area // tile_height) // runner.multiple * runner.multiple)
+        if widest >= smallest or widest == padded_width:
+            columns = 1 if widest >= padded_width else -(-(padded_width - overlap) // (widest - overlap))
+            tile_width, column_offsets = _axis_tiles(padded_width, columns, overlap, runner.multiple)
+            while tile_width > widest:
+                columns += 1
+                tile_width, column_offsets = _axis_tiles(padded_width, columns, overlap, runner.multiple)
+            work = len(row_offsets) * len(column_offsets) * tile_height * tile_width
+            if best is None or work < best[0]:
+                best = (work, (tile_height, tile_width), row_offsets, column_offsets)
+        if tile_height <= smallest:
+            break
+    if best is None:
+        raise MemoryBudgetError(
+            f"a {width}x{height} image cannot be translated within the memory budget {format_bytes(max_memory)}: "
+            f"even {smallest}x{smallest} tiles need {format_bytes(held + per_pixel * smallest**2)}"
+        )
+    _, tile, row_offsets, column_offsets = best
+    statistics_size = None
+    if runner.norms:
+        scale = min(1.0, (tile[0] * tile[1] / (padded_height * padded_width)) ** 0.5)
+        statistics_size = tuple(
+            max(int(side * scale) // runner.multiple * runner.multiple, runner.min_size)
+            for side in (padded_height, padded_width)
+        )
+    memory = int(held + per_pixel * tile[0] * tile[1])
+    return Tiling(tile, row_offsets, column_offsets, overlap, statistics_size, memory)
+
+
+def _axis_tiles(length, count, overlap, multiple):
+    """`(tile, offsets)`: `count` tiles covering `length`, at multiples of `multiple`, neighbours sharing >= overlap."""
+    if count == 1:
+        return length, (0,)
+    tile = min(_round_up(-(-(length - overlap) // count) + overlap, multiple), length)
+    while True:
+        offsets = tuple((length - tile) * i // (count - 1) // multiple * multiple for i in range(count - 1))
+        offsets += (length - tile,)
+        if tile == length or all(a + tile - b >= overlap for a, b in zip(offsets, offsets[1:])):
+            return tile, offsets
+        tile = min(tile + multiple, length)
+
+
+def _axis_weights(length, tile, offsets, overlap):
+    """Per tile, its weight at each of its pixels along one axis; at every pixel they sum to 1.
+
+    On a side it shares with a neighbour, a tile's weight is 0 over its
+    outer `overlap / 4` pixels, where its own border padding shows, then
+    rises linearly over `overlap / 2` pixels; the weights are then divided
+    by their sum (more than two tiles may share a pixel).
+    """
+    position = np.arange(tile) + 0.5
+    profiles = []
+    for i, start in enumerate(offsets):
+        profile = np.ones(tile)
+        if overlap:
+            rise = np.clip((position - overlap / 4) / (overlap / 2), 0, 1)
+            if i > 0:
+                profile = np.minimum(profile, rise)
+            if i < len(offsets) - 1:
+                profile = np.minimum(profile, rise[::-1])
+        profiles.append(profile)
+    total = np.zeros(length)
+    for start, profile in zip(offsets, profiles):
+        total[start : start + tile] += profile
+    return [(profile / total[start : start + tile]).astype(np.float32) for start, profile in zip(offsets, profiles)]
+
+
+def _translate_tiled(generator, image, tiling, statistics=None):
+    """One image `(h, w, c)` translated in the tiles of `tiling`.
+
+    With instance norm, the whole image at `tiling.statistics_size` gives
+    every tile its statistics (or `statistics`, a dict of layer name ->
+    `(mean, variance)`, when given).
+    """
+    runner = _runner(generator)
+    padded, crop = ops.pad_to_multiple(tf.constant(image[None]), runner.multiple, runner.min_size)
+    padded = padded.numpy()
+    if runner.norms:
+        if statistics is None:
+            # Antialiased bilinear: closer statistics than area averaging (bench/tiled_inference.py).
+            runner.record(tf.image.resize(padded, tiling.statistics_size, antialias=True))
+        else:
+            for name, (mean, variance) in statistics.items():
+                runner.statistics[name][0].assign(mean)
+                runner.statistics[name][1].assign(variance)
+    length_y, length_x = padded.shape[1:3]
+    output = np.zeros((length_y, length_x, generator.output_shape[-1]), np.float32)
+    tile_y, tile_x = tiling.tile
+    weights_y = _axis_weights(length_y, tile_y, tiling.rows, tiling.overlap)
+    weights_x = _axis_weights(length_x, tile_x, tiling.columns, tiling.overlap)
+    for y, weight_y in zip(tiling.rows, weights_y):
+        for x, weight_x in zip(tiling.columns, weights_x):
+            tile = runner.apply(padded[:, y : y + tile_y, x : x + tile_x])[0].numpy()
+            output[y : y + tile_y, x : x + tile_x] += tile * (weight_y[:, None, None] * weight_x[None, :, None])
+    (top, bottom), (left, right) = crop
+    return output[top : length_y - bottom, left : length_x - right]
+
+
+def recorded_statistics(generator, image):
+    """`{layer name: (mean, variance)}` of the generator's instance norms on `image` `(h, w, c)`, whole."""
+    runner = _runner(generator)
+    if not runner.norms:
+        return {}
+    runner.record(tf.constant(image[None], tf.float32))
+    return {name: (mean.numpy(), variance.numpy()) for name, (mean, variance) in runner.statistics.items()}
+
+
+def translate_images(generator, images, batch_size=8, max_memory=None, tile_size=None, overlap=None):
+    """Runs an image-to-image generator on images of any size, within a memory budget.
+
+    The one entry point for translating with a Keras generator. Images
+    that fit the budget whole are translated whole, as many together as fit
+    (at most `batch_size`); an image that does not fit is translated in
+    overlapping tiles (`plan_tiles`), each normalized with the whole image's
+    instance-norm statistics, blended where they overlap.
+
+    Args:
+        generator: `keras.Model`, e.g. `CycleGAN.generator("a2b")`.
+        images: array `(n, height, width, channels)` or one image
+            `(height, width, channels)`, float values in [-1, 1].
+        batch_size: int. Most images per generator call. Defaults to `8`.
+        max_memory: int. Bytes the translation may allocate. Defaults to
+            `default_memory_budget()`, half of what is available.
+        tile_size: int or None. `None`: tile only what does not fit, with
+            the largest tiles that fit. `0`: never tile; an image that does
+            not fit raises `MemoryBudgetError`. `N`: tiles of at most `N`
+            pixels a side for images larger than that. Defaults to `None`.
+        overlap: int. Fewest pixels neighbouring tiles share. Defaults to
+            `default_overlap(generator)`. Tiles give exactly the whole
+            image's result under the same statistics once
+            `overlap >= 4 * receptive_radius(generator)`.
+
+    Returns:
+        float32 numpy array with the input's height and width.
+
+    Raises:
+        MemoryBudgetError: an image does not fit (see `tile_size`).
+    """
+    images = np.asarray(images, dtype="float32")
+    single = images.ndim == 3
+    if single:
+        images = images[None]
+    channels = generator.input_shape[-1]
+    if images.ndim != 4 or images.shape[-1] != channels:
+        raise ValueError(
+            f"Generator {generator.name!r} expects images of shape (n, height, width, {channels}). "
+            f"Received: images.shape={images.shape}"
+        )
+    max_memory = max_memory or default_memory_budget()
+    check_tiling(generator, tile_size, overlap)
+    count, height, width = images.shape[:3]
+    outputs = np.empty((count, height, width, generator.output_shape[-1]), np.float32)
+    runner = _runner(generator)
+    larger = tile_size and max(_padded_size(runner, height, width)) > tile_size
+    together = 0 if larger else images_per_call(generator, height, width, max_memory, batch_size)
+    if together:
+        for start in range(0, count, together):
+            outputs[start : start + together] = runner.whole(images[start : start + together]).numpy()
+    elif count:
+        if tile_size == 0:
+            need = memory_needed(generator, 1, height, width)
+            raise MemoryBudgetError(
+                f"a {width}x{height} image needs {format_bytes(need)} to translate whole, more than the memory "
+                f"budget {format_bytes(max_memory)}, and tiling is off"
+            )
+        tiling = plan_tiles(generator, height, width, max_memory, tile_size, overlap)
+        for index in range(count):
+            outputs[index] = _translate_tiled(generator, images[index], tiling)
+    return outputs[0] if single else outputs
+
+
 # -- Any exported form of a generator, as one callable ---------------------------------------
 
 
@@ -342,13 +860,20 @@ class Translator:
         return np.asarray(self._fn(np.asarray(images, np.float32)))
 
 
-def load_translator(path, direction="a2b"):
+def load_translator(path, direction="a2b", max_memory=None, tile_size=None, overlap=None):
     """A `Translator` for a `.keras` file or work directory, a SavedModel or a `.tflite` file.
 
     A `.keras` CycleGAN gives its generator for `direction`; a saved
     generator, a SavedModel (from `export.py`: the directory holding
     `saved_model.pb`, or the export's OUT folder) and a `.tflite` file have
     one direction, their own.
+
+    Every form translates within `max_memory` (default:
+    `default_memory_budget()` when loaded). A Keras generator tiles what does
+    not fit (`translate_images`). An exported one cannot: its instance norms
+    are fixed in its graph, so an image that does not fit whole raises
+    `MemoryBudgetError` (its estimate assumes its widest layer at full
+    resolution: an upper bound).
 
     Raises:
         FileNotFoundError: nothing at `path`.
@@ -357,30 +882,64 @@ def load_translator(path, direction="a2b"):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"--model: not found: {path}")
+    max_memory = max_memory or default_memory_budget()
+    exported = path.suffix == ".tflite" or any(
+        (path / name).is_file() for name in ("saved_model.pb", "saved_model/1/saved_model.pb")
+    )
+    if exported and (tile_size or overlap is not None):
+        raise ValueError(
+            f"--model: {path} is an exported model, which cannot be translated in tiles (its normalization is "
+            f"fixed in its graph). Received: tile_size={tile_size}, overlap={overlap}"
+        )
     if path.is_dir():
         for candidate in (path, path / "saved_model" / "1"):
             if (candidate / "saved_model.pb").is_file():
-                return _saved_model_translator(candidate)
+                return _saved_model_translator(candidate, max_memory)
         if not (path / "model.keras").is_file():
             raise ValueError(
                 f"--model: {path} holds neither model.keras (a training work directory) nor saved_model.pb "
                 "(a SavedModel)"
             )
     elif path.suffix == ".tflite":
-        return _tflite_translator(path)
+        return _tflite_translator(path, max_memory)
     elif path.suffix != ".keras":
         raise ValueError(
             f"--model: {path} is not a .keras file, a work directory, a SavedModel directory or a .tflite file"
         )
     generator = load_generator(path, direction)
-    fn = padded_generator(generator)
+    check_tiling(generator, tile_size, overlap)
     return Translator(
-        lambda images: fn(images).numpy(), "keras", generator.input_shape[-1], generator.output_shape[-1], path
+        lambda images: translate_images(generator, images, max(len(images), 1), max_memory, tile_size, overlap),
+        "keras",
+        generator.input_shape[-1],
+        generator.output_shape[-1],
+        path,
     )
 
 
-def _saved_model_translator(path):
-    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+def _exported_within_budget(run, widest, channels, path, max_memory):
+    """`run` on as many images together as fit `max_memory`; refuses an image that does not fit alone."""
+    per_pixel = ALLOCATION_FACTOR * 4 * 2 * widest + IMAGE_BUFFERS * 4 * channels
+
+    def call(images):
+        count, height, width = images.shape[:3]
+        one = per_pixel * height * width
+        if one > max_memory:
+            raise MemoryBudgetError(
+                f"{path}: a {width}x{height} image needs up to {format_bytes(one)}, more than the memory budget "
+                f"{format_bytes(max_memory)}; an exported model cannot be tiled (its normalization is fixed in "
+                "its graph): translate with the .keras model, or raise the budget"
+            )
+        together = max(1, int(max_memory // one))
+        return np.concatenate([run(images[i : i + together]) for i in range(0, max(count, 1), together)])
+
+    return call
+
+
+def _saved_model_translator(path, max_memory):
+    loaded = tf.saved_model.load(str(path))
+    signature = loaded.signatures["serving_default"]
+    widest = max(max(v.shape[2:]) for v in loaded.variables if v.shape.rank == 4)
     # The export declares images of unknown rank and checks the channels in
     # the graph: probe which count it accepts.
     for channels in (3, 1, 4):
@@ -388,17 +947,19 @@ def _saved_model_translator(path):
             probe = signature(images=tf.zeros((1, 8, 8, channels)))["translated"]
         except tf.errors.InvalidArgumentError:
             continue
-        return Translator(
+        output_channels = int(probe.shape[-1])
+        run = _exported_within_budget(
             lambda images: signature(images=tf.constant(images))["translated"].numpy(),
-            "saved_model",
-            channels,
-            int(probe.shape[-1]),
+            widest,
+            channels + output_channels,
             path,
+            max_memory,
         )
+        return Translator(run, "saved_model", channels, output_channels, path)
     raise ValueError(f"--model: the SavedModel {path} takes no 1-, 3- or 4-channel images")
 
 
-def _tflite_translator(path):
+def _tflite_translator(path, max_memory):
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count())
@@ -420,4 +981,7 @@ def _tflite_translator(path):
             outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0])
         return np.stack(outputs)
 
+    shapes = [detail["shape"] for detail in interpreter.get_tensor_details() if len(detail["shape"]) == 4]
+    widest = max(max(shape[0], shape[-1]) for shape in shapes)
+    run = _exported_within_budget(run, widest, channels + output_channels, path, max_memory)
     return Translator(run, "tflite", channels, output_channels, path)

@@ -73,11 +73,19 @@ class InstanceNormalization(keras.layers.Layer):
         self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta") if self.center else None
 
     def call(self, inputs):
+        return self.normalize(inputs, *self.moments(inputs))
+
+    def moments(self, inputs):
+        """`(mean, variance)` of each sample and channel over H and W, float32 `(n, 1, 1, c)`."""
         # Statistics in float32 even under mixed precision: a float16 variance
         # of a large feature map underflows.
         x = tf.cast(inputs, "float32")
         mean = _spatial_mean(x)
-        variance = _spatial_mean(tf.math.squared_difference(x, mean))
+        return mean, _spatial_mean(tf.math.squared_difference(x, mean))
+
+    def normalize(self, inputs, mean, variance):
+        """`inputs` normalized with the given statistics (tiled inference passes the whole image's)."""
+        x = tf.cast(inputs, "float32")
         outputs = (x - mean) * tf.math.rsqrt(variance + self.epsilon)
         if self.gamma is not None:
             outputs = outputs * tf.cast(self.gamma, outputs.dtype)

@@ -614,8 +614,8 @@ def evaluate_generator(
     Args:
         translate_fn: callable, float32 `(b, h, w, input_channels)` in
             [-1, 1] -> same in [-1, 1] (e.g.
-            `inference.load_translator(path)` or
-            `model.padded_generator(generator)`).
+            `inference.load_translator(path)`, which keeps to a memory
+            budget, or `functools.partial(inference.translate_images, generator)`).
         input_paths: list of input-domain image files.
         real_paths: target-domain files for FID/KID, or None.
         truth_paths: ground-truth files (matched by name), or None.
@@ -634,7 +634,7 @@ def evaluate_generator(
     Example:
         generator = inference.load_generator("runs/synthetic/model.keras")
         scores = metrics.evaluate_generator(
-            model.padded_generator(generator), test_a_paths, test_b_paths,
+            functools.partial(inference.translate_images, generator), test_a_paths, test_b_paths,
             features=fid_inception.load_inception(weights_path))
         scores["fid"], scores["identity"]["fid"]
     """

@@ -199,7 +199,6 @@ class CycleGAN(keras.Model):
         self.pool_a = ImagePool(pool_size, seed=seed, name="pool_a")
         self.pool_b = ImagePool(pool_size, seed=seed + 1, name="pool_b")
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self._translate_fns = {}
         self.loss_trackers = {
             name: keras.metrics.Mean(name=name)
             for name in (
@@ -564,23 +563,34 @@ class CycleGAN(keras.Model):
             raise ValueError(f"direction must be one of {DIRECTIONS}. Received: direction={direction!r}")
         return self.generator_ab if direction == "a2b" else self.generator_ba
 
-    def translate(self, images: np.ndarray, direction: str = "a2b", batch_size: int = 8) -> np.ndarray:
-        """Translates images of any size, in batches (see `translate_images`).
+    def translate(
+        self,
+        images: np.ndarray,
+        direction: str = "a2b",
+        batch_size: int = 8,
+        max_memory: int | None = None,
+        tile_size: int | None = None,
+        overlap: int | None = None,
+    ) -> np.ndarray:
+        """Translates images of any size (see `inference.translate_images`).
 
         Args:
             images: array `(n, height, width, channels)` or one image
                 `(height, width, channels)`, float values in [-1, 1].
             direction: `"a2b"` or `"b2a"`. Defaults to `"a2b"`.
-            batch_size: int. Images per generator call. Defaults to `8`.
+            batch_size: int. Most images per generator call. Defaults to `8`.
+            max_memory, tile_size, overlap: the memory budget and tiling
+                (see `inference.translate_images`). Default to half the
+                available memory and tiles only where needed.
 
         Returns:
             A float32 numpy array of the input's height and width (output
             channels of the generator), values in [-1, 1].
         """
+        from cyclegan_keras import inference  # inference builds on this module
+
         generator = self.generator(direction)
-        if direction not in self._translate_fns:
-            self._translate_fns[direction] = padded_generator(generator)
-        return translate_images(generator, images, batch_size, self._translate_fns[direction])
+        return inference.translate_images(generator, images, batch_size, max_memory, tile_size, overlap)
 
     # -- Serialization -----------------------------------------------------------
 
@@ -641,40 +651,3 @@ def padded_generator(generator: keras.Model) -> tf.types.experimental.Polymorphi
     """`padded_call(generator)` as a `tf.function`, traced once for any size."""
     spec = tf.TensorSpec((None, None, None, generator.input_shape[-1]), tf.float32)
     return tf.function(padded_call(generator), input_signature=[spec])
-
-
-def translate_images(
-    generator: keras.Model,
-    images: np.ndarray,
-    batch_size: int = 8,
-    padded_fn: Callable[[tf.Tensor], tf.Tensor] | None = None,
-) -> np.ndarray:
-    """Runs an image-to-image generator on images of any size, in batches.
-
-    Args:
-        generator: `keras.Model`, e.g. `CycleGAN.generator("a2b")`.
-        images: array `(n, height, width, channels)` or one image
-            `(height, width, channels)`, float values in [-1, 1].
-        batch_size: int. Defaults to `8`.
-        padded_fn: the result of `padded_generator(generator)`, to reuse its
-            trace across calls. Defaults to a new one.
-
-    Returns:
-        float32 numpy array with the input's height and width.
-    """
-    images = np.asarray(images, dtype="float32")
-    single = images.ndim == 3
-    if single:
-        images = images[None]
-    channels = generator.input_shape[-1]
-    if images.ndim != 4 or images.shape[-1] != channels:
-        raise ValueError(
-            f"Generator {generator.name!r} expects images of shape (n, height, width, {channels}). "
-            f"Received: images.shape={images.shape}"
-        )
-    fn = padded_fn or padded_generator(generator)
-    outputs = [fn(images[i : i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
-    if not outputs:
-        return np.zeros((0, *images.shape[1:3], generator.output_shape[-1]), "float32")
-    outputs = np.concatenate(outputs)
-    return outputs[0] if single else outputs

@@ -56,6 +56,8 @@ def bad_values(action):
         return values + ([str(action.type.maximum + 1)] if action.type.maximum is not None else [])
     if action.type is cli_args.direction:
         return ["foo", "CtoD", ""]
+    if action.type is cli_args.byte_size:
+        return ["0", "-1G", "512K", "4X", "G", "nan"]
     if action.choices:
         return ["foo"]
     if action.type in PATH_CASES:

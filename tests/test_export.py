@@ -10,7 +10,7 @@ from PIL import Image
 
 from cyclegan_keras import export, files, networks
 from cyclegan_keras.cli import export as export_cli
-from cyclegan_keras.model import translate_images
+from cyclegan_keras.inference import translate_images
 
 ROOT = Path(__file__).resolve().parent.parent
 

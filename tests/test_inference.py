@@ -10,7 +10,6 @@ from PIL import Image
 
 from cyclegan_keras import data, inference, networks
 from cyclegan_keras.cli import translate
-from cyclegan_keras.model import translate_images
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,7 +159,7 @@ def test_translation_streams_with_bounded_memory(tmp_path, monkeypatch, capsys):
     # Streaming changes nothing: each output is the generator's on its own image.
     for i in (0, 5, 13):
         image = np.asarray(Image.open(inputs / f"{i:02d}.png")).astype("float32") / 127.5 - 1.0
-        expected = np.round((translate_images(generator, image) + 1.0) * 127.5)
+        expected = np.round((inference.translate_images(generator, image) + 1.0) * 127.5)
         output = np.asarray(Image.open(tmp_path / "out" / f"{i:02d}.png")).astype("float32")
         assert output.shape == expected.shape
         np.testing.assert_allclose(output, expected, atol=1)

@@ -19,7 +19,7 @@ import tensorflow as tf
 from PIL import Image
 
 from cyclegan_keras import export, networks
-from cyclegan_keras.model import translate_images
+from cyclegan_keras.inference import translate_images
 
 if os.environ.get("CI"):  # CI installs requirements-dev.txt: a skip there would hide these tests
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2

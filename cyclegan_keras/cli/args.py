@@ -294,3 +294,47 @@ def image_source(text):
             raise argparse.ArgumentTypeError(f"no image files match {text!r}")
         return text
     raise argparse.ArgumentTypeError(f"{text} not found (expected an image file, a folder or a glob pattern)")
+
+
+_BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def byte_size(text):
+    """argparse type: a number of bytes >= 1M, e.g. `4G`, `512M`, `1.5G` or `2000000` (K, M, G, T: 1024-powers).
+
+    A trailing `B` or `iB` is accepted (`4GB`, `4GiB`: the same).
+    """
+    cleaned = str(text).strip().upper().removesuffix("IB").removesuffix("B")
+    unit = cleaned[-1:] if cleaned[-1:] in _BYTE_UNITS else ""
+    try:
+        value = float(cleaned[: len(cleaned) - len(unit)]) * _BYTE_UNITS[unit]
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 2**20:
+        raise argparse.ArgumentTypeError(
+            f"must be a size of at least 1M, e.g. 4G, 512M or 2000000 (K, M, G, T are powers of 1024). "
+            f"Received: {text!r}"
+        )
+    return int(value)
+
+
+def add_memory_arguments(parser):
+    """--max-memory, --tile-size and --tile-overlap, as translate.py and evaluate.py take them."""
+    parser.add_argument(
+        "--max-memory",
+        type=byte_size,
+        help="memory a translation may use, e.g. 4G or 512M; larger images are translated in tiles "
+        "(default: half of the memory available: MemAvailable or the cgroup's limit, or the GPU's free memory)",
+    )
+    parser.add_argument(
+        "--tile-size",
+        type=IntRange(0),
+        help="0: never tile, refuse an image that does not fit --max-memory; N: tiles of at most N pixels a side "
+        "(default: tile only images that do not fit, with the largest tiles that fit)",
+    )
+    parser.add_argument(
+        "--tile-overlap",
+        type=IntRange(0),
+        help="pixels neighbouring tiles share and blend, >= 0 (default: the generator's receptive radius, "
+        "87 for resnet_9blocks; 4x that gives tiles equal to the whole image)",
+    )

@@ -68,6 +68,7 @@ def parser():
     result.add_argument(
         "--kid-subset-size", type=cli_args.IntRange(2), default=1000, help="KID subset size, >= 2 (default: 1000)"
     )
+    cli_args.add_memory_arguments(result)
     result.add_argument(
         "--json",
         type=cli_args.output_file,
@@ -84,6 +85,9 @@ def check_args(args):
         return "nothing to score: give --real (FID, KID) and/or --truth (PSNR, SSIM, MAE)"
     if args.labels and not args.truth:
         return "--labels needs --truth (the true label maps)"
+    for flag in ("max_memory", "tile_size", "tile_overlap"):
+        if getattr(args, flag) is not None and not args.model:
+            return f"--{flag.replace('_', '-')} applies only with --model (it bounds the translation)"
     return None
 
 
@@ -102,10 +106,13 @@ def main(argv=None):
             print(f"error: argument --json: {error}", file=sys.stderr)
             return 2
     _env.import_tensorflow()
-    from cyclegan_keras import convert, data, fid_inception, metrics
+    from cyclegan_keras import convert, data, fid_inception, inference, metrics
 
     try:
         scores, notes = run(args)
+    except inference.MemoryBudgetError as error:
+        print(f"error: argument --max-memory: {error}", file=sys.stderr)
+        return 2
     except (
         data.DataError,
         metrics.MetricError,
@@ -174,7 +181,7 @@ def run(args):
     if args.model:
         from cyclegan_keras.inference import load_translator
 
-        translator = load_translator(args.model, args.direction)
+        translator = load_translator(args.model, args.direction, args.max_memory, args.tile_size, args.tile_overlap)
         scores = metrics.evaluate_generator(
             translator,
             input_paths,

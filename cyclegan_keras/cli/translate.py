@@ -12,6 +12,11 @@ an --input folder, and clashing names get _1, _2, ... suffixes. Nor does it
 replace a file in --out that it did not write: the command refuses, naming
 the file (OUT/.cyclegan_keras_manifest.json lists what it wrote, which a
 rerun may replace).
+
+Each translation stays within --max-memory (default: half the memory
+available): images that do not fit whole are translated in overlapping
+tiles with the whole image's normalization statistics; --tile-size 0
+refuses them instead.
 """
 
 import os
@@ -65,6 +70,7 @@ def parser():
         default=None,
         help=f"side of the square with --preprocess resize, >= 1 (default: {DEFAULT_LOAD_SIZE}, the reference's)",
     )
+    cli_args.add_memory_arguments(result)
     return result
 
 
@@ -76,7 +82,15 @@ def main(argv=None):
         cli.error(f"argument --load-size: applies only with --preprocess resize. Received: {args.load_size}")
     _env.import_tensorflow()
     from cyclegan_keras.data import DataError
-    from cyclegan_keras.inference import ModelLoadError, OutputConflict, load_generator, plan_outputs, translate_files
+    from cyclegan_keras.inference import (
+        MemoryBudgetError,
+        ModelLoadError,
+        OutputConflict,
+        check_tiling,
+        load_generator,
+        plan_outputs,
+        translate_files,
+    )
 
     try:
         plan_outputs(args.input, args.out)
@@ -91,6 +105,10 @@ def main(argv=None):
     except ValueError as error:
         cli.error(f"argument --direction: {error}")
     try:
+        check_tiling(generator, args.tile_size, args.tile_overlap)
+    except ValueError as error:
+        cli.error(f"argument --tile-size: {error}")
+    try:
         written, bad = translate_files(
             generator,
             args.input,
@@ -99,7 +117,12 @@ def main(argv=None):
             args.preprocess,
             args.load_size or DEFAULT_LOAD_SIZE,
             verbose=sys.stdout.isatty(),  # no progress bar escapes in logs
+            max_memory=args.max_memory,
+            tile_size=args.tile_size,
+            overlap=args.tile_overlap,
         )
+    except MemoryBudgetError as error:
+        cli.error(f"argument --max-memory: {error}")
     except DataError as error:
         cli.error(f"argument --input: {error}")
     except (OutputConflict, files.FolderInUse) as error:  # found again once --out is locked
