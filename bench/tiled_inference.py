@@ -18,6 +18,9 @@ JPEG as a phone would. Every case runs in its own process, so its peak RSS
   over rows and channels (0..255); the largest over the columns (and rows)
   where neighbouring tiles are blended, against the largest over the
   columns (rows) at least one overlap away from any tile border.
+  `--trained MODEL` runs it again with a trained generator. Both also give
+  the PSNR with the statistics taken at other scales of the image, the
+  quality the statistics pass's size buys.
 - `calibrate` (`--calibrate`): untiled translations at three sizes, peak
   RSS growth against `inference.memory_needed`'s graph estimate, which
   gives `inference.ALLOCATION_FACTOR`.
@@ -48,6 +51,10 @@ def parse_args(argv=None):
     parser.add_argument("--max-memory", default="3G", help="budget of the speed cases (default: 3G)")
     parser.add_argument("--no-quality", dest="quality", action="store_false", help="skip the 2048x1536 case")
     parser.add_argument("--calibrate", action="store_true", help="also measure the allocation factor")
+    parser.add_argument(
+        "--trained",
+        help="also run the quality case with this trained model (.keras CycleGAN or work directory), a2b",
+    )
     parser.add_argument("--out", default="bench/results/tiled_inference.json")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # run one case in this process
     return parser.parse_args(argv)
@@ -147,14 +154,14 @@ def border_jump(image, offsets, tile, overlap, axis):
     return float(jump[blended].max()) if blended.any() else 0.0, float(jump[~near].max())
 
 
-def quality_case():
+def quality_case(trained=None):
     import numpy as np
     import tensorflow as tf
 
     from cyclegan_keras import inference, metrics
 
     width, height = 2048, 1536
-    network = generator()
+    network = inference.load_generator(trained) if trained else generator()
     with tempfile.TemporaryDirectory() as folder:
         path = photo(width, height, Path(folder) / "photo.jpg")
         from cyclegan_keras import data
@@ -177,11 +184,23 @@ def quality_case():
     exact_error = exact.astype(np.float64) - untiled.astype(np.float64)
     exact_psnr = 10 * np.log10(255.0**2 / max(np.mean(exact_error**2), 1e-12))
     ssim = float(tf.image.ssim(tf.constant(tiled[None]), tf.constant(untiled[None]), 255).numpy()[0])
-    result = {"width": width, "height": height, "budget": budget, "estimate_whole": whole}
+    result = {"generator": trained or "resnet_9blocks, N(0, 0.02)", "width": width, "height": height}
+    result.update(budget=budget, estimate_whole=whole)
     result.update(tile=tiling.tile, rows=tiling.rows, columns=tiling.columns, overlap=tiling.overlap)
     result.update(statistics_size=tiling.statistics_size, psnr_db=round(float(psnr), 2), ssim=round(ssim, 5))
     result.update(max_abs_error=int(np.abs(error).max()), untiled_seconds=round(untiled_seconds, 1))
     result["psnr_db_with_whole_image_statistics"] = round(float(exact_psnr), 2)
+    # What the statistics pass's size is worth: the same tiles, statistics from the image resized by each scale.
+    result["psnr_db_by_statistics_scale"] = {}
+    for scale in (0.37, 0.5, 0.6, 0.75):
+        size = (int(height * scale) // 4 * 4, int(width * scale) // 4 * 4)
+        small = tf.image.resize(image[None], size, method="bilinear", antialias=True)[0].numpy()
+        scaled = metrics.to_uint8(
+            inference._translate_tiled(network, image, tiling, inference.recorded_statistics(network, small))
+        )
+        scaled_error = scaled.astype(np.float64) - untiled.astype(np.float64)
+        scaled_psnr = 10 * np.log10(255.0**2 / max(np.mean(scaled_error**2), 1e-12))
+        result["psnr_db_by_statistics_scale"][str(scale)] = round(float(scaled_psnr), 2)
     result["tiled_seconds"] = round(tiled_seconds, 1)
     for name, axis, offsets, side in (("columns", 1, tiling.columns, 1), ("rows", 0, tiling.rows, 0)):
         border, interior = border_jump(tiled, offsets, tiling.tile[side], tiling.overlap, axis)
@@ -217,9 +236,10 @@ def calibrate_case(width, height):
     }
 
 
-def run_case(case, args):
+def run_case(case, args, trained=None):
     """Runs one case in a fresh process and returns its result."""
     command = [sys.executable, __file__, "--case", case, "--max-memory", args.max_memory]
+    command += ["--trained", trained] if trained else []
     result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:
@@ -235,7 +255,7 @@ def main():
         if kind == "speed":
             result = speed_case(float(value), args.max_memory)
         elif kind == "quality":
-            result = quality_case()
+            result = quality_case(args.trained)
         else:
             result = calibrate_case(*map(int, value.split("x")))
         print(json.dumps(result))
@@ -245,6 +265,8 @@ def main():
     results["speed"] = [run_case(f"speed:{size}", args) for size in args.sizes.split(",") if size]
     if args.quality:
         results["quality"] = run_case("quality", args)
+        if args.trained:
+            results["quality_trained"] = run_case("quality", args, args.trained)
     if args.calibrate:
         results["calibrate"] = [run_case(f"calibrate:{size}", args) for size in ("512x384", "1024x768", "1536x1152")]
     common.write_json(args.out, results)
