@@ -36,6 +36,16 @@ def tiny_cyclegan(pool_size=50, channels=3, **kwargs):
     )
 
 
+def run_cli(main, argv, capsys):
+    """A CLI's `main(argv)` as the shell runs it: (exit code, stdout + stderr)."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse's refusals
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -9,6 +9,7 @@ import json
 import keras
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image
 
 import export as export_cli
@@ -53,12 +54,7 @@ def world(tmp_path_factory):
 
 
 def run(capsys, *argv):
-    try:
-        code = export_cli.main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+    return run_cli(export_cli.main, argv, capsys)
 
 
 def test_every_artifact_is_scored_against_the_real_images_and_the_keras_model(tmp_path, capsys, world, small_inception):

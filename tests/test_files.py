@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN_FLAGS, tiny_cyclegan
+from conftest import TINY_TRAIN_FLAGS, run_cli, tiny_cyclegan
 from PIL import Image
 
 from cyclegan_keras import callbacks as cb
@@ -33,13 +33,7 @@ NO_SPACE = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def run(module, argv, capsys):
-    """A tool's main as the shell runs it: (exit code, stdout + stderr)."""
-    try:
-        code = module.main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+    return run_cli(module.main, argv, capsys)
 
 
 def error_lines(output):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_cyclegan
+from conftest import run_cli, tiny_cyclegan
 from PIL import Image
 
 from cyclegan_keras import data, inference, networks
@@ -24,13 +24,7 @@ def model_file(tmp_path_factory):
 
 
 def run(argv, capsys):
-    """translate.main as the shell runs it: (exit code, stdout + stderr)."""
-    try:
-        code = translate.main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+    return run_cli(translate.main, argv, capsys)
 
 
 def fingerprint(folder):

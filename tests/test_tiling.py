@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image
 
 from cyclegan_keras import export, inference, networks
@@ -115,12 +116,7 @@ def test_batches_hold_only_what_the_budget_allows(generator, monkeypatch, tmp_pa
 
 
 def run(argv, capsys):
-    try:
-        code = translate.main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+    return run_cli(translate.main, argv, capsys)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY_TRAIN_FLAGS
+from conftest import TINY_TRAIN_FLAGS, run_cli
 from tensorflow.core.util import event_pb2
 
 import train
@@ -51,13 +51,7 @@ def small_inception(inception, monkeypatch, tmp_path, no_weights):
 
 
 def run(capsys, *argv):
-    """(exit code, stdout + stderr) of train.py's main, as the shell sees them."""
-    try:
-        code = train.main([str(a) for a in argv])
-    except SystemExit as exit_:  # argparse refusing a flag
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+    return run_cli(train.main, argv, capsys)
 
 
 def read_log(workdir):
