@@ -46,6 +46,16 @@ def run_cli(main, argv, capsys):
     return code, captured.out + captured.err
 
 
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory):
+    """A saved tiny CycleGAN (`model.keras`), shared by the tests that only read it."""
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    model = tiny_cyclegan()
+    model.compile()
+    model.save(path)
+    return path
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

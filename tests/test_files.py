@@ -329,15 +329,6 @@ def injected_full_disk(tmp_path, monkeypatch):
     return folder, fill
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "model.keras"
-    model = tiny_cyclegan()
-    model.compile()
-    model.save(path)
-    return path
-
-
 def assert_one_line_exit_1(code, output, name):
     assert code == 1 and "Traceback" not in output, output
     (line,) = error_lines(output)

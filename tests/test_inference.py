@@ -5,22 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli, tiny_cyclegan
+from conftest import run_cli
 from PIL import Image
 
 from cyclegan_keras import data, inference, networks
 from cyclegan_keras.cli import translate
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "model.keras"
-    model = tiny_cyclegan()
-    model.compile()
-    model.save(path)
-    return path
 
 
 def run(argv, capsys):
