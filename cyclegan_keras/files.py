@@ -53,11 +53,17 @@ class DiskFull(OSError):
         return DiskFull(self.path, self.needed, self.at_least, after)
 
 
+def format_bytes(count):
+    """`count` bytes as `"4.0 GiB"`, `"512.0 MiB"` or `"900 bytes"`."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{int(count)} bytes"
+
+
 def _size(n):
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n:,} bytes ({n / scale:.1f} {unit})"
-    return f"{n:,} bytes"
+    """`"2,206,884 bytes (2.1 MiB)"`, for a DiskFull message."""
+    return f"{n:,} bytes ({format_bytes(n)})" if n >= 2**10 else f"{n:,} bytes"
 
 
 def _free(path):

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan_keras import data, files, ops
+from cyclegan_keras.files import format_bytes
 from cyclegan_keras.layers import InstanceNormalization
 from cyclegan_keras.model import DIRECTIONS, CycleGAN, padded_generator
 from cyclegan_keras.networks import min_size, size_multiple
@@ -358,14 +359,6 @@ IMAGE_BUFFERS = 4
 
 class MemoryBudgetError(ValueError):
     """An image cannot be translated within the memory budget (whole, with `tile_size=0`, or in tiles)."""
-
-
-def format_bytes(count):
-    """`count` bytes as `"4.0 GiB"`, `"512 MiB"` or `"900 bytes"`."""
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if count >= size:
-            return f"{count / size:.1f} {unit}"
-    return f"{int(count)} bytes"
 
 
 def available_memory():
