@@ -20,7 +20,9 @@ JPEG as a phone would. Every case runs in its own process, so its peak RSS
   columns (rows) at least one overlap away from any tile border.
   `--trained MODEL` runs it again with a trained generator. Both also give
   the PSNR with the statistics taken at other scales of the image, the
-  quality the statistics pass's size buys.
+  quality the statistics pass's size buys, and the PSNR and seconds with
+  0-3 leading norms' statistics gathered exactly at full size
+  (`inference.EXACT_NORMS`).
 - `calibrate` (`--calibrate`): untiled translations at three sizes, peak
   RSS growth against `inference.memory_needed`'s graph estimate, which
   gives `inference.ALLOCATION_FACTOR`.
@@ -201,6 +203,22 @@ def quality_case(trained=None):
         scaled_error = scaled.astype(np.float64) - untiled.astype(np.float64)
         scaled_psnr = 10 * np.log10(255.0**2 / max(np.mean(scaled_error**2), 1e-12))
         result["psnr_db_by_statistics_scale"][str(scale)] = round(float(scaled_psnr), 2)
+    # What the exact leading statistics are worth: the same tiles with 0-3 norms gathered at full size.
+    result["exact_norms"] = inference.EXACT_NORMS
+    result["psnr_db_by_exact_norms"] = {}
+    runner = inference._runner(network)
+    for count in (0, 1, 2, 3):
+        inference.EXACT_NORMS = count
+        runner.__dict__.pop("leading", None)  # rebuilt for this count
+        start = time.perf_counter()
+        counted = metrics.to_uint8(inference._translate_tiled(network, image, tiling))
+        seconds = time.perf_counter() - start
+        counted_error = counted.astype(np.float64) - untiled.astype(np.float64)
+        counted_psnr = 10 * np.log10(255.0**2 / max(np.mean(counted_error**2), 1e-12))
+        result["psnr_db_by_exact_norms"][str(count)] = {
+            "psnr_db": round(float(counted_psnr), 2),
+            "seconds": round(seconds, 1),
+        }
     result["tiled_seconds"] = round(tiled_seconds, 1)
     for name, axis, offsets, side in (("columns", 1, tiling.columns, 1), ("rows", 0, tiling.rows, 0)):
         border, interior = border_jump(tiled, offsets, tiling.tile[side], tiling.overlap, axis)

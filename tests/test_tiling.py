@@ -12,7 +12,7 @@ from cyclegan_keras.cli import translate
 
 @pytest.fixture(scope="module")
 def generator():
-    keras.utils.set_random_seed(0)  # the PSNR thresholds hold for other seeds too (34-37 dB tiled, 24-27 per tile)
+    keras.utils.set_random_seed(0)  # the PSNR thresholds hold for other seeds too (35-39 dB tiled, 24-27 per tile)
     return networks.resnet_generator(n_blocks=1, filters=8)
 
 
@@ -85,6 +85,23 @@ def test_tiles_equal_the_whole_image_under_the_same_statistics(generator):
     np.testing.assert_allclose(whole, runner.whole(image[None]).numpy()[0], atol=1e-5)  # the same statistics
 
 
+def test_the_leading_norms_get_the_full_size_statistics_gathered_tile_by_tile(generator):
+    image = smooth_image(200, 248)
+    exact = inference.recorded_statistics(generator, image)
+    tiling = inference.plan_tiles(generator, 200, 248, int(0.6 * inference.memory_needed(generator, 1, 200, 248)))
+    assert len(tiling.rows) * len(tiling.columns) >= 4 and tiling.statistics_size < (200, 248)
+    inference._translate_tiled(generator, image, tiling)
+    runner = inference._runner(generator)
+    gathered = {name: (mean.numpy(), variance.numpy()) for name, (mean, variance) in runner.statistics.items()}
+    names = [norm.name for norm in runner.norms]
+    assert len(names) > inference.EXACT_NORMS == 2
+    for name in names[: inference.EXACT_NORMS]:
+        np.testing.assert_allclose(gathered[name][0], exact[name][0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(gathered[name][1], exact[name][1], rtol=1e-4, atol=1e-6)
+    # The rest come from the reduced pass (the first of them: so the test can tell).
+    assert not np.allclose(gathered[names[2]][1], exact[names[2]][1], rtol=1e-3)
+
+
 def test_tiles_normalizing_themselves_would_not_match(generator):
     image = smooth_image(200, 248)
     tiling = inference.plan_tiles(generator, 200, 248, int(0.85 * inference.memory_needed(generator, 1, 200, 248)))
@@ -97,7 +114,7 @@ def test_tiles_normalizing_themselves_would_not_match(generator):
         for x, wx in zip(tiling.columns, inference._axis_weights(248, tile_w, tiling.columns, tiling.overlap)):
             tile = runner.whole(image[None, y : y + tile_h, x : x + tile_w]).numpy()[0]
             per_tile[y : y + tile_h, x : x + tile_w] += tile * wy[:, None, None] * wx[None, :, None]
-    assert psnr(tiled, whole) > 32
+    assert psnr(tiled, whole) > 34
     assert psnr(tiled, whole) > psnr(per_tile, whole) + 6
 
 
