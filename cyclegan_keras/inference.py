@@ -500,7 +500,7 @@ class _Runner:
     def leading(self):
         fixed = self._fixed
         return [
-            tf.function(keras.Model(fixed.inputs, fixed.get_layer(norm.name).input))
+            _moments_over_box(keras.Model(fixed.inputs, fixed.get_layer(norm.name).input))
             for norm in self.norms[:EXACT_NORMS]
         ]
 
@@ -794,18 +794,32 @@ def _exact_leading_statistics(runner, padded, tiling):
         count, mean, squares = 0, 0.0, 0.0  # squares: the sum of squared deviations from the mean
         for y, (top, bottom) in zip(tiling.rows, owned_y):
             for x, (left, right) in zip(tiling.columns, owned_x):
-                features = leading(padded[:, y : y + tile_y, x : x + tile_x])[0]
-                stride = tile_y // features.shape[0]
-                rows = slice((top - y) // stride, (bottom - y) // stride)
-                part = features[rows, (left - x) // stride : (right - x) // stride]
-                part_mean, part_variance = (v.numpy().astype(np.float64) for v in tf.nn.moments(part, [0, 1]))
-                part_count = part.shape[0] * part.shape[1]
+                box = tf.constant([top - y, bottom - y, left - x, right - x])
+                part_mean, part_variance, part_count = (
+                    v.numpy().astype(np.float64) for v in leading(padded[:, y : y + tile_y, x : x + tile_x], box)
+                )
                 delta, total = part_mean - mean, count + part_count
                 mean = mean + delta * part_count / total
                 squares = squares + part_variance * part_count + delta**2 * count * part_count / total
                 count = total
         runner.statistics[norm.name][0].assign(mean.astype(np.float32))
         runner.statistics[norm.name][1].assign((squares / count).astype(np.float32))
+
+
+def _moments_over_box(features_of):
+    """`(tile, box) -> (mean, variance, count)` of `features_of(tile)` per channel over `box`, in tile pixels.
+
+    In one graph, so that only the moments leave it (a tile's full-size features are the largest tensors).
+    """
+
+    def moments(tile, box):
+        features = features_of(tile)[0]
+        box = box // (tf.shape(tile)[1] // tf.shape(features)[0])  # the features' stride
+        part = tf.cast(features[box[0] : box[1], box[2] : box[3]], tf.float32)
+        mean, variance = tf.nn.moments(part, [0, 1])
+        return mean, variance, tf.cast(tf.shape(part)[0] * tf.shape(part)[1], tf.float32)
+
+    return tf.function(moments)
 
 
 def _owned_parts(offsets, tile, length, multiple):
