@@ -21,12 +21,12 @@ refuses them instead.
 
 import os
 import sys
+from pathlib import Path
 
 from cyclegan_keras import _env, files
 from cyclegan_keras.cli import args as cli_args
 from cyclegan_keras.cli import full_disk_exits_1
-
-DEFAULT_LOAD_SIZE = 256  # cyclegan_keras.inference.DEFAULT_LOAD_SIZE, without importing TensorFlow
+from cyclegan_keras.config import DEFAULT_LOAD_SIZE, DIRECTIONS, INFERENCE_PREPROCESS
 
 
 def parser():
@@ -47,26 +47,26 @@ def parser():
         "--direction",
         default="a2b",
         type=cli_args.direction,
-        metavar="{a2b,b2a}",
+        choices=DIRECTIONS,
         help="which generator of a CycleGAN; the reference's AtoB/BtoA also work (default: a2b)",
     )
     result.add_argument(
         "--batch-size",
-        type=cli_args.IntRange(1),
+        type=cli_args.Range(1),
         default=4,
         help="images of the same size translated together, >= 1; at most this many are held in memory (default: 4)",
     )
     result.add_argument(
         "--preprocess",
         default="none",
-        choices=["none", "resize"],
+        choices=INFERENCE_PREPROCESS,
         help="none: native size and aspect ratio, the output has the input's size; resize: the reference's "
         "test.py, a square --load-size resize (default: none, since a photo of any shape should come back "
         "in its own shape; use resize to compare with the reference's results)",
     )
     result.add_argument(
         "--load-size",
-        type=cli_args.IntRange(1),
+        type=cli_args.Range(1),
         default=None,
         help=f"side of the square with --preprocess resize, >= 1 (default: {DEFAULT_LOAD_SIZE}, the reference's)",
     )
@@ -80,6 +80,12 @@ def main(argv=None):
     args = cli.parse_args(argv)
     if args.load_size is not None and args.preprocess != "resize":
         cli.error(f"argument --load-size: applies only with --preprocess resize. Received: {args.load_size}")
+    out, folder = Path(os.path.realpath(args.out)), Path(os.path.realpath(args.input))
+    if os.path.isdir(args.input) and (out == folder or folder in out.parents):  # inference.plan_outputs' rule
+        cli.error(
+            f"argument --out: {args.out} is inside the input folder {args.input}: the translations would mix with "
+            "the originals and be read as inputs next time; choose a folder outside it"
+        )
     _env.import_tensorflow()
     from cyclegan_keras.data import DataError
     from cyclegan_keras.inference import (
