@@ -31,12 +31,7 @@ DISCRIMINATORS = ("basic", "n_layers", "pixel")
 # What each generator's strides and reflection pads need of an input side:
 # (a multiple of, at least); `networks.size_multiple`/`min_size` of the built
 # network, which tests/test_networks.py checks against this table.
-GENERATOR_SIZES = {
-    "resnet_9blocks": (4, 8),
-    "resnet_6blocks": (4, 8),
-    "unet_256": (256, 256),
-    "unet_128": (128, 128),
-}
+GENERATOR_SIZES = {"resnet_9blocks": (4, 8), "resnet_6blocks": (4, 8), "unet_256": (256, 256), "unet_128": (128, 128)}
 NORMS = ("instance", "batch", "none")
 GAN_MODES = ("lsgan", "vanilla", "wgangp")
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
@@ -69,13 +64,7 @@ RENAMED_SETTINGS = {"jit_compile": "xla"}
 # `python train.py` with no arguments: the synthetic dataset, small enough to
 # train in a few minutes on a laptop CPU. Used only for settings not given.
 SYNTHETIC_DEFAULTS = dict(
-    generator="resnet_6blocks",
-    ngf=32,
-    ndf=32,
-    load_size=72,
-    crop_size=64,
-    n_epochs=3,
-    n_epochs_decay=2,
+    generator="resnet_6blocks", ngf=32, ndf=32, load_size=72, crop_size=64, n_epochs=3, n_epochs_decay=2
 )
 
 
@@ -132,10 +121,7 @@ def setting(default, help, choices=None, minimum=None, maximum=None, above=None,
         help: the flag's help text.
         choices: the accepted values, or None.
         minimum, maximum, above, below: the bounds of a number (see `Range`), or None.
-        kind: what the command line checks a path or word for: `"dataroot"`
-            (a folder with trainA/ and trainB/), `"inception_weights"` (a
-            file), `"image_folder"` (holds images), `"output_folder"` (can be
-            created) or `"direction"` (the reference's spellings as aliases).
+        kind: the command line's check of a path or word, a key of `cli.train.KIND_TYPES`, or None.
     """
     bounds = dict(minimum=minimum, maximum=maximum, above=above, below=below)
     bounds = {key: value for key, value in bounds.items() if value is not None}
@@ -212,18 +198,12 @@ class Preprocessing:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Every setting of a training run. Defaults are the paper's.
+    """Every setting of a training run; defaults are the paper's, each field's help says what it does.
 
-    Field names are the reference's options (`train.py` flags, with `-` for
-    `_`). `dataset` is `"synthetic"`, a tfds `cycle_gan` config, or ignored
-    when `dataroot` (a folder with trainA/ and trainB/) or `train_a` and
-    `train_b` (any two folders) are given.
-
-    Directions and channels, as the reference: `direction="b2a"` makes the
-    dataset's B images the model's domain A (what `generator_ab` translates
-    from). `input_nc` is always the channels of the model's domain A and
-    `output_nc` those of its domain B; so with `b2a` the B folder is read
-    with `input_nc` channels and the A folder with `output_nc`.
+    `dataset` is ignored when `dataroot` or `train_a`/`train_b` are given.
+    As in the reference, `direction="b2a"` makes the dataset's B images the
+    model's domain A (what `generator_ab` translates from), and `input_nc`
+    is always the channels of the model's domain A, `output_nc` of its B.
 
     Raises:
         ConfigError: a setting out of range, or settings that contradict
@@ -236,9 +216,7 @@ class TrainConfig:
         choices=DATASETS,
     )
     dataroot: str = setting(
-        None,
-        "folder in the reference layout: trainA/, trainB/ (and testA/, testB/ for snapshots)",
-        kind="dataroot",
+        None, "folder in the reference layout: trainA/, trainB/ (and testA/, testB/ for snapshots)", kind="dataroot"
     )
     train_a: str = setting(
         None, "folder of domain A images (with --train-b), instead of --dataroot", kind="image_folder"

@@ -12,6 +12,7 @@ restart rebuilds epoch e, step s exactly (`unpaired_dataset(start_epoch=e).skip(
 import concurrent.futures
 import dataclasses
 import functools
+import itertools
 import os
 import re
 from pathlib import Path
@@ -192,8 +193,7 @@ def read_image(path, channels=3, max_pixels=MAX_DECODE_PIXELS):
             `MAX_DECODE_PIXELS` (2**28: 16384x16384, 0.8 GB decoded).
 
     Raises:
-        UnreadableImage: naming the file and why, without TensorFlow's
-            internal op names.
+        UnreadableImage: naming the file and why, without TensorFlow's op names.
     """
     return _read_image(path, channels, max_pixels)[0]
 
@@ -458,9 +458,7 @@ def synthetic_domains(count=256, size=64, phase="train", preprocessing=None, see
     offset = 0 if phase == "train" else 1000
     return tuple(
         array_domain(
-            synthetic_images(d, count, size, 1 if pre.channels == 1 else 3, seed=seed + offset + i),
-            pre,
-            f"{phase}{d}",
+            synthetic_images(d, count, size, 1 if pre.channels == 1 else 3, seed=seed + offset + i), pre, f"{phase}{d}"
         )
         for i, (d, pre) in enumerate((("A", pre_a), ("B", pre_b)))
     )
@@ -624,12 +622,15 @@ def unpaired_dataset(
     return epoch_numbers.flat_map(epoch_pairs).prefetch(tf.data.AUTOTUNE)
 
 
+def _test_images(domain, preprocessing):
+    """The images of `domain`, test-time preprocessed, one at a time."""
+    lookup, seed = _lookup(domain, preprocessing), tf.zeros([2], tf.int32)
+    return (augment(lookup(i), preprocessing, seed, False).numpy() for i in range(len(domain)))
+
+
 def domain_images(domain, preprocessing, count=None):
     """The first `count` images of a domain, test-time preprocessed, as one array."""
-    lookup = _lookup(domain, preprocessing)
-    count = len(domain) if count is None else min(count, len(domain))
-    seed = tf.zeros([2], tf.int32)
-    return np.stack([augment(lookup(i), preprocessing, seed, False).numpy() for i in range(count)])
+    return np.stack(list(itertools.islice(_test_images(domain, preprocessing), count)))
 
 
 def domain_batches(domain, preprocessing, batch_size=16):
@@ -638,11 +639,8 @@ def domain_batches(domain, preprocessing, batch_size=16):
     Yields float32 batches `(b, h, w, c)` in [-1, 1], in order; a batch
     holds images of one size (`--preprocess none` keeps each file's).
     """
-    lookup = _lookup(domain, preprocessing)
-    seed = tf.zeros([2], tf.int32)
     batch = []
-    for i in range(len(domain)):
-        image = augment(lookup(i), preprocessing, seed, False).numpy()
+    for image in _test_images(domain, preprocessing):
         if batch and (len(batch) == batch_size or image.shape != batch[0].shape):
             yield np.stack(batch)
             batch = []

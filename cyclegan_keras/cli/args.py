@@ -60,13 +60,19 @@ def direction(text):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def dataroot(text):
-    """argparse type: a dataset folder in the reference layout, with trainA/ and trainB/."""
+def _existing(text, folder, what):
+    """`Path(text)` if it exists and is a folder (`folder=True`) or a file; else the error, naming `what` it must be."""
     path = Path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text} not found")
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    if not (path.is_dir() if folder else path.is_file()):
+        raise argparse.ArgumentTypeError(f"{text} is a {'file' if folder else 'folder'}, not {what}")
+    return path
+
+
+def dataroot(text):
+    """argparse type: a dataset folder in the reference layout, with trainA/ and trainB/."""
+    path = _existing(text, True, "a folder")
     missing = [name for name in ("trainA", "trainB") if not (path / name).is_dir()]
     if missing:
         raise argparse.ArgumentTypeError(
@@ -78,11 +84,7 @@ def dataroot(text):
 
 def existing_file(text):
     """argparse type: a file that exists (what it holds is checked when it is read)."""
-    path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{text} not found")
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    _existing(text, False, "a file")
     return text
 
 
@@ -107,11 +109,7 @@ def _existing_ancestor(path):
 
 
 def keras_model(text):
-    """argparse type: a `.keras` file, or a training work directory holding `model.keras`.
-
-    Checks what can be checked without TensorFlow: a `.keras` file is a zip
-    archive holding `config.json`. Loading it is checked after parsing.
-    """
+    """argparse type: a `.keras` file (a zip archive with config.json), or a work directory holding `model.keras`."""
     path = Path(text)
     if path.is_dir():
         path = path / "model.keras"
@@ -136,11 +134,7 @@ def _is_keras_archive(path):
 
 def torch_file(text):
     """argparse type: an existing file (its content is checked when it is read)."""
-    path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{text} not found")
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text} is a folder, not a PyTorch .pth file")
+    _existing(text, False, "a PyTorch .pth file")
     return text
 
 
@@ -154,12 +148,7 @@ def _has_image_files(folder):
 
 def image_folder(text):
     """argparse type: a folder holding image files (at any depth)."""
-    path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{text} not found")
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder of images")
-    if not _has_image_files(path):
+    if not _has_image_files(_existing(text, True, "a folder of images")):
         raise argparse.ArgumentTypeError(f"{text} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
     return text
 
@@ -174,8 +163,7 @@ def fid_image_folder(text):
 
 
 def model_source(text):
-    """argparse type: a model in any form evaluate takes: a `.keras` file or work directory,
-    a SavedModel directory (or export OUT folder), or a `.tflite` file."""
+    """argparse type: a `.keras` file or work directory, a SavedModel directory (or export OUT) or a `.tflite` file."""
     path = Path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text} not found")
@@ -207,10 +195,7 @@ def inception_weights_file(text):
 
 def labels_source(text):
     """argparse type: `cityscapes` or a palette file (one `R G B name` line per class)."""
-    if text == "cityscapes":
-        return text
-    existing_file(text)
-    return text
+    return text if text == "cityscapes" else existing_file(text)
 
 
 def output_file(text):
@@ -244,10 +229,7 @@ _BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 def byte_size(text):
-    """argparse type: a number of bytes >= 1M, e.g. `4G`, `512M`, `1.5G` or `2000000` (K, M, G, T: 1024-powers).
-
-    A trailing `B` or `iB` is accepted (`4GB`, `4GiB`: the same).
-    """
+    """argparse type: bytes >= 1M: `4G`, `4GB`, `4GiB`, `1.5G` or `2000000` (K, M, G, T: 1024-powers)."""
     cleaned = str(text).strip().upper().removesuffix("IB").removesuffix("B")
     unit = cleaned[-1:] if cleaned[-1:] in _BYTE_UNITS else ""
     try:

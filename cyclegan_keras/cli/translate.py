@@ -4,19 +4,15 @@
     python translate.py --model runs/horse2zebra --direction BtoA --input 'zebras/*.jpg' --out horses/
     python translate.py --model horse2zebra/generator.keras --input horses/ --out zebras/ --preprocess resize
 
-By default each image is translated at its own size and aspect ratio
-(--preprocess none). --preprocess resize is the reference's test.py: every
-image resized to --load-size square (256), outputs that size. OUT/index.html
-shows input | output. --out never overwrites an input: it may not be inside
-an --input folder, and clashing names get _1, _2, ... suffixes. Nor does it
-replace a file in --out that it did not write: the command refuses, naming
-the file (OUT/.cyclegan_keras_manifest.json lists what it wrote, which a
-rerun may replace).
-
-Each translation stays within --max-memory (default: half the memory
-available): images that do not fit whole are translated in overlapping
-tiles with the whole image's normalization statistics; --tile-size 0
-refuses them instead.
+Each image is translated at its own size and aspect ratio (--preprocess
+none), or resized to a --load-size square (256) as the reference's test.py
+(--preprocess resize). OUT/index.html shows input | output. --out never
+overwrites an input: it may not be inside an --input folder, and clashing
+names get _1, _2, ... suffixes. Nor does it replace a file in --out that it
+did not write (OUT/.cyclegan_keras_manifest.json lists what it wrote).
+Images that do not fit --max-memory (default: half the memory available)
+are translated in overlapping tiles with the whole image's normalization
+statistics; --tile-size 0 refuses them instead.
 """
 
 import os
