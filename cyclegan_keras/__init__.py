@@ -1,12 +1,10 @@
 """CycleGAN for Keras 3 on TensorFlow.
 
 Importing the package checks the Keras backend and loads nothing else: the
-public names below load their modules (and TensorFlow) on first use, so the
-command-line tools print `--help` without starting TensorFlow. Any module is
-also reachable as an attribute (`cyclegan_keras.data`). The Keras classes
-are registered for `keras.models.load_model` once their module is loaded:
-by `from cyclegan_keras import CycleGAN`, or by `import cyclegan_keras`
-after `import keras`.
+public names (and any module, `cyclegan_keras.data`) load on first use, so
+`--help` never starts TensorFlow. The Keras classes are registered for
+`keras.models.load_model` once their module loads: by `from cyclegan_keras
+import CycleGAN`, or by `import cyclegan_keras` after `import keras`.
 """
 
 import importlib
@@ -32,12 +30,7 @@ class BackendError(ImportError):
 
 
 def _require_tensorflow_backend():
-    """Fails at import, before Keras loads another backend, unless Keras runs on TensorFlow.
-
-    With `KERAS_BACKEND` unset and Keras not yet imported, sets it to
-    `tensorflow`, so that a `~/.keras/keras.json` naming another backend does
-    not apply to this package.
-    """
+    """Fails at import unless Keras runs on TensorFlow; sets an unset `KERAS_BACKEND` (over ~/.keras/keras.json)."""
     how = (
         "Set KERAS_BACKEND=tensorflow before Python starts (e.g. `export KERAS_BACKEND=tensorflow`), "
         "or in os.environ before the first `import keras`."
@@ -60,8 +53,7 @@ def _require_tensorflow_backend():
 _require_tensorflow_backend()
 
 if "keras" in sys.modules:
-    # Keras (so TensorFlow) is loaded already: registering the classes costs
-    # little, and a plain `keras.models.load_model` then finds them.
+    # Keras is loaded already: registering the classes costs little, and load_model then finds them.
     for _module in sorted(set(_CLASSES.values())):
         importlib.import_module(_module)
 

@@ -1,31 +1,13 @@
-"""Process settings of the command-line tools, in one place.
+"""Process settings of the command-line tools: quiet TensorFlow logging, imported after parsing.
 
-Each CLI module imports this first and calls `import_tensorflow()` after its
-arguments are parsed (so `--help` never starts TensorFlow). Importing it sets
-`TF_CPP_MIN_LOG_LEVEL=2` unless the user set it (the package's `__init__`
-has already settled `KERAS_BACKEND`).
-
-Why `import_tensorflow()` filters stderr: TensorFlow 2.21 logs through absl,
-and what its wheels log before `absl::InitializeLog()` is called (which they
-never call) goes to stderr whatever `TF_CPP_MIN_LOG_LEVEL` says (the open
-abseil-cpp pull request #1957 is about exactly that): a banner `WARNING: All
-log messages before absl::InitializeLog() ...`, then `I0000 ... port.cc]
-oneDNN custom operations are on ...` and `I0000 ... cudart_stub.cc] Could not
-find cuda drivers ...`, twice, once per TensorFlow shared library. Then, on a
-machine without an NVIDIA driver, the first use of a device initializes the
-CUDA platform, whose `cuInit` fails and is logged at ERROR: `E0000 ...
-cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: Failed call
-to cuInit: UNKNOWN ERROR (303)`. Only `TF_CPP_MIN_LOG_LEVEL=3` hides that
-line, and with it every real error; `CUDA_VISIBLE_DEVICES=""` or `-1` does not
-stop the call (measured with TensorFlow 2.21 on a CPU-only machine).
-
-So the import and the device initialization run with stderr (the file
-descriptor, where C++ writes) captured, and the captured lines are written
-back except, when `TF_CPP_MIN_LOG_LEVEL` is above 0: absl-format lines below
-that level (what the setting promises), the banner, and the `cuInit` failure
-when there is no NVIDIA kernel driver (`/proc/driver/nvidia/version` missing),
-where it says only that there is no GPU. Everything else, errors included,
-comes through; `TF_CPP_MIN_LOG_LEVEL=0` shows everything.
+Importing this sets `TF_CPP_MIN_LOG_LEVEL=2` unless the user set it. That
+does not hide what TensorFlow 2.21 logs before absl is initialized (which
+its wheels never do; abseil-cpp PR #1957): a banner, oneDNN and cudart
+notes, and on a machine without an NVIDIA driver an ERROR `failed call to
+cuInit` that only level 3 hides, with every real error (measured on a
+CPU-only machine). So `import_tensorflow()` captures fd 2 and writes back
+all but: absl lines below the level, the banner, and that cuInit line when
+`/proc/driver/nvidia/version` is missing. `TF_CPP_MIN_LOG_LEVEL=0` shows all.
 """
 
 import contextlib
@@ -44,11 +26,7 @@ NVIDIA_DRIVER = "/proc/driver/nvidia/version"
 
 
 def import_tensorflow():
-    """Imports TensorFlow and initializes its devices, without the noise described above.
-
-    Returns:
-        The `tensorflow` module.
-    """
+    """Imports TensorFlow and initializes its devices, without the noise described above; returns the module."""
     with filtered_stderr(_keep):
         import tensorflow as tf
 
@@ -81,11 +59,7 @@ def _keep(line, min_log_level=None, has_nvidia_driver=None):
 
 @contextlib.contextmanager
 def filtered_stderr(keep):
-    """Captures file descriptor 2 while the block runs, then writes back the lines `keep` accepts.
-
-    Captured to a file (not a pipe, which could fill and block the writer);
-    written back even when the block raises, before the exception's traceback.
-    """
+    """Captures fd 2 in a file (a pipe could fill and block) during the block, then writes back what `keep` accepts."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:

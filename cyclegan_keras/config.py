@@ -1,39 +1,46 @@
-"""The settings of a training run, importable without TensorFlow.
+"""The settings of a training run and the package's vocabularies, importable without TensorFlow.
 
 `TrainConfig` is a frozen dataclass whose fields are the reference's options
-(`train.py` flags, with `-` for `_`). Each field carries in its metadata the
-help text and the values it accepts (`choices`, or a numeric range), so the
-command line (`cyclegan_keras.cli.train`) is generated from the fields and
-checks every flag while parsing, and `TrainConfig.__post_init__` applies the
-same checks to settings given in Python. A field cannot be added without
-its help and its check: the CLI refuses to build a flag without them.
-
-Nothing here imports TensorFlow at module level, so `train.py --help` and
-the flag checks are instant; the checks that need the networks (the crop
-size a generator's strides allow) import them inside `__post_init__`.
+(`train.py` flags, with `-` for `_`). Each field carries its help text and
+the values it accepts (`choices`, a `Range` or a path `kind`): the command
+line (`cyclegan_keras.cli.train`) is generated from the fields and checks
+every flag while parsing, and `TrainConfig.__post_init__` applies the same
+checks to settings given in Python.
 """
 
+import argparse
 import dataclasses
 import math
 
-# Vocabularies the flags accept. `distribute`, `networks` and `data` import
-# the ones they own from here, so the TF-free parser and the library agree.
+# Every vocabulary is defined here once; the modules that import TensorFlow
+# take theirs from here, so the TF-free parsers and the library agree.
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 DIRECTIONS = ("a2b", "b2a")
+# The reference's spellings: the command line takes them in any case, and
+# config.json of runs made before directions were a2b/b2a holds them.
+LEGACY_DIRECTIONS = {"AtoB": "a2b", "BtoA": "b2a"}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # The reference's `init_weights` and `get_scheduler` choices.
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 LR_POLICIES = ("linear", "step", "plateau", "cosine")
 CHANNELS = (1, 3, 4)
-# The registries in `networks` and `model.GAN_MODES` live in modules that
-# import TensorFlow, so their names are repeated here and
-# tests/test_train_cli.py keeps them equal; `data` takes PREPROCESS_MODES and
-# TFDS_CONFIGS from here.
+# The names of the registries in `networks` (tests/test_train_cli.py keeps them equal).
 GENERATORS = ("resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128")
 DISCRIMINATORS = ("basic", "n_layers", "pixel")
+# What each generator's strides and reflection pads need of an input side:
+# (a multiple of, at least); `networks.size_multiple`/`min_size` of the built
+# network, which tests/test_networks.py checks against this table.
+GENERATOR_SIZES = {"resnet_9blocks": (4, 8), "resnet_6blocks": (4, 8), "unet_256": (256, 256), "unet_128": (128, 128)}
 NORMS = ("instance", "batch", "none")
 GAN_MODES = ("lsgan", "vanilla", "wgangp")
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+# translate.py --preprocess: native size, or the reference's test.py square resize
+# to DEFAULT_LOAD_SIZE (its test-time load_size, equal to the crop size).
+INFERENCE_PREPROCESS = ("none", "resize")
+DEFAULT_LOAD_SIZE = 256
+# evaluate.py --resize-mode: the Inception input pipelines of pytorch-fid and clean-fid.
+RESIZE_MODES = ("pytorch-fid", "clean")
 TFDS_CONFIGS = (
     "apple2orange",
     "summer2winter_yosemite",
@@ -51,19 +58,13 @@ DATASETS = ("synthetic", *TFDS_CONFIGS)
 # export.py --max-pixels: the most pixels (height x width, summed over the
 # batch) one SavedModel request may hold; measured in bench/serving_memory.py.
 SERVING_MAX_PIXELS = 2048 * 2048
-# config.json of runs made before directions were a2b/b2a.
-LEGACY_DIRECTIONS = {"AtoB": "a2b", "BtoA": "b2a"}
+# config.json keys of earlier versions -> today's names.
+RENAMED_SETTINGS = {"jit_compile": "xla"}
 
 # `python train.py` with no arguments: the synthetic dataset, small enough to
 # train in a few minutes on a laptop CPU. Used only for settings not given.
 SYNTHETIC_DEFAULTS = dict(
-    generator="resnet_6blocks",
-    ngf=32,
-    ndf=32,
-    load_size=72,
-    crop_size=64,
-    n_epochs=3,
-    n_epochs_decay=2,
+    generator="resnet_6blocks", ngf=32, ndf=32, load_size=72, crop_size=64, n_epochs=3, n_epochs_decay=2
 )
 
 
@@ -71,84 +72,138 @@ class ConfigError(ValueError):
     """A setting the user gave is invalid; the message names the flag."""
 
 
-def setting(default, help, choices=None, minimum=None, maximum=None, above=None, below=None, kind=None, flag=None):
+@dataclasses.dataclass(frozen=True, repr=False)
+class Range:
+    """The numbers a setting or flag accepts; also the flag's argparse type.
+
+    Args:
+        minimum, maximum: inclusive bounds, or None.
+        above, below: exclusive bounds, or None.
+        integer: bool. Integers; else finite floats. Defaults to `True`.
+    """
+
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
+    below: float | None = None
+    integer: bool = True
+
+    def __str__(self):
+        signs = ((">=", self.minimum), (">", self.above), ("<=", self.maximum), ("<", self.below))
+        bounds = " and ".join(f"{sign} {value}" for sign, value in signs if value is not None)
+        return f"{'an integer' if self.integer else 'a finite number'} {bounds}"
+
+    __repr__ = __str__  # argparse names the type in some messages
+
+    def __contains__(self, value):
+        return (self.integer or math.isfinite(value)) and not (
+            (self.minimum is not None and value < self.minimum)
+            or (self.maximum is not None and value > self.maximum)
+            or (self.above is not None and value <= self.above)
+            or (self.below is not None and value >= self.below)
+        )
+
+    def __call__(self, text):
+        try:
+            value = (int if self.integer else float)(text)
+        except ValueError:
+            value = None
+        if value is None or value not in self:
+            raise argparse.ArgumentTypeError(f"must be {self}. Received: {text!r}")
+        return value
+
+
+def setting(default, help, choices=None, minimum=None, maximum=None, above=None, below=None, kind=None):
     """A `TrainConfig` field with its help text and the values it accepts.
 
     Args:
         default: the paper's value (None: not set).
         help: the flag's help text.
         choices: the accepted values, or None.
-        minimum, maximum: inclusive bounds of a number, or None.
-        above, below: exclusive bounds of a number, or None. A float
-            setting with any bound must also be finite.
-        kind: what a path must be: `"folder"` (exists), `"inception_weights"` (a file), `"image_folder"`
-            (holds images) or `"output_folder"` (can be created), or
-            `"direction"` (a2b/b2a, the reference's spellings as aliases).
-        flag: the command-line flag when it is not `--` + the name with `-`.
+        minimum, maximum, above, below: the bounds of a number (see `Range`), or None.
+        kind: the command line's check of a path or word, a key of `cli.train.KIND_TYPES`, or None.
     """
-    metadata = dict(
-        help=help, choices=choices, minimum=minimum, maximum=maximum, above=above, below=below, kind=kind, flag=flag
-    )
-    return dataclasses.field(default=default, metadata=metadata)
+    bounds = dict(minimum=minimum, maximum=maximum, above=above, below=below)
+    bounds = {key: value for key, value in bounds.items() if value is not None}
+    return dataclasses.field(default=default, metadata=dict(help=help, choices=choices, bounds=bounds, kind=kind))
 
 
 def flag_name(field):
-    """The command-line flag of a `TrainConfig` field (`--lambda-a`, `--xla`)."""
-    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+    """The command-line flag of a `TrainConfig` field (`--lambda-a`)."""
+    return "--" + field.name.replace("_", "-")
 
 
-def allowed(field):
-    """What a field accepts, in words (`a number > 0`), or None for no numeric bound."""
-    m = field.metadata
-    if m["choices"] is not None:
-        return "one of " + ", ".join(str(c) for c in m["choices"])
-    parts = []
-    for key, sign in (("minimum", ">="), ("above", ">"), ("maximum", "<="), ("below", "<")):
-        if m[key] is not None:
-            parts.append(f"{sign} {m[key]}")
-    if not parts:
-        return None
-    noun = "an integer" if field.type in (int, "int") else "a finite number"
-    return f"{noun} {' and '.join(parts)}"
+def value_range(field):
+    """The `Range` of a numeric field, or None when it has no bounds."""
+    bounds = field.metadata["bounds"]
+    return Range(**bounds, integer=field.type in (int, "int")) if bounds else None
 
 
 def check_value(field, value):
     """An error message if `value` is outside what `field` accepts, else None (None values pass)."""
+    choices, accepted = field.metadata["choices"], value_range(field)
     if value is None:
         return None
-    m = field.metadata
-    bad = False
-    if m["choices"] is not None:
-        bad = value not in m["choices"]
-    elif allowed(field) is not None:
-        if isinstance(value, float) and not math.isfinite(value):
-            bad = True
-        else:
-            bad = (
-                (m["minimum"] is not None and value < m["minimum"])
-                or (m["maximum"] is not None and value > m["maximum"])
-                or (m["above"] is not None and value <= m["above"])
-                or (m["below"] is not None and value >= m["below"])
+    if choices is not None and value not in choices:
+        allowed = "one of " + ", ".join(str(c) for c in choices)
+    elif accepted is not None and value not in accepted:
+        allowed = accepted
+    else:
+        return None
+    return f"{flag_name(field)} must be {allowed}. Received: {value!r}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How images become training tensors (the reference's `--preprocess`).
+
+    Modes: `resize_and_crop` (resize to load_size x load_size, crop
+    crop_size), `crop` (crop only), `scale_width` (width to load_size,
+    aspect kept), `scale_width_and_crop`, `none` (sides rounded to a multiple
+    of 4). Crops are random in training and centred at test time; images
+    smaller than the crop are first scaled up. Resizing is bicubic
+    (antialiased, as PIL's). Values end in [-1, 1], float32.
+
+    Args:
+        mode: one of `PREPROCESS_MODES`. Defaults to `"resize_and_crop"`.
+        load_size: int. Defaults to `286`.
+        crop_size: int. Defaults to `256`.
+        flip: bool. Random horizontal flips in training. Defaults to `True`.
+        channels: int. 3 (RGB), 1 (grayscale) or 4 (RGBA). Defaults to `3`.
+    """
+
+    mode: str = "resize_and_crop"
+    load_size: int = 286
+    crop_size: int = 256
+    flip: bool = True
+    channels: int = 3
+
+    def __post_init__(self):
+        if self.mode not in PREPROCESS_MODES:
+            raise ValueError(f"preprocess must be one of {PREPROCESS_MODES}. Received: {self.mode!r}")
+        if self.channels not in CHANNELS:
+            raise ValueError(f"channels must be 1, 3 or 4. Received: channels={self.channels}")
+        if self.load_size < 1 or self.crop_size < 1:
+            raise ValueError(f"load_size and crop_size must be positive. Received: {self.load_size}, {self.crop_size}")
+        if self.mode in ("resize_and_crop", "scale_width_and_crop") and self.crop_size > self.load_size:
+            raise ValueError(
+                f"crop_size ({self.crop_size}) cannot be larger than load_size ({self.load_size}) "
+                f"with preprocess {self.mode!r}"
             )
-    if bad:
-        return f"{flag_name(field)} must be {allowed(field)}. Received: {value!r}"
-    return None
+
+    @property
+    def crops(self):
+        return self.mode in ("resize_and_crop", "crop", "scale_width_and_crop")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Every setting of a training run. Defaults are the paper's.
+    """Every setting of a training run; defaults are the paper's, each field's help says what it does.
 
-    Field names are the reference's options (`train.py` flags, with `-` for
-    `_`). `dataset` is `"synthetic"`, a tfds `cycle_gan` config, or ignored
-    when `dataroot` (a folder with trainA/ and trainB/) or `train_a` and
-    `train_b` (any two folders) are given.
-
-    Directions and channels, as the reference: `direction="b2a"` makes the
-    dataset's B images the model's domain A (what `generator_ab` translates
-    from). `input_nc` is always the channels of the model's domain A and
-    `output_nc` those of its domain B; so with `b2a` the B folder is read
-    with `input_nc` channels and the A folder with `output_nc`.
+    `dataset` is ignored when `dataroot` or `train_a`/`train_b` are given.
+    As in the reference, `direction="b2a"` makes the dataset's B images the
+    model's domain A (what `generator_ab` translates from), and `input_nc`
+    is always the channels of the model's domain A, `output_nc` of its B.
 
     Raises:
         ConfigError: a setting out of range, or settings that contradict
@@ -161,9 +216,7 @@ class TrainConfig:
         choices=DATASETS,
     )
     dataroot: str = setting(
-        None,
-        "folder in the reference layout: trainA/, trainB/ (and testA/, testB/ for snapshots)",
-        kind="folder",
+        None, "folder in the reference layout: trainA/, trainB/ (and testA/, testB/ for snapshots)", kind="dataroot"
     )
     train_a: str = setting(
         None, "folder of domain A images (with --train-b), instead of --dataroot", kind="image_folder"
@@ -178,6 +231,7 @@ class TrainConfig:
     direction: str = setting(
         "a2b",
         "a2b or b2a (the reference's AtoB, BtoA also work): with b2a the dataset's B images are the model's domain A",
+        choices=DIRECTIONS,
         kind="direction",
     )
     input_nc: int = setting(
@@ -249,7 +303,7 @@ class TrainConfig:
     strict_data: bool = setting(
         False, "fail before training if any image file cannot be read (default: skip and report it)"
     )
-    jit_compile: bool = setting(False, "compile the training step with XLA", flag="--xla")
+    xla: bool = setting(False, "compile the training step with XLA (Keras's jit_compile)")
     deterministic: bool = setting(False, "deterministic ops (slower; for bit-exact reruns)")
     strategy: str = setting(
         "auto",
@@ -276,47 +330,31 @@ class TrainConfig:
     )
 
     def __post_init__(self):
-        def fail(message):
-            raise ConfigError(message)
-
         for field in dataclasses.fields(self):
             error = check_value(field, getattr(self, field.name))
             if error:
-                fail(error)
-        if self.direction not in DIRECTIONS:
-            fail(
-                f"--direction must be one of {', '.join(DIRECTIONS)} (the command line also takes AtoB, BtoA). "
-                f"Received: {self.direction!r}"
-            )
+                raise ConfigError(error)
         if (self.train_a is None) != (self.train_b is None):
-            fail("--train-a and --train-b go together: give a folder for each domain")
+            raise ConfigError("--train-a and --train-b go together: give a folder for each domain")
         if self.n_epochs + self.n_epochs_decay < 1:
-            fail("--n-epochs plus --n-epochs-decay must be at least 1")
+            raise ConfigError("--n-epochs plus --n-epochs-decay must be at least 1")
         if self.epoch_count > self.n_epochs + self.n_epochs_decay:
-            fail(
+            raise ConfigError(
                 f"--epoch-count {self.epoch_count} is past the last epoch (--n-epochs + --n-epochs-decay = "
                 f"{self.n_epochs + self.n_epochs_decay})"
             )
         if self.lambda_identity > 0 and self.input_nc != self.output_nc:
-            fail(
+            raise ConfigError(
                 f"The identity loss needs --input-nc equal to --output-nc ({self.input_nc} != "
                 f"{self.output_nc}): add --lambda-identity 0"
             )
         try:
             preprocessing = self.preprocessing("A")
         except ValueError as error:
-            fail(f"--preprocess/--load-size/--crop-size: {error}")
-        # A few ms: the strides' truth. Built in a graph of its own, so no
-        # eager op runs before a multi-worker strategy is made.
-        import tensorflow as tf
-
-        from cyclegan_keras import networks
-
-        with tf.Graph().as_default():
-            probe = networks.build_generator(self.generator, filters=1)
-            multiple, smallest = networks.size_multiple(probe), networks.min_size(probe)
+            raise ConfigError(f"--preprocess/--load-size/--crop-size: {error}") from None
+        multiple, smallest = GENERATOR_SIZES[self.generator]
         if preprocessing.crops and (self.crop_size % multiple or self.crop_size < smallest):
-            fail(
+            raise ConfigError(
                 f"--crop-size {self.crop_size} must be a multiple of {multiple} and at least {smallest} "
                 f"for --generator {self.generator}. Try --crop-size "
                 f"{max(smallest, self.crop_size // multiple * multiple)}"
@@ -332,17 +370,13 @@ class TrainConfig:
         return self.n_epochs + self.n_epochs_decay - (self.epoch_count - 1)
 
     def test_preprocessing(self, domain):
-        """The reference's test-time transform for `domain`: as `preprocessing`, with
-        `load_size = crop_size` and no flip (its TestOptions), so a resized image
-        is shown whole. Snapshots and `--eval-every` use it."""
+        """The reference's test-time `preprocessing` (its TestOptions): `load_size = crop_size`, no flip."""
         return dataclasses.replace(self.preprocessing(domain), load_size=self.crop_size, flip=False)
 
     def preprocessing(self, domain):
-        """`data.Preprocessing` for the model's domain "A" (input_nc channels) or "B" (output_nc)."""
-        from cyclegan_keras import data  # imports TensorFlow
-
+        """The `Preprocessing` of the model's domain "A" (input_nc channels) or "B" (output_nc)."""
         channels = self.input_nc if domain == "A" else self.output_nc
-        return data.Preprocessing(
+        return Preprocessing(
             mode=self.preprocess,
             load_size=self.load_size,
             crop_size=self.crop_size,
@@ -355,10 +389,24 @@ def make_config(**given):
     """A `TrainConfig` from the settings a user gave (None means not given).
 
     On the synthetic dataset the settings of `SYNTHETIC_DEFAULTS` replace the
-    paper's when not given, so `python train.py` finishes in minutes.
+    paper's when not given, so `python train.py` finishes in minutes. Names
+    of `RENAMED_SETTINGS` are accepted for today's.
     """
-    given = {key: value for key, value in given.items() if value is not None}
+    given = {RENAMED_SETTINGS.get(key, key): value for key, value in given.items() if value is not None}
     folders = given.get("dataroot") or given.get("train_a")
     if given.get("dataset", "synthetic") == "synthetic" and not folders:
         given = {**SYNTHETIC_DEFAULTS, **given}
     return TrainConfig(**given)
+
+
+def upgrade_settings(found):
+    """The settings of an earlier version's config.json in today's terms.
+
+    Renamed keys take today's names, settings added since take their
+    defaults (which reproduce what earlier versions did), and directions
+    `AtoB`/`BtoA` become `a2b`/`b2a`.
+    """
+    found = {RENAMED_SETTINGS.get(key, key): value for key, value in found.items()}
+    found = {**{field.name: field.default for field in dataclasses.fields(TrainConfig)}, **found}
+    found["direction"] = LEGACY_DIRECTIONS.get(found["direction"], found["direction"])
+    return found

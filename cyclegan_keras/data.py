@@ -1,23 +1,18 @@
 """Unpaired image data for CycleGAN as `tf.data` pipelines.
 
-Sources: a folder in the reference layout (ROOT/trainA, trainB, testA,
-testB), any two folders, the tensorflow-datasets `cycle_gan` builder, and a
-built-in synthetic dataset that needs no download. Each becomes a `Domain`:
-images decoded and deterministically resized once (the cache), or, when they
-do not fit in memory, file paths decoded on the fly; either way as viewers
-show them (EXIF orientation applied). Bad files, and files whose header
-declares more pixels than decoding may take, are found while building a
-domain, reported by path and left out.
-
-Pipeline order: decode -> deterministic resize -> cache -> pairing -> random
-crop/flip -> batch -> prefetch. All randomness is stateless, derived from
-`(seed, epoch, position)`, so epoch e, step s can be rebuilt exactly after a
-restart (`unpaired_dataset(start_epoch=e).skip(s)`).
+Each source (a folder in the reference layout, any two folders, tfds
+`cycle_gan`, the built-in synthetic set) becomes a `Domain`: images decoded
+as viewers show them (EXIF applied) and resized once, kept in memory or, when
+they do not fit, decoded again from their paths; unreadable files are
+reported by path and left out. Then pairing -> random crop/flip -> batch ->
+prefetch, with all randomness stateless in `(seed, epoch, position)`, so a
+restart rebuilds epoch e, step s exactly (`unpaired_dataset(start_epoch=e).skip(s)`).
 """
 
 import concurrent.futures
 import dataclasses
 import functools
+import itertools
 import os
 import re
 from pathlib import Path
@@ -25,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from cyclegan_keras.config import PREPROCESS_MODES, TFDS_CONFIGS  # noqa: F401  (the one list of each)
+from cyclegan_keras.config import IMAGE_EXTENSIONS, PREPROCESS_MODES, TFDS_CONFIGS, Preprocessing  # noqa: F401
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 DEFAULT_CACHE_BYTES = 4 * 2**30
 # Pixels an image file may declare (width x height x GIF frames), checked in
 # its header before decoding. Decoded, a pixel is 3 bytes (a 16-bit PNG
@@ -50,49 +44,6 @@ class UnreadableImage(DataError):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-    """How images become training tensors (the reference's `--preprocess`).
-
-    Modes: `resize_and_crop` (resize to load_size x load_size, crop
-    crop_size), `crop` (crop only), `scale_width` (width to load_size,
-    aspect kept), `scale_width_and_crop`, `none` (sides rounded to a multiple
-    of 4). Crops are random in training and centred at test time; images
-    smaller than the crop are first scaled up. Resizing is bicubic
-    (antialiased, as PIL's). Values end in [-1, 1], float32.
-
-    Args:
-        mode: one of `PREPROCESS_MODES`. Defaults to `"resize_and_crop"`.
-        load_size: int. Defaults to `286`.
-        crop_size: int. Defaults to `256`.
-        flip: bool. Random horizontal flips in training. Defaults to `True`.
-        channels: int. 3 (RGB), 1 (grayscale) or 4 (RGBA). Defaults to `3`.
-    """
-
-    mode: str = "resize_and_crop"
-    load_size: int = 286
-    crop_size: int = 256
-    flip: bool = True
-    channels: int = 3
-
-    def __post_init__(self):
-        if self.mode not in PREPROCESS_MODES:
-            raise ValueError(f"preprocess must be one of {PREPROCESS_MODES}. Received: {self.mode!r}")
-        if self.channels not in (1, 3, 4):
-            raise ValueError(f"channels must be 1, 3 or 4. Received: channels={self.channels}")
-        if self.load_size < 1 or self.crop_size < 1:
-            raise ValueError(f"load_size and crop_size must be positive. Received: {self.load_size}, {self.crop_size}")
-        if self.mode in ("resize_and_crop", "scale_width_and_crop") and self.crop_size > self.load_size:
-            raise ValueError(
-                f"crop_size ({self.crop_size}) cannot be larger than load_size ({self.load_size}) "
-                f"with preprocess {self.mode!r}"
-            )
-
-    @property
-    def crops(self):
-        return self.mode in ("resize_and_crop", "crop", "scale_width_and_crop")
 
 
 @dataclasses.dataclass
@@ -242,8 +193,7 @@ def read_image(path, channels=3, max_pixels=MAX_DECODE_PIXELS):
             `MAX_DECODE_PIXELS` (2**28: 16384x16384, 0.8 GB decoded).
 
     Raises:
-        UnreadableImage: naming the file and why, without TensorFlow's
-            internal op names.
+        UnreadableImage: naming the file and why, without TensorFlow's op names.
     """
     return _read_image(path, channels, max_pixels)[0]
 
@@ -339,13 +289,10 @@ def synthetic_mapping(images, direction="a2b"):
 
 
 def synthetic_images(domain, count, size=64, channels=3, seed=0):
-    """Procedural images of a domain: warm shapes on a cool background (A).
+    """Procedural images: 1 to 4 warm rectangles and ellipses on noisy dark blue (A).
 
-    Domain A holds 1 to 4 random rectangles and ellipses in warm colours on a
-    noisy dark-blue background. Domain B is `synthetic_mapping` of images
-    drawn the same way but independently (with another seed), so the two
-    domains are unpaired while the true A -> B mapping is known exactly:
-    learning can be measured against ground truth.
+    B is `synthetic_mapping` of independently drawn A images: the domains are
+    unpaired, yet the true A -> B mapping is known, so learning can be measured.
 
     Args:
         domain: `"A"` or `"B"`.
@@ -404,7 +351,7 @@ def list_image_files(folder):
 def folder_domain(
     folder,
     preprocessing,
-    strict=False,
+    strict_data=False,
     cache_bytes=DEFAULT_CACHE_BYTES,
     name=None,
     limit=None,
@@ -415,7 +362,7 @@ def folder_domain(
     Each file is decoded once, in parallel, as viewers show it (see
     `read_image`): files that fail, or that declare more than `max_pixels`,
     are listed in `domain.bad` with the reason and left out (or, with
-    `strict=True`, a `DataError` lists them all before any training).
+    `strict_data=True`, a `DataError` lists them all before any training).
     Decoded, resized images are kept in memory when they fit in
     `cache_bytes`; otherwise the domain keeps their paths and decodes again
     on the fly.
@@ -443,7 +390,7 @@ def folder_domain(
                 images.append(result)
             else:  # past the budget: keep no pixels, the domain streams instead
                 images = None
-    if bad and strict:
+    if bad and strict_data:
         listing = "\n".join(f"  {path}: {reason}" for path, reason in bad)
         raise DataError(f"{len(bad)} unreadable image(s) in {folder}:\n{listing}")
     if not good_paths:
@@ -458,7 +405,7 @@ def reference_folder_domains(
     root,
     phase="train",
     preprocessing=None,
-    strict=False,
+    strict_data=False,
     cache_bytes=DEFAULT_CACHE_BYTES,
     preprocessing_b=None,
     limit=None,
@@ -480,7 +427,7 @@ def reference_folder_domains(
     pre_a = preprocessing or Preprocessing()
     pre_b = preprocessing_b or pre_a
     return tuple(
-        folder_domain(root / f"{phase}{d}", pre, strict, cache_bytes, name=f"{phase}{d}", limit=limit)
+        folder_domain(root / f"{phase}{d}", pre, strict_data, cache_bytes, name=f"{phase}{d}", limit=limit)
         for d, pre in (("A", pre_a), ("B", pre_b))
     )
 
@@ -511,9 +458,7 @@ def synthetic_domains(count=256, size=64, phase="train", preprocessing=None, see
     offset = 0 if phase == "train" else 1000
     return tuple(
         array_domain(
-            synthetic_images(d, count, size, 1 if pre.channels == 1 else 3, seed=seed + offset + i),
-            pre,
-            f"{phase}{d}",
+            synthetic_images(d, count, size, 1 if pre.channels == 1 else 3, seed=seed + offset + i), pre, f"{phase}{d}"
         )
         for i, (d, pre) in enumerate((("A", pre_a), ("B", pre_b)))
     )
@@ -522,8 +467,7 @@ def synthetic_domains(count=256, size=64, phase="train", preprocessing=None, see
 def tfds_domains(config, phase="train", preprocessing=None, data_dir=None, download=False, preprocessing_b=None):
     """Domains A and B from tensorflow-datasets' `cycle_gan/{config}`.
 
-    Offline, an unprepared dataset fails at once with a `DataError` that says
-    what to do, instead of tfds retrying its download for minutes.
+    An unprepared dataset is a `DataError` saying what to do, not minutes of tfds retrying its download.
 
     Args:
         config: one of `TFDS_CONFIGS`.
@@ -602,16 +546,12 @@ def unpaired_dataset(
 ):
     """Batches of `(real_a, real_b)`, unaligned as the reference pairs them.
 
-    Policy (the reference's `UnalignedDataset` with a shuffling loader): an
-    epoch is `max(|A|, |B|)` pairs, `steps_per_epoch()` batches. The A index
-    is a fresh permutation of `range(max(|A|, |B|))` modulo `|A|` every epoch,
-    so every A image is seen once per epoch when |A| >= |B| (and the
-    smaller domain cycles otherwise); the B image of each pair is drawn
-    uniformly at random. Batches never straddle two epochs.
-
-    At test time (`training=False`) there is no randomness: pairs are
-    `(A[i mod |A|], B[i mod |B|])` in order, crops centred, no flip, one
-    epoch, and a last partial batch kept.
+    As the reference's `UnalignedDataset` with a shuffling loader: an epoch
+    is `max(|A|, |B|)` pairs; A's index is a fresh permutation of that range
+    modulo `|A|` each epoch, B's image is drawn uniformly; batches never
+    straddle two epochs. With `training=False`: pairs `(A[i mod |A|],
+    B[i mod |B|])` in order, centred crops, no flip, one epoch, the last
+    partial batch kept.
 
     Args:
         domain_a, domain_b: `Domain`s.
@@ -682,12 +622,15 @@ def unpaired_dataset(
     return epoch_numbers.flat_map(epoch_pairs).prefetch(tf.data.AUTOTUNE)
 
 
+def _test_images(domain, preprocessing):
+    """The images of `domain`, test-time preprocessed, one at a time."""
+    lookup, seed = _lookup(domain, preprocessing), tf.zeros([2], tf.int32)
+    return (augment(lookup(i), preprocessing, seed, False).numpy() for i in range(len(domain)))
+
+
 def domain_images(domain, preprocessing, count=None):
     """The first `count` images of a domain, test-time preprocessed, as one array."""
-    lookup = _lookup(domain, preprocessing)
-    count = len(domain) if count is None else min(count, len(domain))
-    seed = tf.zeros([2], tf.int32)
-    return np.stack([augment(lookup(i), preprocessing, seed, False).numpy() for i in range(count)])
+    return np.stack(list(itertools.islice(_test_images(domain, preprocessing), count)))
 
 
 def domain_batches(domain, preprocessing, batch_size=16):
@@ -696,11 +639,8 @@ def domain_batches(domain, preprocessing, batch_size=16):
     Yields float32 batches `(b, h, w, c)` in [-1, 1], in order; a batch
     holds images of one size (`--preprocess none` keeps each file's).
     """
-    lookup = _lookup(domain, preprocessing)
-    seed = tf.zeros([2], tf.int32)
     batch = []
-    for i in range(len(domain)):
-        image = augment(lookup(i), preprocessing, seed, False).numpy()
+    for image in _test_images(domain, preprocessing):
         if batch and (len(batch) == batch_size or image.shape != batch[0].shape):
             yield np.stack(batch)
             batch = []

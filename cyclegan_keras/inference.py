@@ -20,13 +20,11 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan_keras import data, files, ops
+from cyclegan_keras.config import DEFAULT_LOAD_SIZE, INFERENCE_PREPROCESS
 from cyclegan_keras.files import format_bytes
 from cyclegan_keras.layers import InstanceNormalization
 from cyclegan_keras.model import DIRECTIONS, CycleGAN, padded_generator
 from cyclegan_keras.networks import min_size, size_multiple
-
-INFERENCE_PREPROCESS = ("none", "resize")
-DEFAULT_LOAD_SIZE = 256
 
 
 class ModelLoadError(ValueError):

@@ -9,11 +9,10 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan_keras import ops
+from cyclegan_keras.config import DIRECTIONS, GAN_MODES
 from cyclegan_keras.image_pool import ImagePool
 from cyclegan_keras.networks import min_size, size_multiple
 
-GAN_MODES = ("lsgan", "vanilla", "wgangp")
-DIRECTIONS = ("a2b", "b2a")
 # Arguments of keras.Model.compile that the CycleGAN objective has no use for.
 _UNUSED_COMPILE_ARGUMENTS = ("optimizer", "loss", "loss_weights", "metrics", "weighted_metrics")
 

@@ -27,9 +27,8 @@ from collections.abc import Callable
 
 import keras
 
+from cyclegan_keras.config import NORMS
 from cyclegan_keras.layers import InstanceNormalization, MaxLeakyReLU, ReflectionPadding2D
-
-NORMS = ("instance", "batch", "none")
 
 
 def _conv_init():

@@ -34,11 +34,11 @@ import tensorflow as tf
 from cyclegan_keras import callbacks as cb
 from cyclegan_keras import data, distribute, files, networks
 from cyclegan_keras.config import (  # noqa: F401  (re-exported: training is where users look)
-    LEGACY_DIRECTIONS,
     SYNTHETIC_DEFAULTS,
     ConfigError,
     TrainConfig,
     make_config,
+    upgrade_settings,
 )
 from cyclegan_keras.model import CycleGAN
 
@@ -95,7 +95,7 @@ def build_model(config):
         lambda_a=config.lambda_a,
         lambda_b=config.lambda_b,
         lambda_identity=config.lambda_identity,
-        jit_compile=config.jit_compile,
+        jit_compile=config.xla,
     )
     return model
 
@@ -168,7 +168,7 @@ RESUMABLE = (
     "snapshot_count",
     "strict_data",
     "strategy",
-    "jit_compile",
+    "xla",
     "deterministic",
     "download",
     "data_dir",
@@ -192,7 +192,7 @@ def check_workdir(config, workdir, write=True):
     wanted = dataclasses.asdict(config)
     started = cb.Checkpoint.latest(workdir / "checkpoints") is not None or (workdir / "model.keras").exists()
     if started and path.exists():
-        found = _upgrade(json.loads(path.read_text()))
+        found = upgrade_settings(json.loads(path.read_text()))
         differences = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
         fixed = [k for k in differences if k not in RESUMABLE]
         if fixed:
@@ -206,18 +206,6 @@ def check_workdir(config, workdir, write=True):
     if write:
         workdir.mkdir(parents=True, exist_ok=True)
         files.write_text(path, json.dumps(wanted, indent=2) + "\n")
-
-
-def _upgrade(found):
-    """A config.json of an earlier version in today's terms.
-
-    Settings added since take their defaults (which reproduce what earlier
-    versions did), and directions `AtoB`/`BtoA` become `a2b`/`b2a`.
-    """
-    defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
-    found = {**defaults, **found}
-    found["direction"] = LEGACY_DIRECTIONS.get(found["direction"], found["direction"])
-    return found
 
 
 class TrainingInterrupted(KeyboardInterrupt):

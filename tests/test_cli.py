@@ -51,7 +51,7 @@ PATH_CASES = {
 
 def bad_values(action):
     """The bad values to try for one argparse action, from its type or choices."""
-    if isinstance(action.type, cli_args.IntRange):
+    if isinstance(action.type, cli_args.Range):
         values = [str(action.type.minimum - 1), "-1", "1.5", "x"]
         return values + ([str(action.type.maximum + 1)] if action.type.maximum is not None else [])
     if action.type is cli_args.direction:
@@ -277,3 +277,11 @@ def test_the_weights_hint_is_the_library_s():
     from cyclegan_keras import fid_inception
 
     assert cli_args.FID_WEIGHTS_URL == fid_inception.FID_WEIGHTS_URL
+
+
+def test_out_inside_the_input_folder_is_refused_before_tensorflow_starts(world, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # the check must not need it
+    out = world / "images" / "translated"
+    code, output = run("translate", base_argv("translate", world, out), capsys)
+    assert_refused(code, output, "--out", out)
+    assert "is inside the input folder" in output

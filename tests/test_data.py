@@ -63,7 +63,7 @@ def test_bad_files_are_reported_and_skipped(messy_folder):
 
 def test_strict_mode_fails_before_training_with_the_list(messy_folder):
     with pytest.raises(DataError) as error:
-        data.folder_domain(messy_folder, Preprocessing(mode="none"), strict=True)
+        data.folder_domain(messy_folder, Preprocessing(mode="none"), strict_data=True)
     for name in BAD:
         assert name in str(error.value)
 

@@ -121,7 +121,7 @@ def test_a_training_image_too_large_to_decode_is_listed_and_skipped(tmp_path, mo
     [(path, reason)] = domain.bad
     assert path.endswith("huge.png") and "20000x20000" in reason and f"{data.MAX_TRAINING_PIXELS:,}" in reason
     with pytest.raises(DataError, match="huge.png: declares 20000x20000"):
-        data.folder_domain(folder, Preprocessing(mode="none"), strict=True)
+        data.folder_domain(folder, Preprocessing(mode="none"), strict_data=True)
 
 
 def test_the_decode_limit_is_a_parameter_and_bombs_give_no_warning(tmp_path):

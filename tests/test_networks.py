@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from cyclegan_keras import networks
+from cyclegan_keras import config, networks
 from cyclegan_keras.layers import MaxLeakyReLU
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +61,12 @@ def test_unet_generator_shapes_and_multiple():
     assert networks.size_multiple(resnet) == 4
     assert networks.min_size(resnet) == 8  # residual blocks reflect-pad the 1/4 map by 1
     resnet(np.zeros((1, 8, 8, 3), "float32"))
+
+
+@pytest.mark.parametrize("name", config.GENERATORS)
+def test_the_size_table_is_what_each_generator_needs(name):
+    generator = networks.build_generator(name, filters=1)
+    assert (networks.size_multiple(generator), networks.min_size(generator)) == config.GENERATOR_SIZES[name]
 
 
 @pytest.mark.parametrize("n_layers, size, expected", [(1, 32, 14), (3, 64, 6), (4, 64, 2)])

@@ -135,6 +135,8 @@ def test_every_cli_is_a_console_script_and_a_shim():
     # A CLI body at the top level (not installed by pip) must move into cyclegan_keras/cli/.
     top_level_bodies = [p.name for p in ROOT.glob("*.py") if "def main(" in p.read_text()]
     assert top_level_bodies == []
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert [name for name in scripts if f"`{name}`" not in readme] == []  # the README lists them all
 
 
 @pytest.mark.parametrize("name", CLI_NAMES)

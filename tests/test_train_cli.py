@@ -19,7 +19,7 @@ from cyclegan_keras.cli import train
 
 ROOT = Path(__file__).resolve().parent.parent
 PATH_CASES = {
-    cli_args.existing_folder: ["@missing", "@text_file"],
+    cli_args.dataroot: ["@missing", "@text_file", "@empty_dir"],
     cli_args.inception_weights_file: ["@missing", "@empty_dir"],
     cli_args.image_folder: ["@missing", "@text_file", "@empty_dir", "@no_images_dir"],
     cli_args.output_folder: ["@text_file", "@under_a_file"],
@@ -33,10 +33,10 @@ def bad_values(action):
             gaps = [v for v in range(min(action.choices) - 1, max(action.choices) + 2) if v not in action.choices]
             return [str(v) for v in gaps] + ["x"]
         return ["foo", str(action.choices[0]).upper() + "X", ""]
-    if isinstance(action.type, cli_args.IntRange):
+    if isinstance(action.type, cli_args.Range) and action.type.integer:
         values = [str(action.type.minimum - 1), "1.5", "x", ""]
         return values + ([str(action.type.maximum + 1)] if action.type.maximum is not None else [])
-    if isinstance(action.type, cli_args.FloatRange):
+    if isinstance(action.type, cli_args.Range):
         t = action.type
         values = ["nan", "inf", "-inf", "x"]
         values += [str(t.minimum - 1e-3)] if t.minimum is not None else []
@@ -171,7 +171,7 @@ def test_config_module_imports_no_tensorflow():
         (dict(norm="foo"), "--norm must be one of instance, batch, none. Received: 'foo'"),
         (dict(direction="AtoB"), "--direction must be one of a2b, b2a"),
         (dict(epoch_count=9, n_epochs=4, n_epochs_decay=4), "--epoch-count 9 is past the last epoch"),
-        (dict(jit_compile=True, input_nc=2), "--input-nc must be one of 1, 3, 4. Received: 2"),
+        (dict(xla=True, input_nc=2), "--input-nc must be one of 1, 3, 4. Received: 2"),
     ],
 )
 def test_library_config_applies_the_same_checks(given, message):
@@ -203,3 +203,34 @@ def test_settings_checked_after_parsing_are_one_line_too(argv, env, message, tmp
     assert code == 2 and len(errors) == 1 and message in errors[0], output[-2000:]
     assert "Traceback" not in output
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_help_shows_the_direction_choices_and_the_program_run(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/cyclegan-train"])
+    shown = train.parser().format_help()
+    assert "--direction {a2b,b2a}" in shown
+    assert "cyclegan-train --dataroot datasets/horse2zebra" in shown and "python train.py" not in shown
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    assert "python train.py --dataroot" in train.parser().format_help()
+
+
+def test_a_dataroot_without_the_layout_is_refused_while_parsing(tmp_path, capsys, monkeypatch):
+    (tmp_path / "data" / "trainA").mkdir(parents=True)
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # parsing must not need it
+    code, output = run(["--dataroot", str(tmp_path / "data"), "--workdir", str(tmp_path / "run")], capsys)
+    assert_refused(code, output, "--dataroot")
+    assert "Missing: trainB" in output and not (tmp_path / "run").exists()
+
+
+def test_settings_are_checked_before_tensorflow_starts(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    code, output = run(["--crop-size", "66", "--load-size", "70", "--workdir", str(tmp_path / "run")], capsys)
+    assert code == 2 and "error: --crop-size 66 must be a multiple of 4" in output
+    assert not (tmp_path / "run").exists()
+
+
+def test_old_setting_names_are_accepted():
+    assert config_module.make_config(jit_compile=True).xla is True
+    old = config_module.upgrade_settings({"jit_compile": True, "direction": "BtoA"})
+    assert old["xla"] is True and old["direction"] == "b2a" and "jit_compile" not in old
+    assert old["lr"] == config_module.TrainConfig.lr

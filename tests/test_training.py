@@ -410,7 +410,7 @@ def test_an_old_config_with_atob_still_resumes(tmp_path, dataroot):
 
     config = make_config(dataroot=str(dataroot), **_tiny_settings())
     old = {k: v for k, v in json.loads(json.dumps(__import__("dataclasses").asdict(config))).items()}
-    old["direction"] = "AtoB"
+    old["direction"], old["jit_compile"] = "AtoB", old.pop("xla")  # the names before issue 16
     for new_setting in ("init_type", "init_gain", "lr_policy", "serial_batches", "max_dataset_size"):
         del old[new_setting]  # written before these settings existed
     workdir = tmp_path / "run"

@@ -1,9 +1,8 @@
 """The command-line tools, one module each, with `main(argv=None) -> int`.
 
-Installed as console scripts (`cyclegan-train`, `cyclegan-translate`,
-`cyclegan-export`); the top-level `train.py`, `translate.py` and `export.py`
-of a checkout are shims that call the same `main`. Each module imports
-TensorFlow only after its arguments are parsed, so `--help` is immediate.
+Installed as console scripts (`cyclegan-train`, `-translate`, `-export`,
+`-evaluate`); the top-level `train.py` etc. of a checkout are shims that call
+the same `main`. Each imports TensorFlow only after parsing its arguments.
 """
 
 import functools
@@ -13,12 +12,7 @@ from cyclegan_keras import files
 
 
 def full_disk_exits_1(main):
-    """Wraps a tool's `main`: a full disk anywhere ends it with one line and exit status 1, not a traceback.
-
-    The writers remove what they had written (see `files.DiskFull`); an
-    error that says the disk is full without passing through them (e.g.
-    from TensorFlow) is reported the same way.
-    """
+    """Wraps a tool's `main`: a full disk (`files.disk_full`, TensorFlow's too) is one line and exit status 1."""
 
     @functools.wraps(main)
     def wrapped(argv=None):

@@ -1,55 +1,52 @@
-"""Argument types shared by the command-line scripts (train.py, translate.py, export.py).
+"""Argument types shared by the command-line scripts, and their parser.
 
-Each type checks one flag's value while argparse parses, so a bad value
-stops the command before any work, with one line
-`error: argument --flag: ...` and exit code 2 (`ArgumentParser`). Nothing here imports
-TensorFlow, so `--help` and these checks are instant. Checks that must open
-a model or decode images run after parsing, in the scripts, and report the
-same way (`parser.error("argument --flag: ...")`).
-
-The vocabularies repeat the library's (`cyclegan_keras.model.DIRECTIONS`,
-`cyclegan_keras.data.IMAGE_EXTENSIONS`) because importing the library imports
-TensorFlow; a test keeps them equal.
+Each type checks one flag's value while argparse parses, so a bad value stops
+the command before any work with one line `error: argument --flag: ...` and
+exit code 2. Nothing here imports TensorFlow, so `--help` and these checks
+are instant; the vocabularies come from `cyclegan_keras.config`.
 """
 
 import argparse
 import glob
 import math
 import os
+import re
 import zipfile
 from pathlib import Path
 
-DIRECTIONS = ("a2b", "b2a")
-# The reference's spellings (`--direction AtoB`) are aliases, in any case.
-_DIRECTION_ALIASES = {"a2b": "a2b", "b2a": "b2a", "atob": "a2b", "btoa": "b2a"}
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+from cyclegan_keras.config import DIRECTIONS, IMAGE_EXTENSIONS, LEGACY_DIRECTIONS, Range
+
 FID_WEIGHTS_URL = (  # cyclegan_keras.fid_inception.FID_WEIGHTS_URL
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 )
+# Any case of a2b/b2a or the reference's AtoB/BtoA.
+_SPELLINGS = {**{d: d for d in DIRECTIONS}, **{name.lower(): d for name, d in LEGACY_DIRECTIONS.items()}}
 
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose refusals are one line, `error: argument --flag: ...`, exit code 2.
 
-    Stock argparse prints the whole usage block before its error; one line
-    that names the flag is what the user needs, and `--help` has the rest.
+    The description's `python NAME.py` examples name the program run
+    instead when it is an installed console script (`cyclegan-train`).
     """
 
     def __init__(self, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(**kwargs)
+        if self.description and not self.prog.endswith(".py"):
+            self.description = re.sub(r"python \S+\.py\b", self.prog, self.description)
 
     def error(self, message):
         self.exit(2, f"error: {message}\n")
 
 
 def parse_direction(value):
-    """`"a2b"` or `"b2a"` from this package's names or the reference's `AtoB`/`BtoA`.
+    """`"a2b"` or `"b2a"` from this package's names or the reference's `AtoB`/`BtoA`, in any case.
 
     Raises:
         ValueError: naming the accepted values.
     """
-    direction = _DIRECTION_ALIASES.get(str(value).strip().lower())
+    direction = _SPELLINGS.get(str(value).strip().lower())
     if direction is None:
         raise ValueError(f"must be a2b or b2a (the reference's AtoB, BtoA also work). Received: {value!r}")
     return direction
@@ -63,82 +60,31 @@ def direction(text):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-class IntRange:
-    """argparse type: an integer in `[minimum, maximum]` (no maximum when None)."""
-
-    def __init__(self, minimum, maximum=None):
-        self.minimum, self.maximum = minimum, maximum
-
-    @property
-    def allowed(self):
-        if self.maximum is None:
-            return f"an integer >= {self.minimum}"
-        return f"an integer from {self.minimum} to {self.maximum}"
-
-    def __call__(self, text):
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < self.minimum or (self.maximum is not None and value > self.maximum):
-            raise argparse.ArgumentTypeError(f"must be {self.allowed}. Received: {text!r}")
-        return value
-
-    def __repr__(self):  # argparse names the type in some messages
-        return self.allowed
-
-
-class FloatRange:
-    """argparse type: a finite number within bounds: `minimum`/`maximum` inclusive, `above`/`below` exclusive."""
-
-    def __init__(self, minimum=None, maximum=None, above=None, below=None):
-        self.minimum, self.maximum, self.above, self.below = minimum, maximum, above, below
-
-    @property
-    def allowed(self):
-        bounds = [
-            f"{sign} {value}"
-            for sign, value in ((">=", self.minimum), (">", self.above), ("<=", self.maximum), ("<", self.below))
-            if value is not None
-        ]
-        return " ".join(["a finite number", " and ".join(bounds)]).strip()
-
-    def __call__(self, text):
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if (
-            not math.isfinite(value)
-            or (self.minimum is not None and value < self.minimum)
-            or (self.maximum is not None and value > self.maximum)
-            or (self.above is not None and value <= self.above)
-            or (self.below is not None and value >= self.below)
-        ):
-            raise argparse.ArgumentTypeError(f"must be {self.allowed}. Received: {text!r}")
-        return value
-
-    def __repr__(self):
-        return self.allowed
-
-
-def existing_folder(text):
-    """argparse type: a folder that exists (what it holds is checked when it is read)."""
+def _existing(text, folder, what):
+    """`Path(text)` if it exists and is a folder (`folder=True`) or a file; else the error, naming `what` it must be."""
     path = Path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text} not found")
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    if not (path.is_dir() if folder else path.is_file()):
+        raise argparse.ArgumentTypeError(f"{text} is a {'file' if folder else 'folder'}, not {what}")
+    return path
+
+
+def dataroot(text):
+    """argparse type: a dataset folder in the reference layout, with trainA/ and trainB/."""
+    path = _existing(text, True, "a folder")
+    missing = [name for name in ("trainA", "trainB") if not (path / name).is_dir()]
+    if missing:
+        raise argparse.ArgumentTypeError(
+            f"{text} does not have the layout trainA/, trainB/ (as every CycleGAN dataset zip unpacks). "
+            f"Missing: {', '.join(missing)}"
+        )
     return text
 
 
 def existing_file(text):
     """argparse type: a file that exists (what it holds is checked when it is read)."""
-    path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{text} not found")
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    _existing(text, False, "a file")
     return text
 
 
@@ -163,11 +109,7 @@ def _existing_ancestor(path):
 
 
 def keras_model(text):
-    """argparse type: a `.keras` file, or a training work directory holding `model.keras`.
-
-    Checks what can be checked without TensorFlow: a `.keras` file is a zip
-    archive holding `config.json`. Loading it is checked after parsing.
-    """
+    """argparse type: a `.keras` file (a zip archive with config.json), or a work directory holding `model.keras`."""
     path = Path(text)
     if path.is_dir():
         path = path / "model.keras"
@@ -192,11 +134,7 @@ def _is_keras_archive(path):
 
 def torch_file(text):
     """argparse type: an existing file (its content is checked when it is read)."""
-    path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{text} not found")
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text} is a folder, not a PyTorch .pth file")
+    _existing(text, False, "a PyTorch .pth file")
     return text
 
 
@@ -210,12 +148,7 @@ def _has_image_files(folder):
 
 def image_folder(text):
     """argparse type: a folder holding image files (at any depth)."""
-    path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{text} not found")
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder of images")
-    if not _has_image_files(path):
+    if not _has_image_files(_existing(text, True, "a folder of images")):
         raise argparse.ArgumentTypeError(f"{text} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
     return text
 
@@ -230,8 +163,7 @@ def fid_image_folder(text):
 
 
 def model_source(text):
-    """argparse type: a model in any form evaluate takes: a `.keras` file or work directory,
-    a SavedModel directory (or export OUT folder), or a `.tflite` file."""
+    """argparse type: a `.keras` file or work directory, a SavedModel directory (or export OUT) or a `.tflite` file."""
     path = Path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text} not found")
@@ -263,10 +195,7 @@ def inception_weights_file(text):
 
 def labels_source(text):
     """argparse type: `cityscapes` or a palette file (one `R G B name` line per class)."""
-    if text == "cityscapes":
-        return text
-    existing_file(text)
-    return text
+    return text if text == "cityscapes" else existing_file(text)
 
 
 def output_file(text):
@@ -300,10 +229,7 @@ _BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 def byte_size(text):
-    """argparse type: a number of bytes >= 1M, e.g. `4G`, `512M`, `1.5G` or `2000000` (K, M, G, T: 1024-powers).
-
-    A trailing `B` or `iB` is accepted (`4GB`, `4GiB`: the same).
-    """
+    """argparse type: bytes >= 1M: `4G`, `4GB`, `4GiB`, `1.5G` or `2000000` (K, M, G, T: 1024-powers)."""
     cleaned = str(text).strip().upper().removesuffix("IB").removesuffix("B")
     unit = cleaned[-1:] if cleaned[-1:] in _BYTE_UNITS else ""
     try:
@@ -328,13 +254,13 @@ def add_memory_arguments(parser):
     )
     parser.add_argument(
         "--tile-size",
-        type=IntRange(0),
+        type=Range(0),
         help="0: never tile, refuse an image that does not fit --max-memory; N: tiles of at most N pixels a side "
         "(default: tile only images that do not fit, with the largest tiles that fit)",
     )
     parser.add_argument(
         "--tile-overlap",
-        type=IntRange(0),
+        type=Range(0),
         help="pixels neighbouring tiles share and blend, >= 0 (default: the generator's receptive radius, "
         "87 for resnet_9blocks; 4x that gives tiles equal to the whole image)",
     )

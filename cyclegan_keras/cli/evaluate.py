@@ -59,14 +59,12 @@ def parser():
         help="FID Inception weights (.pth of pytorch-fid, or TorchScript .pt)",
     )
     result.add_argument("--resize-mode", default="pytorch-fid", choices=RESIZE_MODES, help="default: pytorch-fid")
+    result.add_argument("--batch-size", type=cli_args.Range(1), default=50, help="images per batch, >= 1 (default: 50)")
     result.add_argument(
-        "--batch-size", type=cli_args.IntRange(1), default=50, help="images per batch, >= 1 (default: 50)"
+        "--kid-subsets", type=cli_args.Range(1), default=100, help="KID subsets, >= 1 (default: 100, clean-fid's)"
     )
     result.add_argument(
-        "--kid-subsets", type=cli_args.IntRange(1), default=100, help="KID subsets, >= 1 (default: 100, clean-fid's)"
-    )
-    result.add_argument(
-        "--kid-subset-size", type=cli_args.IntRange(2), default=1000, help="KID subset size, >= 2 (default: 1000)"
+        "--kid-subset-size", type=cli_args.Range(2), default=1000, help="KID subset size, >= 2 (default: 1000)"
     )
     cli_args.add_memory_arguments(result)
     result.add_argument(

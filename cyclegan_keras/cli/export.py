@@ -63,7 +63,7 @@ def parser():
     )
     result.add_argument(
         "--max-pixels",
-        type=cli_args.IntRange(1),
+        type=cli_args.Range(1),
         default=SERVING_MAX_PIXELS,
         help="the most pixels (height x width, summed over its images) one SavedModel request may hold; "
         "larger requests get INVALID_ARGUMENT before anything is decoded (the README gives the memory "
@@ -82,7 +82,7 @@ def parser():
     )
     result.add_argument(
         "--sample-size",
-        type=cli_args.IntRange(MIN_SAMPLE_SIZE),
+        type=cli_args.Range(MIN_SAMPLE_SIZE),
         default=256,
         help=f"side of the parity samples, >= {MIN_SAMPLE_SIZE} (default: 256)",
     )

@@ -19,9 +19,9 @@ from cyclegan_keras.cli import args as cli_args
 from cyclegan_keras.cli import full_disk_exits_1
 
 INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)
-# Path checks by `setting(kind=...)`.
-PATH_TYPES = {
-    "folder": cli_args.existing_folder,
+# The checks of `setting(kind=...)`.
+KIND_TYPES = {
+    "dataroot": cli_args.dataroot,
     "inception_weights": cli_args.inception_weights_file,
     "image_folder": cli_args.image_folder,
     "output_folder": cli_args.output_folder,
@@ -32,9 +32,8 @@ PATH_TYPES = {
 def argument(field):
     """`add_argument` keyword arguments for a `TrainConfig` field, from its metadata.
 
-    Every flag gets a check while parsing: its choices, its numeric range or
-    its path kind. A field with none of them is refused here, so a new
-    setting cannot reach the command line unchecked.
+    A field without help, or without choices, bounds or a kind to check its
+    value by, is refused, so no setting reaches the command line unchecked.
     """
     m = field.metadata
     if "help" not in m:
@@ -45,18 +44,10 @@ def argument(field):
     if field.name in config_module.SYNTHETIC_DEFAULTS:
         shown += f"; {config_module.SYNTHETIC_DEFAULTS[field.name]} on the synthetic dataset"
     # None means "not given", so make_config can tell defaults from choices.
-    kwargs = dict(default=None, help=f"{m['help']} ({shown})")
-    if m["choices"] is not None:
-        kwargs.update(type=field.type, choices=m["choices"])
-    elif m["kind"] is not None:
-        kwargs.update(type=PATH_TYPES[m["kind"]])
-    elif field.type is int and config_module.allowed(field):
-        kwargs.update(type=cli_args.IntRange(m["minimum"], m["maximum"]))
-    elif field.type is float and config_module.allowed(field):
-        kwargs.update(type=cli_args.FloatRange(m["minimum"], m["maximum"], m["above"], m["below"]))
-    else:
+    check = KIND_TYPES.get(m["kind"]) or config_module.value_range(field)
+    if check is None and m["choices"] is None:
         raise TypeError(f"TrainConfig.{field.name} has no check: give it choices, bounds or a kind")
-    return kwargs
+    return dict(default=None, help=f"{m['help']} ({shown})", choices=m["choices"], type=check or field.type)
 
 
 def parser():
@@ -74,15 +65,19 @@ def main(argv=None):
     try:
         args = vars(parser().parse_args(argv))
         workdir = args.pop("workdir")
+        try:
+            config = config_module.make_config(**args)
+        except config_module.ConfigError as error:  # before TensorFlow starts
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        if workdir is None:
+            source = config.dataroot or config.train_a or config.dataset
+            workdir = os.path.join("runs", os.path.basename(os.path.normpath(source)))
         _env.import_tensorflow()
         from cyclegan_keras.data import DataError
-        from cyclegan_keras.training import ConfigError, TrainingError, TrainingInterrupted, make_config, train
+        from cyclegan_keras.training import ConfigError, TrainingError, TrainingInterrupted, train
 
         try:
-            config = make_config(**args)
-            if workdir is None:
-                source = config.dataroot or config.train_a or config.dataset
-                workdir = os.path.join("runs", os.path.basename(os.path.normpath(source)))
             # One line per epoch when the output is a file or a pipe: no bars, no carriage returns.
             train(config, workdir, verbose=1 if sys.stdout.isatty() else 2)
         except files.FolderInUse as error:

@@ -4,29 +4,25 @@
     python translate.py --model runs/horse2zebra --direction BtoA --input 'zebras/*.jpg' --out horses/
     python translate.py --model horse2zebra/generator.keras --input horses/ --out zebras/ --preprocess resize
 
-By default each image is translated at its own size and aspect ratio
-(--preprocess none). --preprocess resize is the reference's test.py: every
-image resized to --load-size square (256), outputs that size. OUT/index.html
-shows input | output. --out never overwrites an input: it may not be inside
-an --input folder, and clashing names get _1, _2, ... suffixes. Nor does it
-replace a file in --out that it did not write: the command refuses, naming
-the file (OUT/.cyclegan_keras_manifest.json lists what it wrote, which a
-rerun may replace).
-
-Each translation stays within --max-memory (default: half the memory
-available): images that do not fit whole are translated in overlapping
-tiles with the whole image's normalization statistics; --tile-size 0
-refuses them instead.
+Each image is translated at its own size and aspect ratio (--preprocess
+none), or resized to a --load-size square (256) as the reference's test.py
+(--preprocess resize). OUT/index.html shows input | output. --out never
+overwrites an input: it may not be inside an --input folder, and clashing
+names get _1, _2, ... suffixes. Nor does it replace a file in --out that it
+did not write (OUT/.cyclegan_keras_manifest.json lists what it wrote).
+Images that do not fit --max-memory (default: half the memory available)
+are translated in overlapping tiles with the whole image's normalization
+statistics; --tile-size 0 refuses them instead.
 """
 
 import os
 import sys
+from pathlib import Path
 
 from cyclegan_keras import _env, files
 from cyclegan_keras.cli import args as cli_args
 from cyclegan_keras.cli import full_disk_exits_1
-
-DEFAULT_LOAD_SIZE = 256  # cyclegan_keras.inference.DEFAULT_LOAD_SIZE, without importing TensorFlow
+from cyclegan_keras.config import DEFAULT_LOAD_SIZE, DIRECTIONS, INFERENCE_PREPROCESS
 
 
 def parser():
@@ -47,26 +43,26 @@ def parser():
         "--direction",
         default="a2b",
         type=cli_args.direction,
-        metavar="{a2b,b2a}",
+        choices=DIRECTIONS,
         help="which generator of a CycleGAN; the reference's AtoB/BtoA also work (default: a2b)",
     )
     result.add_argument(
         "--batch-size",
-        type=cli_args.IntRange(1),
+        type=cli_args.Range(1),
         default=4,
         help="images of the same size translated together, >= 1; at most this many are held in memory (default: 4)",
     )
     result.add_argument(
         "--preprocess",
         default="none",
-        choices=["none", "resize"],
+        choices=INFERENCE_PREPROCESS,
         help="none: native size and aspect ratio, the output has the input's size; resize: the reference's "
         "test.py, a square --load-size resize (default: none, since a photo of any shape should come back "
         "in its own shape; use resize to compare with the reference's results)",
     )
     result.add_argument(
         "--load-size",
-        type=cli_args.IntRange(1),
+        type=cli_args.Range(1),
         default=None,
         help=f"side of the square with --preprocess resize, >= 1 (default: {DEFAULT_LOAD_SIZE}, the reference's)",
     )
@@ -80,6 +76,12 @@ def main(argv=None):
     args = cli.parse_args(argv)
     if args.load_size is not None and args.preprocess != "resize":
         cli.error(f"argument --load-size: applies only with --preprocess resize. Received: {args.load_size}")
+    out, folder = Path(os.path.realpath(args.out)), Path(os.path.realpath(args.input))
+    if os.path.isdir(args.input) and (out == folder or folder in out.parents):  # inference.plan_outputs' rule
+        cli.error(
+            f"argument --out: {args.out} is inside the input folder {args.input}: the translations would mix with "
+            "the originals and be read as inputs next time; choose a folder outside it"
+        )
     _env.import_tensorflow()
     from cyclegan_keras.data import DataError
     from cyclegan_keras.inference import (
