@@ -106,7 +106,7 @@ def main(argv=None):
             print(f"error: argument --json: {error}", file=sys.stderr)
             return 2
     _env.import_tensorflow()
-    from cyclegan_keras import convert, data, fid_inception, inference, metrics
+    from cyclegan_keras import data, fid_inception, inference, metrics, pth
 
     try:
         scores, notes = run(args)
@@ -117,8 +117,8 @@ def main(argv=None):
         data.DataError,
         metrics.MetricError,
         fid_inception.WeightsNotFound,
-        convert.ConversionError,
-        convert.UnsafePickleError,
+        pth.ConversionError,
+        pth.UnsafePickleError,
         FileNotFoundError,
         ValueError,
     ) as error:

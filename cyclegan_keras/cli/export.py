@@ -190,7 +190,7 @@ def main(argv=None):
 
 def prepare_evaluation(cli, args, generator):
     """The images and the FID network of --eval-real, checked before any export; prints what will be scored."""
-    from cyclegan_keras import convert, data, fid_inception, metrics
+    from cyclegan_keras import data, fid_inception, metrics, pth
 
     input_folder = args.eval_input or args.representative
     input_paths = data.list_image_files(input_folder)
@@ -209,7 +209,7 @@ def prepare_evaluation(cli, args, generator):
     try:
         weights = fid_inception.find_weights(args.inception_weights)
         features = None if weights is None else fid_inception.load_inception(weights)
-    except (FileNotFoundError, ValueError, convert.UnsafePickleError) as error:
+    except (FileNotFoundError, ValueError, pth.UnsafePickleError) as error:
         cli.error(f"argument --inception-weights: {error}")
     what = f"FID/KID against the {len(real_paths)} images of {args.eval_real} (weights {weights})"
     if features is None:
