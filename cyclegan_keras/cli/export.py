@@ -196,7 +196,7 @@ def prepare_evaluation(cli, args, generator):
     input_paths = data.list_image_files(input_folder)
     real_paths = data.list_image_files(args.eval_real)
     try:
-        metrics._check_channels(
+        metrics.check_channels(
             "the model's outputs",
             generator.output_shape[-1],
             "the --eval-real images",
