@@ -51,6 +51,13 @@ DATASETS = ("synthetic", *TFDS_CONFIGS)
 # export.py --max-pixels: the most pixels (height x width, summed over the
 # batch) one SavedModel request may hold; measured in bench/serving_memory.py.
 SERVING_MAX_PIXELS = 2048 * 2048
+# What an exported SavedModel computes in (training's policy names) and the
+# TFLite variants; the older spellings `bfloat16` and `none` stay accepted.
+EXPORT_PRECISIONS = ("float32", "mixed_bfloat16")
+TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
+EXPORT_ALIASES = {"bfloat16": "mixed_bfloat16", "none": "float32"}
+# The FID Inception's input pipelines (pytorch-fid's and clean-fid's resize).
+RESIZE_MODES = ("pytorch-fid", "clean")
 # config.json of runs made before directions were a2b/b2a.
 LEGACY_DIRECTIONS = {"AtoB": "a2b", "BtoA": "b2a"}
 

@@ -49,11 +49,9 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan_keras import files, networks
-from cyclegan_keras.config import SERVING_MAX_PIXELS
+from cyclegan_keras.config import EXPORT_ALIASES, EXPORT_PRECISIONS, SERVING_MAX_PIXELS, TFLITE_VARIANTS
 from cyclegan_keras.model import padded_call
 
-TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
-PRECISIONS = ("float32", "bfloat16")  # what the SavedModel computes in
 FLOAT32_TOLERANCE = 1e-4
 
 
@@ -366,17 +364,20 @@ def export_tflite(generator, path, variant="float32", representative_images=None
         representative_images: float images (h, w, c) in [-1, 1] from the
             user's domain (sizes may differ), needed for `"int8"`.
     """
-    _check_variant(variant, representative_images)
+    variant = _check_variant(variant, representative_images)
     with tempfile.TemporaryDirectory() as source:
         _write_tflite_source(generator, source)
         return _convert_tflite(source, path, variant, representative_images)
 
 
 def _check_variant(variant, representative_images):
+    """`variant` in its current spelling, once it can be converted."""
+    variant = EXPORT_ALIASES.get(variant, variant)
     if variant not in TFLITE_VARIANTS:
         raise ValueError(f"variant must be one of {TFLITE_VARIANTS}. Received: {variant!r}")
     if variant == "int8" and (representative_images is None or len(representative_images) == 0):
         raise ValueError("The int8 variant needs representative images from the input domain")
+    return variant
 
 
 def _write_tflite_source(generator, directory):
@@ -442,9 +443,9 @@ def export(
 
     Whatever precision the generator was trained in, the artifacts take and
     give float32 and are checked against its float32 copy
-    (`networks.with_precision`); `precision="bfloat16"` makes the SavedModel
-    compute in bfloat16 (for GPUs, TPUs, CPUs with AMX or AVX512-BF16), and
-    the report gives its PSNR against float32.
+    (`networks.with_precision`); `precision="mixed_bfloat16"` makes the
+    SavedModel compute in bfloat16 (for GPUs, TPUs, CPUs with AMX or
+    AVX512-BF16), and the report gives its PSNR against float32.
 
     Everything is written to a hidden folder beside `out_dir` and moved into
     `out_dir` only once verified, so a failure (a full disk included)
@@ -459,16 +460,17 @@ def export(
         generator: `keras.Model`, e.g. `CycleGAN.generator("a2b")`.
         out_dir: output folder.
         formats: any of `"saved_model"`, `"tflite"`.
-        variants: TFLite variants (see `export_tflite`).
+        variants: TFLite variants (see `export_tflite`; `"none"` means
+            `"float32"`).
         representative: list of float images in [-1, 1] for int8 calibration
             (defaults to `samples`).
         samples: list of float images (h, w, c) in [-1, 1] for the parity
             check. Defaults to `sample_images(generator)`.
         save_generator: bool. Also write the Keras generator as
             `OUT/generator.keras`. Defaults to `False`.
-        precision: `"float32"` or `"bfloat16"`: what the SavedModel
-            computes in. TFLite files are float32 (or quantized) models.
-            Defaults to `"float32"`.
+        precision: `"float32"` or `"mixed_bfloat16"` (`"bfloat16"` too):
+            what the SavedModel computes in. TFLite files are float32 (or
+            quantized) models. Defaults to `"float32"`.
         max_pixels: int. The most pixels one SavedModel request may hold
             (see `export_saved_model`). Defaults to 2048 x 2048.
 
@@ -483,8 +485,10 @@ def export(
         files.FolderInUse: another export is writing `out_dir`.
         files.DiskFull: the disk filled (the hidden folder is removed).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}. Received: precision={precision!r}")
+    precision = EXPORT_ALIASES.get(precision, precision)
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"precision must be one of {EXPORT_PRECISIONS}. Received: precision={precision!r}")
+    variants = tuple(EXPORT_ALIASES.get(variant, variant) for variant in variants)
     samples = samples if samples is not None else sample_images(generator)
     largest = max(int(np.prod(np.shape(image)[:2])) for image in samples)
     if "saved_model" in formats and largest > max_pixels:
@@ -559,7 +563,7 @@ def _export_into(out_dir, generator, formats, variants, representative, samples,
         generator.save(out_dir / "generator.keras")
     generator = networks.with_precision(generator, "float32")  # as trained, mixed or not
     if "saved_model" in formats:
-        served = generator if precision == "float32" else networks.with_precision(generator, "mixed_bfloat16")
+        served = networks.with_precision(generator, precision)
         export_saved_model(served, out_dir / "saved_model" / "1", max_pixels=max_pixels)
         artifacts.append(
             {"format": "saved_model", "variant": precision, "path": "saved_model/1", "max_pixels": max_pixels}

@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan_keras import pth
+from cyclegan_keras.config import RESIZE_MODES
 
 FID_WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
@@ -45,7 +46,6 @@ FID_WEIGHTS_URL = (
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 TORCHSCRIPT_FILENAMES = ("inception-2015-12-05.pt", "default_1.pt")
 WEIGHTS_ENV_VAR = "CYCLEGAN_INCEPTION_WEIGHTS"
-RESIZE_MODES = ("pytorch-fid", "clean")
 DEFAULT_RESIZE_MODE = "pytorch-fid"
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
