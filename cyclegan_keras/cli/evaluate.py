@@ -160,6 +160,8 @@ def run(args):
             notes.append(f"FID/KID skipped: no FID Inception weights found. {fid_inception.download_hint()}")
         else:
             features = fid_inception.load_inception(weights, args.resize_mode)
+    scored = dict(real_paths=real_paths, truth_paths=truth_paths, features=features, palette=palette)
+    scored.update(settings=settings, truth_root=args.truth)
     if args.model:
         from cyclegan_keras.inference import load_translator
 
@@ -167,30 +169,16 @@ def run(args):
         scores = metrics.evaluate_generator(
             translator,
             input_paths,
-            real_paths,
-            truth_paths,
-            features,
-            palette,
-            settings,
             input_channels=translator.input_channels,
             output_channels=translator.output_channels,
             input_root=args.input,
-            truth_root=args.truth,
+            **scored,
         )
         source = {"model": str(args.model), "model_kind": translator.kind, "direction": args.direction}
     else:
         fake_paths = data.list_image_files(args.fake)
         scores = metrics.evaluate_folders(
-            fake_paths,
-            real_paths,
-            truth_paths,
-            input_paths,
-            features,
-            palette,
-            settings,
-            fake_root=args.fake,
-            truth_root=args.truth,
-            input_root=args.input,
+            fake_paths, input_paths=input_paths, fake_root=args.fake, input_root=args.input, **scored
         )
         source = {"fake": str(args.fake)}
     if real_paths is not None and features is None:
