@@ -444,7 +444,6 @@ class Evaluation(keras.callbacks.Callback):
         if inputs is not None:
             self.monitor = "fid" if self.features is not None else ("psnr" if truth_fn is not None else None)
         self.baseline = None
-        self.history = {}
         self._real_features = None
         self._announced = None
         self.best = self._read_record()
@@ -466,13 +465,11 @@ class Evaluation(keras.callbacks.Callback):
         keep = ("resize_mode", "input_size", "inception_weights_sha256")
         return {"metric": "fid", **{k: settings.get(k) for k in keep}}
 
-    def _record_path(self):
-        return self.best_path.with_name(self.RECORD)
-
     def _read_record(self):
+        """The recorded best of an earlier run, if measured the same way."""
         if self.best_path is None or self.monitor is None:
             return None
-        path = self._record_path()
+        path = self.best_path.with_name(self.RECORD)
         if not (path.exists() and self.best_path.exists()):
             return None
         record = json.loads(path.read_text())
@@ -522,7 +519,6 @@ class Evaluation(keras.callbacks.Callback):
         for key in self.KEYS:
             if key in scores:
                 logs[key] = float(scores[key])
-        self.history[epoch + 1] = scores
         self._to_tensorboard(scores, epoch + 1)
         self._keep_if_best(epoch + 1, scores)
 
@@ -544,27 +540,17 @@ class Evaluation(keras.callbacks.Callback):
         writer.close()
 
     def _keep_if_best(self, epoch, scores):
-        if self.best_path is None or self.monitor is None:
-            return
+        """Saves the model (atomically) and `best.json` when `scores` beat the recorded best."""
+        lower = self.monitor == "fid"
         value = float(scores.get(self.monitor, math.nan))
-        if math.isnan(value):
+        best = float(self.best["value"]) if self.best is not None else (math.inf if lower else -math.inf)
+        if self.best_path is None or not (value < best if lower else value > best):  # NaN is never better
             return
-        if self.best is not None:
-            best = float(self.best["value"])
-            if not (value < best if self.monitor == "fid" else value > best):
-                return
         self.best_path.parent.mkdir(parents=True, exist_ok=True)
         files.replace_atomically(self.best_path, self.model.save, size=_size_or_none(self.best_path))
-        record = {
-            "epoch": epoch,
-            "metric": self.monitor,
-            "value": value,
-            "scores": scores,
-            "baseline": self.baseline,
-            "basis": self._basis(),
-        }
-        files.write_text(self._record_path(), json.dumps(metrics.finite_or_str(record), indent=2) + "\n")
-        self.best = metrics.finite_or_str(record)
+        record = {"epoch": epoch, "metric": self.monitor, "value": value, "scores": scores}
+        self.best = metrics.finite_or_str({**record, "baseline": self.baseline, "basis": self._basis()})
+        files.write_text(self.best_path.with_name(self.RECORD), json.dumps(self.best, indent=2) + "\n")
 
     def on_train_end(self, logs=None):
         if self.best is not None and self._announced != self.best["epoch"]:

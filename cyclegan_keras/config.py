@@ -60,6 +60,11 @@ DATASETS = ("synthetic", *TFDS_CONFIGS)
 SERVING_MAX_PIXELS = 2048 * 2048
 # config.json keys of earlier versions -> today's names.
 RENAMED_SETTINGS = {"jit_compile": "xla"}
+# What an exported SavedModel computes in (training's policy names) and the
+# TFLite variants; the older spellings `bfloat16` and `none` stay accepted.
+EXPORT_PRECISIONS = ("float32", "mixed_bfloat16")
+TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
+EXPORT_ALIASES = {"bfloat16": "mixed_bfloat16", "none": "float32"}
 
 # `python train.py` with no arguments: the synthetic dataset, small enough to
 # train in a few minutes on a laptop CPU. Used only for settings not given.

@@ -49,11 +49,9 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan_keras import files, networks
-from cyclegan_keras.config import SERVING_MAX_PIXELS
+from cyclegan_keras.config import EXPORT_ALIASES, EXPORT_PRECISIONS, SERVING_MAX_PIXELS, TFLITE_VARIANTS
 from cyclegan_keras.model import padded_call
 
-TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
-PRECISIONS = ("float32", "bfloat16")  # what the SavedModel computes in
 FLOAT32_TOLERANCE = 1e-4
 
 
@@ -61,8 +59,8 @@ def _checked(images, channels, max_pixels):
     """`images` after checks that fail with a message naming the expected layout or the size limit.
 
     The signatures declare an unknown rank so that these run: with a static
-    rank in the signature, TensorFlow would fold the checks away and a wrong
-    input would fail deep inside a kernel instead.
+    rank TensorFlow folds the rank check away (measured: an (h, w, c) input
+    then passes unchecked).
     """
     expected = f"images must be NHWC: (batch, height, width, {channels})"
     shape = tf.shape(images)
@@ -105,16 +103,11 @@ HEADER_BYTES = 26  # every format's size is within the first 26 bytes (BMP's end
 
 
 def _declared_size(encoded):
-    """`[height, width, length]`: the size the header of a JPEG, PNG, GIF or BMP declares, and the bytes to decode.
+    """`[height, width, length]` a JPEG, PNG, GIF or BMP header declares (0 x 0 if none), and the bytes to decode.
 
-    Nothing is decoded. The formats are told apart by the magic bytes
-    `tf.io.decode_image` uses, and each size is read where its decoder reads
-    it: JPEG's frame header (`tf.io.extract_jpeg_shape`), PNG's IHDR
-    (big-endian at bytes 16-24), GIF's logical screen (little-endian at
-    6-10) and first image, BMP's info header (little-endian int32 at 18-26;
-    a negative height means top-down rows). Another format, or a header cut
-    short, gives a size of 0 x 0. `length` is where a GIF's first image ends
-    (`_first_gif_image`), the whole string otherwise.
+    Nothing is decoded: each size is read where its decoder reads it (told
+    apart by `tf.io.decode_image`'s magic bytes); `length` is where a GIF's
+    first image ends, the whole string otherwise.
     """
     length = tf.strings.length(encoded, unit="BYTE")
     padded = tf.strings.join([tf.strings.substr(encoded, 0, HEADER_BYTES), b"\0" * HEADER_BYTES])
@@ -161,12 +154,8 @@ def _declared_size(encoded):
 def _first_gif_image(encoded):
     """`(end, height, width)`: where a GIF's first image ends, and the size its image descriptor declares.
 
-    giflib reads every frame of a file into memory before TensorFlow keeps
-    the first, so an animation of many frames would cost many images'
-    memory; the `bytes` signature decodes `encoded[:end]` and a trailer
-    instead. The walk follows the GIF89a block structure: extensions
-    (0x21) and the first image descriptor (0x2C), each followed by
-    length-prefixed sub-blocks up to a zero-length one.
+    giflib reads every frame into memory before TensorFlow keeps the first,
+    so the `bytes` signature decodes only `encoded[:end]` (and a trailer).
     """
     data = tf.cast(tf.io.decode_raw(encoded, tf.uint8), tf.int64)
     length = tf.size(data, out_type=tf.int64)
@@ -302,16 +291,11 @@ WARMUP_SIZE = 256
 
 
 def write_warmup_requests(saved_model_dir, channels, size=WARMUP_SIZE):
-    """Writes TF Serving's warmup file: one `PredictRequest` per signature.
+    """Writes TF Serving's warmup file: one `PredictRequest` of a `size` x `size` image per signature.
 
-    TF Serving runs the requests in `SAVED_MODEL_DIR/assets.extra/
-    tf_serving_warmup_requests` (a TFRecord of `PredictionLog`s) when it loads
-    the model, so that the first real request does not pay for the graph's
-    optimization and kernel set-up. Each request is one `size` x `size` image
-    of a smooth pattern. The protos are written here from their field numbers
-    (tensorflow_serving/apis/{model,predict,prediction_log}.proto), so that
-    exporting needs no tensorflow-serving-api, which pins TensorFlow's
-    version; the tests parse the file with it.
+    TF Serving runs them when it loads the model, so the first real request
+    does not pay for graph optimization. The protos are written from their
+    field numbers: no tensorflow-serving-api, which pins TensorFlow's version.
 
     Returns:
         The path of the file.
@@ -366,25 +350,24 @@ def export_tflite(generator, path, variant="float32", representative_images=None
         representative_images: float images (h, w, c) in [-1, 1] from the
             user's domain (sizes may differ), needed for `"int8"`.
     """
-    _check_variant(variant, representative_images)
+    variant = _check_variant(variant, representative_images)
     with tempfile.TemporaryDirectory() as source:
         _write_tflite_source(generator, source)
         return _convert_tflite(source, path, variant, representative_images)
 
 
 def _check_variant(variant, representative_images):
+    """`variant` in its current spelling, once it can be converted."""
+    variant = EXPORT_ALIASES.get(variant, variant)
     if variant not in TFLITE_VARIANTS:
         raise ValueError(f"variant must be one of {TFLITE_VARIANTS}. Received: {variant!r}")
     if variant == "int8" and (representative_images is None or len(representative_images) == 0):
         raise ValueError("The int8 variant needs representative images from the input domain")
+    return variant
 
 
 def _write_tflite_source(generator, directory):
-    """The SavedModel every TFLite variant is converted from.
-
-    The converter freezes variables reliably only from a SavedModel. Batch 1,
-    any height and width.
-    """
+    """The SavedModel (batch 1, any size) every TFLite variant is converted from: it freezes variables reliably."""
     translate = padded_call(generator)
     archive = keras.export.ExportArchive()
     archive.track(generator)
@@ -442,9 +425,9 @@ def export(
 
     Whatever precision the generator was trained in, the artifacts take and
     give float32 and are checked against its float32 copy
-    (`networks.with_precision`); `precision="bfloat16"` makes the SavedModel
-    compute in bfloat16 (for GPUs, TPUs, CPUs with AMX or AVX512-BF16), and
-    the report gives its PSNR against float32.
+    (`networks.with_precision`); `precision="mixed_bfloat16"` makes the
+    SavedModel compute in bfloat16 (for GPUs, TPUs, CPUs with AMX or
+    AVX512-BF16), and the report gives its PSNR against float32.
 
     Everything is written to a hidden folder beside `out_dir` and moved into
     `out_dir` only once verified, so a failure (a full disk included)
@@ -459,16 +442,17 @@ def export(
         generator: `keras.Model`, e.g. `CycleGAN.generator("a2b")`.
         out_dir: output folder.
         formats: any of `"saved_model"`, `"tflite"`.
-        variants: TFLite variants (see `export_tflite`).
+        variants: TFLite variants (see `export_tflite`; `"none"` means
+            `"float32"`).
         representative: list of float images in [-1, 1] for int8 calibration
             (defaults to `samples`).
         samples: list of float images (h, w, c) in [-1, 1] for the parity
             check. Defaults to `sample_images(generator)`.
         save_generator: bool. Also write the Keras generator as
             `OUT/generator.keras`. Defaults to `False`.
-        precision: `"float32"` or `"bfloat16"`: what the SavedModel
-            computes in. TFLite files are float32 (or quantized) models.
-            Defaults to `"float32"`.
+        precision: `"float32"` or `"mixed_bfloat16"` (`"bfloat16"` too):
+            what the SavedModel computes in. TFLite files are float32 (or
+            quantized) models. Defaults to `"float32"`.
         max_pixels: int. The most pixels one SavedModel request may hold
             (see `export_saved_model`). Defaults to 2048 x 2048.
 
@@ -483,8 +467,10 @@ def export(
         files.FolderInUse: another export is writing `out_dir`.
         files.DiskFull: the disk filled (the hidden folder is removed).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}. Received: precision={precision!r}")
+    precision = EXPORT_ALIASES.get(precision, precision)
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"precision must be one of {EXPORT_PRECISIONS}. Received: precision={precision!r}")
+    variants = tuple(EXPORT_ALIASES.get(variant, variant) for variant in variants)
     samples = samples if samples is not None else sample_images(generator)
     largest = max(int(np.prod(np.shape(image)[:2])) for image in samples)
     if "saved_model" in formats and largest > max_pixels:
@@ -530,11 +516,7 @@ def _existing_ancestor(path):
 
 
 def _publish(stage, out_dir, written):
-    """Moves `written` (paths relative to `stage`) into `out_dir`, replacing what they replace.
-
-    Recorded in `out_dir`'s manifest: pending before the first move, with
-    their fingerprints after the last.
-    """
+    """Moves `written` (relative to `stage`) into `out_dir`, recorded as pending in its manifest meanwhile."""
     if not out_dir.exists():
         files.Manifest(stage).finish(written)  # moving the folder keeps every file's size and time
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -559,7 +541,7 @@ def _export_into(out_dir, generator, formats, variants, representative, samples,
         generator.save(out_dir / "generator.keras")
     generator = networks.with_precision(generator, "float32")  # as trained, mixed or not
     if "saved_model" in formats:
-        served = generator if precision == "float32" else networks.with_precision(generator, "mixed_bfloat16")
+        served = networks.with_precision(generator, precision)
         export_saved_model(served, out_dir / "saved_model" / "1", max_pixels=max_pixels)
         artifacts.append(
             {"format": "saved_model", "variant": precision, "path": "saved_model/1", "max_pixels": max_pixels}

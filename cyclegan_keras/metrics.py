@@ -33,6 +33,8 @@ running sums are kept, so memory stays bounded for thousands of images.
 
 import dataclasses
 import math
+import os
+import sys
 from pathlib import Path
 
 import keras
@@ -40,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan_keras import data
+from cyclegan_keras.inference import output_names
 
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
@@ -91,16 +94,10 @@ def feature_statistics(features):
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
-    """`|mu1 - mu2|^2 + tr(S1 + S2 - 2 sqrt(S1 S2))`, the FID of two Gaussians.
+    """`|mu1 - mu2|^2 + tr(S1 + S2 - 2 sqrt(S1 S2))`, the FID of two Gaussians, as a float.
 
-    The trace of the square root is `sum sqrt(eig(A S2 A))` with `A =
-    sqrt(S1)`: `A S2 A` is symmetric positive semi-definite and similar to
-    `S1 S2`, so symmetric eigensolvers give it without the complex
-    round-off scipy's `sqrtm(S1 @ S2)` must discard; tiny negative
-    eigenvalues from round-off are clipped to 0.
-
-    Returns:
-        float.
+    `tr sqrt(S1 S2) = sum sqrt(eig(A S2 A))` with `A = sqrt(S1)`: symmetric
+    eigensolvers, without the complex round-off of scipy's `sqrtm(S1 @ S2)`.
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
@@ -117,12 +114,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
 def fid(features_fake, features_real):
     """FID between two `(n, d)` feature sets (each n >= 2).
 
-    With fewer images than feature dimensions (a test set of a few hundred
-    against 2048-d), the covariances are low-rank and the square-root
-    trace is the nuclear norm of the centred features' cross product:
-    with `S1 = A1'A1 / (n1 - 1)` and `S2 = A2'A2 / (n2 - 1)`, the nonzero
-    eigenvalues of `S1 S2` are the squared singular values of `A2 A1'`
-    over `(n1 - 1)(n2 - 1)`. Exact, and an (n2 x n1) SVD instead of 2048^3
+    With fewer images than feature dimensions the square-root trace is
+    exactly the nuclear norm of the centred features' cross product over
+    `sqrt((n1 - 1)(n2 - 1))`: an (n2 x n1) SVD instead of 2048-d
     eigensolves; otherwise `frechet_distance` on the statistics.
 
     Raises:
@@ -199,23 +193,6 @@ def ssim(image, truth):
 def mae(image, truth):
     """Mean absolute difference of two uint8 images, in 0..255 units."""
     return float(np.mean(np.abs(np.asarray(image, np.float64) - np.asarray(truth, np.float64))))
-
-
-class PairedScores:
-    """Running means of PSNR, SSIM and MAE over image pairs."""
-
-    def __init__(self):
-        self.count = 0
-        self.sums = {"psnr": 0.0, "ssim": 0.0, "mae": 0.0}
-
-    def update(self, image, truth):
-        self.sums["psnr"] += psnr(image, truth)
-        self.sums["ssim"] += ssim(image, truth)
-        self.sums["mae"] += mae(image, truth)
-        self.count += 1
-
-    def result(self):
-        return {k: v / self.count for k, v in self.sums.items()} if self.count else {}
 
 
 # -- Label scores --------------------------------------------------------------------------
@@ -355,6 +332,17 @@ def set_channels(paths):
     return 1 if all(colour_channels(p) == 1 for p in paths) else 3
 
 
+def check_channels(what, channels, other_what, other_channels):
+    """Refuses scoring grayscale against colour (alpha aside): the scores would measure the colour."""
+    channels, other_channels = min(channels, 3), min(other_channels, 3)
+    if channels != other_channels:
+        kinds = {1: "grayscale (1 channel)", 3: "colour (3 channels)"}
+        raise MetricError(
+            f"{what} are {kinds[channels]} but {other_what} are {kinds[other_channels]}: the scores would "
+            "measure the colour, not the translation"
+        )
+
+
 def read_uint8(path, channels=3):
     """uint8 `(h, w, channels)`; gray is replicated to RGB and alpha dropped, as PIL's convert."""
     return data.read_image(path, channels).numpy()
@@ -365,16 +353,15 @@ def to_uint8(images):
     return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def match_names(paths, root):
-    """`{name: path}` with name the path below `root` without suffix ('/' -> '__')."""
-    names = {}
-    for path in paths:
-        try:
-            relative = Path(path).relative_to(root)
-        except ValueError:
-            relative = Path(Path(path).name)
-        names[str(relative.with_suffix("")).replace("/", "__")] = path
-    return names
+def to_rgb(images):
+    """uint8 batch of 1, 3 or 4 channels -> RGB for the Inception: gray replicated, alpha dropped."""
+    images = np.asarray(images)
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images[..., :3]
+
+
+def named(paths, root):
+    """`{name: path}`, each name as translate.py names the output of `path` (see `inference.output_names`)."""
+    return dict(zip(output_names(paths, root), paths))
 
 
 def truth_for(name, truth_names):
@@ -405,6 +392,11 @@ def batches(paths, batch_size, channels=3):
         yield chunk, np.stack(images)
 
 
+def _progress_bar(total, unit):
+    """A Keras progress bar; one line when it ends if stdout is not a terminal (no escapes in logs)."""
+    return keras.utils.Progbar(total, verbose=1 if sys.stdout.isatty() else 2, unit_name=unit)
+
+
 def extract_features(paths, features_fn, batch_size=50, verbose=True, label="images"):
     """Features of image files, streamed: `(n, d)` float32.
 
@@ -413,7 +405,7 @@ def extract_features(paths, features_fn, batch_size=50, verbose=True, label="ima
         features_fn: callable, uint8 batch `(b, h, w, 3)` -> `(b, d)`, e.g.
             `fid_inception.InceptionFeatures`.
     """
-    progress = keras.utils.Progbar(len(paths), unit_name=label) if verbose else None
+    progress = _progress_bar(len(paths), label) if verbose else None
     features = []
     for chunk, images in batches(paths, batch_size):
         features.append(np.asarray(features_fn(images), np.float32))
@@ -423,38 +415,6 @@ def extract_features(paths, features_fn, batch_size=50, verbose=True, label="ima
 
 
 # -- Scoring a set of outputs against targets ----------------------------------------------
-
-
-class _Candidate:
-    """What is accumulated for one row of the table (the model, or the inputs themselves)."""
-
-    def __init__(self, palette):
-        self.features = []
-        self.paired = PairedScores()
-        self.labels = LabelScores(palette) if palette else None
-
-    def result(self, real_features, kid_subsets, kid_subset_size, seed, fid_skipped):
-        result = {}
-        if real_features is not None:
-            fake = np.concatenate(self.features)
-            result["fid"] = fid(fake, real_features)
-            result["kid_mean"], result["kid_std"] = kid(fake, real_features, kid_subsets, kid_subset_size, seed)
-        elif fid_skipped:
-            result.update(fid=None, kid_mean=None, kid_std=None)
-        result.update(self.paired.result())
-        if self.labels is not None:
-            result.update(self.labels.result())
-        return result
-
-
-def _check_channels(what, channels, other_what, other_channels):
-    channels, other_channels = min(channels, 3), min(other_channels, 3)  # alpha aside
-    if channels != other_channels:
-        kinds = {1: "grayscale (1 channel)", 3: "colour (3 channels)"}
-        raise MetricError(
-            f"{what} are {kinds[channels]} but {other_what} are {kinds[other_channels]}: the scores would "
-            "measure the colour, not the translation"
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -482,6 +442,96 @@ class EvalSettings:
                 raise MetricError(f"--{name.replace('_', '-')} must be at least 1. Received: {getattr(self, name)}")
         if self.kid_subset_size < 2:
             raise MetricError(f"--kid-subset-size must be at least 2. Received: {self.kid_subset_size}")
+
+
+class Scores:
+    """The scores of one set of uint8 outputs, fed batch by batch: FID/KID, paired and label scores.
+
+    Args:
+        features: callable, uint8 RGB batch -> `(b, d)` (e.g.
+            `fid_inception.InceptionFeatures`); None skips FID/KID.
+        real_features: `(n, d)` features of the real target images, by the
+            same `features`; None skips FID/KID.
+        settings: `EvalSettings` (its KID settings are used).
+        palette: `Palette` for label scores, or None.
+        small_ssim: what outputs under 11x11 pixels do to SSIM: `"skip"` it
+            or `"refuse"` them (MetricError). Defaults to `"skip"`.
+    """
+
+    def __init__(self, features=None, real_features=None, settings=None, palette=None, small_ssim="skip"):
+        self.features = features if real_features is not None else None
+        self.real_features = real_features
+        self.settings = settings or EvalSettings()
+        self.labels = LabelScores(palette) if palette else None
+        self.small_ssim = small_ssim
+        self.count, self.small, self.fake = 0, False, []
+        self.paired = {"psnr": [], "ssim": [], "mae": []}
+
+    def update(self, outputs, truth=None, truth_names=None):
+        """Adds uint8 `outputs` `(b, h, w, c)`, and their uint8 `truth` of the same shape or None."""
+        outputs = np.asarray(outputs)
+        self.count += len(outputs)
+        if self.features is not None:
+            self.fake.append(np.asarray(self.features(to_rgb(outputs)), np.float32))
+        if truth is None:
+            return
+        truth = np.asarray(truth)
+        if truth.shape != outputs.shape:
+            raise MetricError(f"Truth of shape {truth.shape} for outputs of shape {outputs.shape}")
+        if min(outputs.shape[1:3]) < SSIM_SETTINGS["filter_size"]:
+            if self.small_ssim == "refuse":
+                ssim(outputs[0], truth[0])  # raises, saying why
+            self.small = True
+        for image, true, name in zip(outputs, truth, truth_names or ["truth"] * len(outputs)):
+            self.paired["psnr"].append(psnr(image, true))
+            self.paired["mae"].append(mae(image, true))
+            if not self.small:
+                self.paired["ssim"].append(ssim(image, true))
+            if self.labels is not None:
+                self.labels.update(image, true, name)
+
+    def result(self):
+        """dict: `fid`, `kid_mean`, `kid_std` with features; `psnr`, `ssim` (sides >= 11), `mae` with
+        truth; label scores with a palette."""
+        result = {}
+        if self.features is not None:
+            fake = np.concatenate(self.fake)
+            result["fid"] = fid(fake, self.real_features)
+            result["kid_mean"], result["kid_std"] = kid(
+                fake, self.real_features, self.settings.kid_subsets, self.settings.kid_subset_size, self.settings.seed
+            )
+        if self.paired["psnr"]:
+            result.update({k: float(np.mean(v)) for k, v in self.paired.items() if not (k == "ssim" and self.small)})
+        if self.labels is not None:
+            result.update(self.labels.result())
+        return result
+
+
+def score_batches(batches, features=None, real_features=None, settings=EvalSettings()):
+    """Scores uint8 outputs already in memory, against real features computed once and/or their truth.
+
+    For callers that hold images rather than files and score several
+    models against the same targets: training's evaluation and export's
+    per-artifact scores.
+
+    Args:
+        batches: iterable of `(outputs, truth)`: uint8 `(b, h, w, c)`, and
+            the uint8 truth of the same shape or None.
+        features, real_features, settings: see `Scores`.
+
+    Returns:
+        dict: `images`, and `Scores.result()`.
+
+    Raises:
+        MetricError: no outputs, fewer than 2 for FID/KID, or a truth of
+            another shape.
+    """
+    scores = Scores(features, real_features, settings)
+    for outputs, truth in batches:
+        scores.update(outputs, truth)
+    if scores.count == 0:
+        raise MetricError("No outputs to score")
+    return {"images": scores.count, **scores.result()}
 
 
 def evaluate(
@@ -518,52 +568,45 @@ def evaluate(
     """
     real_features = None
     if features is not None and real_paths is not None:
-        _check_channels("the outputs", output_channels, "the --real images", set_channels(real_paths))
+        check_channels("the outputs", output_channels, "the --real images", set_channels(real_paths))
         if len(real_paths) < 2:
             raise MetricError(f"FID needs at least 2 real images; --real has {len(real_paths)}")
         real_features = extract_features(real_paths, features, settings.batch_size, settings.verbose, "real")
-    truth_names = match_names(truth_paths, truth_root or _common_root(truth_paths)) if truth_paths else None
+    truth_names = named(truth_paths, truth_root or _common_root(truth_paths)) if truth_paths else None
     if truth_names is not None:
-        _check_channels("the outputs", output_channels, "the --truth images", set_channels(truth_paths))
+        check_channels("the outputs", output_channels, "the --truth images", set_channels(truth_paths))
     if palette is not None and output_channels == 1:
         raise MetricError("--labels needs colour label maps; the outputs have 1 channel")
-    candidates = {}
-    progress = keras.utils.Progbar(count, unit_name="output") if settings.verbose and count else None
-    counts = {"outputs": 0, "truth_resized": 0}
+    rows = {}
+    progress = _progress_bar(count, "output") if settings.verbose and count else None
+    images, resized = 0, 0
     for names, groups in outputs:
-        for key, images in groups.items():
-            candidate = candidates.setdefault(key, _Candidate(palette))
-            if real_features is not None:
-                rgb = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images[..., :3]
-                candidate.features.append(np.asarray(features(rgb), np.float32))
-            if truth_names is not None:
-                for name, image in zip(names, images):
-                    truth = _truth_image(name, truth_names, image, counts if key == "model" else {})
-                    candidate.paired.update(image, truth)
-                    if candidate.labels is not None:
-                        candidate.labels.update(image, truth, truth_for(name, truth_names))
-        counts["outputs"] += len(names)
+        paths = truth = None
+        if truth_names is not None:
+            found = [_truth_image(name, truth_names, image.shape) for name, image in zip(names, groups["model"])]
+            paths, truth, was_resized = zip(*found)
+            truth, resized = np.stack(truth), resized + sum(was_resized)
+        for key, batch in groups.items():
+            scores = rows.setdefault(key, Scores(features, real_features, settings, palette, small_ssim="refuse"))
+            scores.update(batch, truth, paths)
+        images += len(names)
         if progress:
             progress.add(len(names))
-    if counts["outputs"] == 0:
+    if images == 0:
         raise MetricError("No outputs to score")
-    if real_features is not None and counts["outputs"] < 2:
-        raise MetricError(f"FID needs at least 2 generated images; there is {counts['outputs']}")
-    fid_skipped = real_paths is not None and features is None
-    result = candidates["model"].result(
-        real_features, settings.kid_subsets, settings.kid_subset_size, settings.seed, fid_skipped
-    )
-    if "identity" in candidates:
-        result["identity"] = candidates["identity"].result(
-            real_features, settings.kid_subsets, settings.kid_subset_size, settings.seed, fid_skipped
-        )
+    if real_features is not None and images < 2:
+        raise MetricError(f"FID needs at least 2 generated images; there is {images}")
+    skipped = {"fid": None, "kid_mean": None, "kid_std": None} if real_paths is not None and features is None else {}
+    result = {**skipped, **rows["model"].result()}
+    if "identity" in rows:
+        result["identity"] = {**skipped, **rows["identity"].result()}
     result["settings"] = {
-        "images": counts["outputs"],
+        "images": images,
         "real_images": len(real_paths) if real_paths is not None else 0,
         "truth_images": len(truth_paths) if truth_paths else 0,
-        "truth_resized_to_output": counts["truth_resized"],
+        "truth_resized_to_output": resized,
         "kid_subsets": settings.kid_subsets,
-        "kid_subset_size": min(settings.kid_subset_size, counts["outputs"], len(real_paths or [])),
+        "kid_subset_size": min(settings.kid_subset_size, images, len(real_paths or [])),
         "kid_seed": settings.seed,
         "ssim": dict(SSIM_SETTINGS, data_range="0..255"),
         "mae_units": "0..255",
@@ -577,18 +620,17 @@ def evaluate(
     return result
 
 
-def _truth_image(name, truth_names, image, counts):
+def _truth_image(name, truth_names, shape):
+    """`(path, uint8 truth, resized)` of output `name`, the truth brought to the output's `shape`."""
     path = truth_for(name, truth_names)
     if path is None:
         raise MetricError(f"No --truth image is named like the output {name!r} (files are matched by name)")
-    truth = read_uint8(path, image.shape[-1])
-    if truth.shape != image.shape:
-        # Outputs of the reference's test.py are 256x256 whatever the truth's
-        # size: the truth is brought to the output's size.
-        truth = tf.image.resize(truth, image.shape[:2], method="bicubic", antialias=True)
-        truth = np.clip(np.round(truth.numpy()), 0, 255).astype(np.uint8)
-        counts["truth_resized"] = counts.get("truth_resized", 0) + 1
-    return truth
+    truth = read_uint8(path, shape[-1])
+    if truth.shape == shape:
+        return path, truth, False
+    # Outputs of the reference's test.py are 256x256 whatever the truth's size.
+    truth = tf.image.resize(truth, shape[:2], method="bicubic", antialias=True)
+    return path, np.clip(np.round(truth.numpy()), 0, 255).astype(np.uint8), True
 
 
 def evaluate_generator(
@@ -639,13 +681,11 @@ def evaluate_generator(
         scores["fid"], scores["identity"]["fid"]
     """
     output_channels = output_channels or input_channels
-    input_root = input_root or _common_root(input_paths)
+    name_of = {path: name for name, path in named(input_paths, input_root or _common_root(input_paths)).items()}
 
     def stream():
-        names = match_names(input_paths, input_root)
-        by_path = {v: k for k, v in names.items()}
         for chunk, images in batches(input_paths, settings.batch_size, input_channels):
-            translated = to_uint8(np.asarray(translate_fn(images.astype(np.float32) / 127.5 - 1.0)))
+            translated = to_uint8(translate_fn(images.astype(np.float32) / 127.5 - 1.0))
             if translated.shape[:3] != images.shape[:3] or translated.shape[-1] != output_channels:
                 raise MetricError(
                     f"The model gave outputs of shape {translated.shape} for inputs of shape {images.shape}"
@@ -653,18 +693,10 @@ def evaluate_generator(
             groups = {"model": translated}
             if input_channels == output_channels:
                 groups["identity"] = images
-            yield [by_path[p] for p in chunk], groups
+            yield [name_of[p] for p in chunk], groups
 
     return evaluate(
-        stream(),
-        real_paths,
-        truth_paths,
-        truth_root,
-        features,
-        palette,
-        settings,
-        output_channels,
-        count=len(input_paths),
+        stream(), real_paths, truth_paths, truth_root, features, palette, settings, output_channels, len(input_paths)
     )
 
 
@@ -691,35 +723,32 @@ def evaluate_folders(
     Returns:
         dict, see `evaluate`.
     """
-    fake_root = fake_root or _common_root(fake_paths)
     channels = set_channels(fake_paths)
+    name_of = {path: name for name, path in named(fake_paths, fake_root or _common_root(fake_paths)).items()}
     inputs = None
     if input_paths:
-        input_root = input_root or _common_root(input_paths)
-        inputs = match_names(input_paths, input_root)
-        _check_channels("the --fake images", channels, "the --input images", set_channels(input_paths))
+        inputs = named(input_paths, input_root or _common_root(input_paths))
+        check_channels("the --fake images", channels, "the --input images", set_channels(input_paths))
+
+    def original(name, image):
+        path = truth_for(name, inputs)
+        if path is None:
+            raise MetricError(f"No --input image is named like the --fake image {name!r}")
+        original = read_uint8(path, channels)
+        if original.shape != image.shape:
+            raise MetricError(
+                f"{path} is {original.shape[1]}x{original.shape[0]} but its translation is "
+                f"{image.shape[1]}x{image.shape[0]}: the identity baseline needs equal sizes"
+            )
+        return original
 
     def stream():
-        names = match_names(fake_paths, fake_root)
-        by_path = {v: k for k, v in names.items()}
         for chunk, images in batches(fake_paths, settings.batch_size, channels):
+            names = [name_of[p] for p in chunk]
             groups = {"model": images}
-            chunk_names = [by_path[p] for p in chunk]
             if inputs is not None:
-                originals = []
-                for name, image in zip(chunk_names, images):
-                    path = truth_for(name, inputs)
-                    if path is None:
-                        raise MetricError(f"No --input image is named like the --fake image {name!r}")
-                    original = read_uint8(path, channels)
-                    if original.shape != image.shape:
-                        raise MetricError(
-                            f"{path} is {original.shape[1]}x{original.shape[0]} but its translation is "
-                            f"{image.shape[1]}x{image.shape[0]}: the identity baseline needs equal sizes"
-                        )
-                    originals.append(original)
-                groups["identity"] = np.stack(originals)
-            yield chunk_names, groups
+                groups["identity"] = np.stack([original(name, image) for name, image in zip(names, images)])
+            yield names, groups
 
     return evaluate(
         stream(), real_paths, truth_paths, truth_root, features, palette, settings, channels, count=len(fake_paths)
@@ -727,18 +756,10 @@ def evaluate_folders(
 
 
 def _common_root(paths):
-    parents = {str(Path(p).parent) for p in paths}
-    return Path(parents.pop()) if len(parents) == 1 else Path(_common_prefix([Path(p).parent for p in paths]))
-
-
-def _common_prefix(folders):
-    parts = [f.parts for f in folders]
-    common = []
-    for level in zip(*parts):
-        if len(set(level)) != 1:
-            break
-        common.append(level[0])
-    return Path(*common) if common else Path(".")
+    try:
+        return Path(os.path.commonpath([Path(p).parent for p in paths]))
+    except ValueError:  # absolute and relative paths mixed
+        return Path(".")
 
 
 def finite_or_str(value):
@@ -750,74 +771,3 @@ def finite_or_str(value):
     if isinstance(value, (list, tuple)):
         return [finite_or_str(v) for v in value]
     return value
-
-
-# -- Scoring images held in memory ---------------------------------------------------------
-
-
-def to_rgb(images):
-    """uint8 batch of 1, 3 or 4 channels -> RGB for the Inception: gray replicated, alpha dropped."""
-    images = np.asarray(images)
-    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images[..., :3]
-
-
-def score_batches(batches, features=None, real_features=None, settings=EvalSettings()):
-    """Scores uint8 outputs already in memory, against real features computed once and/or their truth.
-
-    For callers that hold images rather than files and score several
-    models against the same targets: training's evaluation (test images
-    preprocessed as the snapshots' are) and export's per-artifact scores.
-    The formulas are `evaluate`'s (`fid`, `kid`, `psnr`, `ssim`, `mae`); the
-    real images' features are the caller's, so they are computed once.
-
-    Args:
-        batches: iterable of `(outputs, truth)`: uint8 `(b, h, w, c)`, and
-            the uint8 truth of the same shape or None.
-        features: callable, uint8 RGB batch -> `(b, d)` (e.g.
-            `fid_inception.InceptionFeatures`); None skips FID/KID.
-        real_features: `(n, d)` features of the real target images, by the
-            same `features`; None skips FID/KID.
-        settings: `EvalSettings` (its KID settings are used).
-
-    Returns:
-        dict: `images`; `fid`, `kid_mean`, `kid_std` when features and real
-        features are given; `psnr`, `mae` and (sides of 11 pixels or more)
-        `ssim` when truth is given.
-
-    Raises:
-        MetricError: no outputs, fewer than 2 for FID/KID, or a truth of
-            another shape.
-    """
-    fake, paired, count, small = [], {"psnr": [], "ssim": [], "mae": []}, 0, False
-    use_features = features is not None and real_features is not None
-    for outputs, truth in batches:
-        outputs = np.asarray(outputs)
-        count += len(outputs)
-        if use_features:
-            fake.append(np.asarray(features(to_rgb(outputs)), np.float32))
-        if truth is None:
-            continue
-        truth = np.asarray(truth)
-        if truth.shape != outputs.shape:
-            raise MetricError(f"Truth of shape {truth.shape} for outputs of shape {outputs.shape}")
-        small = small or min(outputs.shape[1:3]) < SSIM_SETTINGS["filter_size"]
-        for image, true in zip(outputs, truth):
-            paired["psnr"].append(psnr(image, true))
-            paired["mae"].append(mae(image, true))
-            if not small:
-                paired["ssim"].append(ssim(image, true))
-    if count == 0:
-        raise MetricError("No outputs to score")
-    result = {"images": count}
-    if use_features:
-        fake = np.concatenate(fake)
-        result["fid"] = fid(fake, real_features)
-        result["kid_mean"], result["kid_std"] = kid(
-            fake, real_features, settings.kid_subsets, settings.kid_subset_size, settings.seed
-        )
-    if paired["psnr"]:
-        result["psnr"] = float(np.mean(paired["psnr"]))
-        result["mae"] = float(np.mean(paired["mae"]))
-        if not small:
-            result["ssim"] = float(np.mean(paired["ssim"]))
-    return result

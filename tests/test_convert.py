@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cyclegan_keras import convert
+from cyclegan_keras import convert, pth
 from cyclegan_keras.cli import export as export_cli
 from cyclegan_keras.convert import ConversionError, CorruptCheckpointError, UnsafePickleError
 
@@ -151,7 +151,7 @@ def test_full_size_parity_with_pytorch(tmp_path):
 def _outcome(content, uncut):
     """'exact' (equal keys and arrays), 'corrupt' (one-line CorruptCheckpointError) or what else happened."""
     try:
-        state = convert.parse_state_dict(content, "cut.pth")
+        state = pth.parse_state_dict(content, "cut.pth")
     except CorruptCheckpointError as error:
         assert CORRUPT_LINE.match(str(error)), str(error)
         return "corrupt"
@@ -168,7 +168,7 @@ def _cut_offsets(size):
 @pytest.mark.parametrize("name", ["resnet_tiny.pth", "resnet_tiny_legacy.pth"])
 def test_every_cut_is_refused_as_corrupt(name):
     content = (FIXTURES / name).read_bytes()
-    uncut = convert.parse_state_dict(content)
+    uncut = pth.parse_state_dict(content)
     offsets = _cut_offsets(len(content))
     assert len(offsets) > 9000
     others = {n: _outcome(content[:n], uncut) for n in offsets}
@@ -181,20 +181,20 @@ def test_cut_messages_name_the_tensor_and_the_byte_counts():
     legacy = (FIXTURES / "resnet_tiny_legacy.pth").read_bytes()
     # The issue's case: the last 8 bytes cut used to load, off by up to 1.57.
     with pytest.raises(CorruptCheckpointError) as caught:
-        convert.parse_state_dict(legacy[:-8], "cut.pth")
+        pth.parse_state_dict(legacy[:-8], "cut.pth")
     assert str(caught.value) == (
         "cut.pth is truncated or corrupt: expected 12 bytes for tensor model.19.bias, found 4; download it again"
     )
     # Storage 1 (model.1.bias) starts at byte 6083 with its int64 element count.
     with pytest.raises(CorruptCheckpointError, match="expected 8 \\+ 16 bytes for tensor model.1.bias .*found 3;"):
-        convert.parse_state_dict(legacy[: 6083 + 3], "cut.pth")
+        pth.parse_state_dict(legacy[: 6083 + 3], "cut.pth")
     with pytest.raises(CorruptCheckpointError, match="state dict pickle cannot be read"):
-        convert.parse_state_dict(legacy[:1000], "cut.pth")
+        pth.parse_state_dict(legacy[:1000], "cut.pth")
     zipped = (FIXTURES / "resnet_tiny.pth").read_bytes()
     with pytest.raises(CorruptCheckpointError, match="the zip directory at its end is missing or damaged"):
-        convert.parse_state_dict(zipped[:-1], "cut.pth")
+        pth.parse_state_dict(zipped[:-1], "cut.pth")
     with pytest.raises(CorruptCheckpointError, match="the file is empty"):
-        convert.parse_state_dict(b"", "cut.pth")
+        pth.parse_state_dict(b"", "cut.pth")
 
 
 def _rezip(content, replace=(), drop=()):
@@ -210,20 +210,20 @@ def _rezip(content, replace=(), drop=()):
 
 def test_zip_storage_sizes_and_views_are_checked():
     content = (FIXTURES / "resnet_tiny.pth").read_bytes()
-    uncut = convert.parse_state_dict(content)
+    uncut = pth.parse_state_dict(content)
     assert _outcome(_rezip(content), uncut) == "exact"
     short = _rezip(content, {"resnet_tiny/data/1": lambda raw: raw[:12]})
     with pytest.raises(CorruptCheckpointError, match="expected 16 bytes for tensor model.1.bias, found 12"):
-        convert.parse_state_dict(short, "cut.pth")
+        pth.parse_state_dict(short, "cut.pth")
     missing = _rezip(content, drop={"resnet_tiny/data/1"})
     with pytest.raises(CorruptCheckpointError, match="record resnet_tiny/data/1 is missing"):
-        convert.parse_state_dict(missing, "cut.pth")
+        pth.parse_state_dict(missing, "cut.pth")
     # The stride 147 -> 148 makes model.1.weight (4, 3, 7, 7) read past its storage.
     stride = _rezip(content, {"resnet_tiny/data.pkl": lambda raw: raw.replace(b"(K\x93K1K", b"(K\x94K1K")})
     with pytest.raises(
         CorruptCheckpointError, match="tensor model.1.weight .* reaches element 590 of a storage of 588"
     ):
-        convert.parse_state_dict(stride, "cut.pth")
+        pth.parse_state_dict(stride, "cut.pth")
 
 
 LEGACY_DATA_START = 3723  # the legacy fixture's first storage, after its pickles
@@ -240,7 +240,7 @@ def test_random_byte_flips_give_the_exact_weights_or_one_clear_error():
     rng = np.random.default_rng(12)
     # The zip format has a CRC-32 per record: every flip is found or harmless.
     content = (FIXTURES / "resnet_tiny.pth").read_bytes()
-    uncut = convert.parse_state_dict(content)
+    uncut = pth.parse_state_dict(content)
     outcomes = []
     for offset in rng.integers(0, len(content), 300):
         flipped = bytearray(content)
@@ -250,7 +250,7 @@ def test_random_byte_flips_give_the_exact_weights_or_one_clear_error():
     # The legacy format has no checksum: a flip in a tensor's bytes changes that one
     # value and no reader can tell. Any other flip is found here or by the conversion.
     content = (FIXTURES / "resnet_tiny_legacy.pth").read_bytes()
-    uncut = convert.parse_state_dict(content)
+    uncut = pth.parse_state_dict(content)
     seen = set()
     for offset in rng.integers(0, len(content), 300):
         flipped = bytearray(content)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cyclegan_keras import convert, fid_inception
+from cyclegan_keras import convert, fid_inception, pth
 from cyclegan_keras.convert import ConversionError, UnsafePickleError
 
 TESTS = Path(__file__).resolve().parent
@@ -116,7 +116,7 @@ def test_torchscript_mode_still_refuses_code(tmp_path):
 def test_script_objects_cannot_be_called_into_running_anything():
     # A __torch__ class is an inert record: REDUCE with arguments fails, it does not run.
     payload = b"\x80\x02c__torch__.evil\nThing\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03."
-    unpickler = convert._RestrictedUnpickler(io.BytesIO(payload), {}, "x.pt", torchscript=True)
+    unpickler = pth._RestrictedUnpickler(io.BytesIO(payload), {}, "x.pt", torchscript=True)
     with pytest.raises(TypeError):
         unpickler.load()
 

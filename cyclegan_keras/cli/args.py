@@ -244,6 +244,17 @@ def byte_size(text):
     return int(value)
 
 
+def add_direction_argument(parser):
+    """--direction, as translate.py, export.py and evaluate.py take it."""
+    parser.add_argument(
+        "--direction",
+        default="a2b",
+        type=direction,
+        metavar="{a2b,b2a}",
+        help="which generator of a CycleGAN; the reference's AtoB/BtoA also work (default: a2b)",
+    )
+
+
 def add_memory_arguments(parser):
     """--max-memory, --tile-size and --tile-overlap, as translate.py and evaluate.py take them."""
     parser.add_argument(

@@ -21,51 +21,35 @@ from pathlib import Path
 from cyclegan_keras import _env, files
 from cyclegan_keras.cli import args as cli_args
 from cyclegan_keras.cli import full_disk_exits_1
-
-RESIZE_MODES = ("pytorch-fid", "clean")  # cyclegan_keras.fid_inception.RESIZE_MODES, without importing TF
+from cyclegan_keras.config import RESIZE_MODES
 
 
 def parser():
     result = cli_args.ArgumentParser(description=__doc__)
     source = result.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--model",
-        type=cli_args.model_source,
-        help="a .keras file, work directory, SavedModel directory or .tflite file",
-    )
+    model_help = "a .keras file, work directory, SavedModel directory or .tflite file"
+    source.add_argument("--model", type=cli_args.model_source, help=model_help)
     source.add_argument("--fake", type=cli_args.image_folder, help="a folder of images already translated")
-    result.add_argument(
-        "--direction", default="a2b", type=cli_args.direction, help="CycleGAN direction, a2b or b2a (default: a2b)"
-    )
-    result.add_argument(
-        "--input",
-        type=cli_args.image_folder,
-        help="input-domain images: translated with --model; the identity baseline",
-    )
-    result.add_argument("--real", type=cli_args.fid_image_folder, help="target-domain images for FID and KID (>= 2)")
-    result.add_argument(
-        "--truth",
-        type=cli_args.image_folder,
-        help="ground truth of each input, matched by file name: PSNR, SSIM, MAE",
-    )
-    result.add_argument(
-        "--labels",
-        type=cli_args.labels_source,
-        help="label scores of label maps: 'cityscapes' or a palette file (R G B name)",
-    )
-    result.add_argument(
-        "--inception-weights",
-        type=cli_args.inception_weights_file,
-        help="FID Inception weights (.pth of pytorch-fid, or TorchScript .pt)",
-    )
+    cli_args.add_direction_argument(result)
+    for flag, kind, text in (
+        ("--input", cli_args.image_folder, "input-domain images: translated with --model; the identity baseline"),
+        ("--real", cli_args.fid_image_folder, "target-domain images for FID and KID (>= 2)"),
+        ("--truth", cli_args.image_folder, "ground truth of each input, matched by file name: PSNR, SSIM, MAE"),
+        ("--labels", cli_args.labels_source, "label scores of label maps: 'cityscapes' or a palette file (R G B name)"),
+        (
+            "--inception-weights",
+            cli_args.inception_weights_file,
+            "FID Inception weights (.pth of pytorch-fid, or TorchScript .pt)",
+        ),
+    ):
+        result.add_argument(flag, type=kind, help=text)
     result.add_argument("--resize-mode", default="pytorch-fid", choices=RESIZE_MODES, help="default: pytorch-fid")
-    result.add_argument("--batch-size", type=cli_args.Range(1), default=50, help="images per batch, >= 1 (default: 50)")
-    result.add_argument(
-        "--kid-subsets", type=cli_args.Range(1), default=100, help="KID subsets, >= 1 (default: 100, clean-fid's)"
-    )
-    result.add_argument(
-        "--kid-subset-size", type=cli_args.Range(2), default=1000, help="KID subset size, >= 2 (default: 1000)"
-    )
+    for flag, minimum, default, text in (
+        ("--batch-size", 1, 50, "images per batch, >= 1 (default: 50)"),
+        ("--kid-subsets", 1, 100, "KID subsets, >= 1 (default: 100, clean-fid's)"),
+        ("--kid-subset-size", 2, 1000, "KID subset size, >= 2 (default: 1000)"),
+    ):
+        result.add_argument(flag, type=cli_args.Range(minimum), default=default, help=text)
     cli_args.add_memory_arguments(result)
     result.add_argument(
         "--json",
@@ -104,7 +88,7 @@ def main(argv=None):
             print(f"error: argument --json: {error}", file=sys.stderr)
             return 2
     _env.import_tensorflow()
-    from cyclegan_keras import convert, data, fid_inception, inference, metrics
+    from cyclegan_keras import data, fid_inception, inference, metrics, pth
 
     try:
         scores, notes = run(args)
@@ -115,8 +99,8 @@ def main(argv=None):
         data.DataError,
         metrics.MetricError,
         fid_inception.WeightsNotFound,
-        convert.ConversionError,
-        convert.UnsafePickleError,
+        pth.ConversionError,
+        pth.UnsafePickleError,
         FileNotFoundError,
         ValueError,
     ) as error:
@@ -176,6 +160,8 @@ def run(args):
             notes.append(f"FID/KID skipped: no FID Inception weights found. {fid_inception.download_hint()}")
         else:
             features = fid_inception.load_inception(weights, args.resize_mode)
+    scored = dict(real_paths=real_paths, truth_paths=truth_paths, features=features, palette=palette)
+    scored.update(settings=settings, truth_root=args.truth)
     if args.model:
         from cyclegan_keras.inference import load_translator
 
@@ -183,30 +169,16 @@ def run(args):
         scores = metrics.evaluate_generator(
             translator,
             input_paths,
-            real_paths,
-            truth_paths,
-            features,
-            palette,
-            settings,
             input_channels=translator.input_channels,
             output_channels=translator.output_channels,
             input_root=args.input,
-            truth_root=args.truth,
+            **scored,
         )
         source = {"model": str(args.model), "model_kind": translator.kind, "direction": args.direction}
     else:
         fake_paths = data.list_image_files(args.fake)
         scores = metrics.evaluate_folders(
-            fake_paths,
-            real_paths,
-            truth_paths,
-            input_paths,
-            features,
-            palette,
-            settings,
-            fake_root=args.fake,
-            truth_root=args.truth,
-            input_root=args.input,
+            fake_paths, input_paths=input_paths, fake_root=args.fake, input_root=args.input, **scored
         )
         source = {"fake": str(args.fake)}
     if real_paths is not None and features is None:

@@ -28,9 +28,8 @@ import sys
 from cyclegan_keras import _env, files
 from cyclegan_keras.cli import args as cli_args
 from cyclegan_keras.cli import full_disk_exits_1
-from cyclegan_keras.config import SERVING_MAX_PIXELS
+from cyclegan_keras.config import EXPORT_ALIASES, EXPORT_PRECISIONS, SERVING_MAX_PIXELS, TFLITE_VARIANTS
 
-QUANTIZATIONS = {"none": "float32", "float16": "float16", "dynamic": "dynamic", "int8": "int8"}
 MIN_SAMPLE_SIZE = 8  # the odd-sized parity sample is (size - 6) x (size + 10)
 
 
@@ -46,20 +45,15 @@ def parser():
         "--from-torch", type=cli_args.torch_file, help="a PyTorch generator state dict (.pth) of the authors' code"
     )
     result.add_argument("--out", required=True, type=cli_args.output_folder, help="output folder")
-    result.add_argument(
-        "--direction",
-        default="a2b",
-        type=cli_args.direction,
-        metavar="{a2b,b2a}",
-        help="which generator of a CycleGAN; the reference's AtoB/BtoA also work (default: a2b)",
-    )
+    cli_args.add_direction_argument(result)
     result.add_argument("--format", default="all", choices=["saved_model", "tflite", "all"], help="default: all")
     result.add_argument(
         "--precision",
         default="float32",
-        choices=["float32", "bfloat16"],
-        help="what the SavedModel computes in; bfloat16 (float32 in and out) is for GPUs, TPUs and CPUs "
-        "with AMX or AVX512-BF16, its PSNR against float32 is in the report (default: float32)",
+        type=_current_name,
+        choices=EXPORT_PRECISIONS,
+        help="what the SavedModel computes in; mixed_bfloat16 (or bfloat16: float32 in and out) is for GPUs, "
+        "TPUs and CPUs with AMX or AVX512-BF16, its PSNR against float32 is in the report (default: float32)",
     )
     result.add_argument(
         "--max-pixels",
@@ -72,36 +66,46 @@ def parser():
     result.add_argument(
         "--tflite-quantization",
         default=None,
-        choices=[*QUANTIZATIONS, "all"],
-        help="none (float32), float16, dynamic (int8 weights), int8 (calibrated), or all (default: none)",
+        type=_current_name,
+        choices=[*TFLITE_VARIANTS, "all"],
+        help="float32 (or none: no quantization), float16, dynamic (int8 weights), int8 (calibrated), or all "
+        "(default: float32)",
     )
-    result.add_argument(
-        "--representative",
-        type=cli_args.image_folder,
-        help="folder of input-domain images: int8 calibration and parity samples (default: synthetic images)",
-    )
+    for flag, kind, text in (
+        (
+            "--representative",
+            cli_args.image_folder,
+            "folder of input-domain images: int8 calibration and parity samples (default: synthetic images)",
+        ),
+        (
+            "--eval-real",
+            cli_args.fid_image_folder,
+            "target-domain images: score every artifact's translations with FID/KID against them",
+        ),
+        (
+            "--eval-input",
+            cli_args.image_folder,
+            "input-domain images translated for --eval-real (default: --representative)",
+        ),
+        (
+            "--inception-weights",
+            cli_args.torch_file,
+            "FID Inception weights for --eval-real (pytorch-fid's .pth or the TorchScript .pt)",
+        ),
+    ):
+        result.add_argument(flag, type=kind, help=text)
     result.add_argument(
         "--sample-size",
         type=cli_args.Range(MIN_SAMPLE_SIZE),
         default=256,
         help=f"side of the parity samples, >= {MIN_SAMPLE_SIZE} (default: 256)",
     )
-    result.add_argument(
-        "--eval-real",
-        type=cli_args.fid_image_folder,
-        help="target-domain images: score every artifact's translations with FID/KID against them",
-    )
-    result.add_argument(
-        "--eval-input",
-        type=cli_args.image_folder,
-        help="input-domain images translated for --eval-real (default: --representative)",
-    )
-    result.add_argument(
-        "--inception-weights",
-        type=cli_args.torch_file,
-        help="FID Inception weights for --eval-real (pytorch-fid's .pth or the TorchScript .pt)",
-    )
     return result
+
+
+def _current_name(text):
+    """argparse type: the older spellings `bfloat16` and `none` as today's names."""
+    return EXPORT_ALIASES.get(text, text)
 
 
 def load_representative(folder, channels, size):
@@ -147,8 +151,8 @@ def main(argv=None):
             cli.error(f"argument --representative: {error}")
         samples = representative[:2]
     formats = ("saved_model", "tflite") if args.format == "all" else (args.format,)
-    quantization = args.tflite_quantization or "none"
-    variants = tuple(QUANTIZATIONS.values()) if quantization == "all" else (QUANTIZATIONS[quantization],)
+    quantization = args.tflite_quantization or "float32"
+    variants = TFLITE_VARIANTS if quantization == "all" else (quantization,)
     if samples is None:
         samples = export.sample_images(generator, args.sample_size)
     evaluation = prepare_evaluation(cli, args, generator) if args.eval_real else None
@@ -190,13 +194,13 @@ def main(argv=None):
 
 def prepare_evaluation(cli, args, generator):
     """The images and the FID network of --eval-real, checked before any export; prints what will be scored."""
-    from cyclegan_keras import convert, data, fid_inception, metrics
+    from cyclegan_keras import data, fid_inception, metrics, pth
 
     input_folder = args.eval_input or args.representative
     input_paths = data.list_image_files(input_folder)
     real_paths = data.list_image_files(args.eval_real)
     try:
-        metrics._check_channels(
+        metrics.check_channels(
             "the model's outputs",
             generator.output_shape[-1],
             "the --eval-real images",
@@ -209,7 +213,7 @@ def prepare_evaluation(cli, args, generator):
     try:
         weights = fid_inception.find_weights(args.inception_weights)
         features = None if weights is None else fid_inception.load_inception(weights)
-    except (FileNotFoundError, ValueError, convert.UnsafePickleError) as error:
+    except (FileNotFoundError, ValueError, pth.UnsafePickleError) as error:
         cli.error(f"argument --inception-weights: {error}")
     what = f"FID/KID against the {len(real_paths)} images of {args.eval_real} (weights {weights})"
     if features is None:
