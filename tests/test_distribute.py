@@ -126,6 +126,8 @@ def test_sharded_pipelines_make_the_global_batches_of_one_pipeline():
         np.testing.assert_array_equal(np.concatenate([shards[0][step][1], shards[1][step][1]]), b)
 
 
+# train() end to end under two replicas; the fast tier keeps the step, pool and save checks above.
+@pytest.mark.slow
 def test_train_under_mirrored_strategy(tmp_path, mirrored):
     from cyclegan_keras import training
 

@@ -25,7 +25,7 @@ def weights_of(model):
 
 def test_one_fit_step_updates_all_four_networks(rng):
     model = tiny_cyclegan()
-    model.compile()
+    model.compile(run_eagerly=True)
     data, _, _ = unpaired_batches(rng, n=2)
     networks_ = [model.generator_ab, model.generator_ba, model.discriminator_a, model.discriminator_b]
     before = [weights_of(net) for net in networks_]
@@ -40,7 +40,7 @@ def test_one_fit_step_updates_all_four_networks(rng):
 
 def test_losses_follow_the_objective(rng):
     model = tiny_cyclegan()
-    model.compile(lambda_a=10.0, lambda_b=5.0, lambda_identity=0.5)
+    model.compile(lambda_a=10.0, lambda_b=5.0, lambda_identity=0.5, run_eagerly=True)
     _, a, b = unpaired_batches(rng, n=2)
     results = model.evaluate(a, b, batch_size=2, verbose=0, return_dict=True)
     g, f = model.generator_ab, model.generator_ba
@@ -85,7 +85,7 @@ def test_gan_loss_modes():
 )
 def test_configurations_train(rng, settings, zero_losses):
     model = tiny_cyclegan(pool_size=2)
-    model.compile(**settings)
+    model.compile(**settings, run_eagerly=True)
     data, _, _ = unpaired_batches(rng)
     history = model.fit(data, epochs=1, verbose=0).history
     for name, values in history.items():
@@ -106,7 +106,7 @@ def test_cycle_alone_ignores_the_discriminators(rng):
         keras.utils.set_random_seed(seed)
         d_a, d_b = (networks.patchgan_discriminator(filters=8) for _ in range(2))
         model = CycleGAN(g_ab, g_ba, d_a, d_b)
-        model.compile(lambda_gan=0.0)
+        model.compile(lambda_gan=0.0, run_eagerly=True)
         model.fit(data, epochs=1, verbose=0)
         updated.append(weights_of(g_ab))
     for first, second in zip(*updated):
@@ -116,7 +116,7 @@ def test_cycle_alone_ignores_the_discriminators(rng):
 def test_feature_loss_baseline(rng):
     extractor = networks.vgg16_features(weights=None, layer="block1_conv2")
     model = tiny_cyclegan(pool_size=2, feature_extractor=extractor)
-    model.compile(lambda_a=0.0, lambda_b=0.0, lambda_identity=0.0, lambda_feature=1.0)
+    model.compile(lambda_a=0.0, lambda_b=0.0, lambda_identity=0.0, lambda_feature=1.0, run_eagerly=True)
     data, _, _ = unpaired_batches(rng, n=2)
     history = model.fit(data, epochs=1, verbose=0).history
     assert history["feature_loss"][-1] > 0
@@ -125,7 +125,7 @@ def test_feature_loss_baseline(rng):
 
 def test_validation_data_does_not_touch_pools(rng):
     model = tiny_cyclegan(pool_size=4)
-    model.compile()
+    model.compile(run_eagerly=True)
     data, a, b = unpaired_batches(rng)
     model.fit(data, epochs=1, verbose=0)
     pool_state = np.array(model.pool_a.images), int(model.pool_a.draws.numpy())
@@ -166,7 +166,7 @@ def test_grayscale_to_rgb_trains(rng):
         networks.patchgan_discriminator(filters=8, input_channels=3),
         pool_size=2,
     )
-    model.compile(lambda_identity=0.0)
+    model.compile(lambda_identity=0.0, run_eagerly=True)
     a = rng.uniform(-1, 1, (2, 32, 32, 1)).astype("float32")
     b = rng.uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
     history = model.fit(a, b, batch_size=2, epochs=1, verbose=0).history
@@ -175,9 +175,14 @@ def test_grayscale_to_rgb_trains(rng):
     assert model.translate(b, "b2a").shape == (2, 32, 32, 1)
 
 
+@pytest.fixture(scope="module")
+def untrained():
+    return tiny_cyclegan()
+
+
 @pytest.mark.parametrize("size", [(32, 32), (30, 27), (5, 7), (1, 1), (33, 64)])
-def test_translate_any_size(rng, size):
-    model = tiny_cyclegan()
+def test_translate_any_size(rng, size, untrained):
+    model = untrained
     images = rng.uniform(-1, 1, (3, *size, 3)).astype("float32")
     outputs = model.translate(images, "b2a", batch_size=2)
     assert outputs.shape == images.shape and outputs.dtype == np.float32
@@ -195,8 +200,8 @@ def test_too_small_training_images_are_named(rng):
         model.build((None, 16, 16, 3))
 
 
-def test_translate_errors_name_the_problem():
-    model = tiny_cyclegan()
+def test_translate_errors_name_the_problem(untrained):
+    model = untrained
     with pytest.raises(ValueError, match="direction"):
         model.translate(np.zeros((1, 8, 8, 3)), "a2c")
     with pytest.raises(
@@ -207,7 +212,7 @@ def test_translate_errors_name_the_problem():
 
 def test_save_load_round_trip_and_resume(rng, tmp_path):
     model = tiny_cyclegan(pool_size=3)
-    model.compile(lambda_a=7.0)
+    model.compile(lambda_a=7.0, run_eagerly=True)
     data, a, b = unpaired_batches(rng)
     model.fit(data, epochs=2, verbose=0)
     path = tmp_path / "cyclegan.keras"
@@ -228,6 +233,7 @@ def test_save_load_round_trip_and_resume(rng, tmp_path):
             np.testing.assert_array_equal(v1, v2)
 
     # Training continues from the restored state exactly as the original.
+    loaded.run_eagerly = True
     model.fit(data, epochs=1, verbose=0)
     loaded.fit(data, epochs=1, verbose=0)
     assert int(loaded.generator_optimizer.iterations) == 6
@@ -289,7 +295,7 @@ def test_compile_refuses_what_it_would_ignore(argument):
 
 def test_model_optimizer_is_both_optimizers_and_no_stray_one_is_saved(rng, tmp_path):
     model = tiny_cyclegan(pool_size=2)
-    model.compile()
+    model.compile(run_eagerly=True)
     assert model.optimizer.optimizers == [model.generator_optimizer, model.discriminator_optimizer]
     assert not any(isinstance(o, keras.optimizers.RMSprop) for o in model._flatten_layers())
     data, _, _ = unpaired_batches(rng, n=2)
@@ -310,7 +316,7 @@ def test_model_optimizer_is_both_optimizers_and_no_stray_one_is_saved(rng, tmp_p
 
 def test_stock_learning_rate_scheduler_sets_both_optimizers(rng):
     model = tiny_cyclegan(pool_size=2)
-    model.compile()
+    model.compile(run_eagerly=True)
     data, _, _ = unpaired_batches(rng, n=2)
     networks_ = [model.generator_ab, model.generator_ba, model.discriminator_a, model.discriminator_b]
     before = [weights_of(net) for net in networks_]
@@ -327,7 +333,7 @@ def test_stock_learning_rate_scheduler_sets_both_optimizers(rng):
 
 def test_stock_reduce_lr_on_plateau_reduces_both_optimizers(rng):
     model = tiny_cyclegan(pool_size=2)
-    model.compile()
+    model.compile(run_eagerly=True)
     data, _, _ = unpaired_batches(rng, n=2)
     # min_delta so large that the second epoch is never an improvement.
     reduce = keras.callbacks.ReduceLROnPlateau(monitor="cycle_loss", mode="min", min_delta=1e9, patience=1, factor=0.5)

@@ -193,6 +193,8 @@ print("cycle_loss", history["cycle_loss"][-1])
 """
 
 
+# A canary on grappler's log, in a subprocess: TensorFlow's behaviour more than ours.
+@pytest.mark.slow
 def test_training_step_logs_no_remapper_failure():
     # With keras.layers.LeakyReLU, grappler fused Conv2D + BiasAdd + LeakyRelu
     # (discriminator conv0, U-Net down1) and its remapper failed on the

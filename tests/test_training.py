@@ -224,6 +224,8 @@ def run_train_process(argv, kill_at_step=None):
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+# Four train.py processes (two at once): the fast tier keeps the in-process lock and resume tests.
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path, dataroot):
     # 3 epochs of 8 steps, checkpoints every 2 steps; killed at step 13
     # (epoch 2, step 5): resumes from epoch 2, step 4 and must end with the
