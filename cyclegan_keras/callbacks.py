@@ -100,7 +100,7 @@ class LearningRateSchedule(keras.callbacks.Callback):
         self.base_lr, self.policy, self.monitor, self.history_csv = base_lr, policy, monitor, history_csv
         self.n_epochs, self.n_epochs_decay, self.epoch_count = n_epochs, n_epochs_decay, epoch_count
         self.lr_decay_iters = lr_decay_iters
-        self.plateau, self.plateau_epoch = None, 0  # the plateau state, and how many epochs it has seen
+        self.monitored = {}  # epoch (from 1) -> the epoch mean of `monitor`
 
     def factor(self, epoch):
         """The rate of 0-based `epoch` relative to `base_lr` (plateau: from the epochs seen so far)."""
@@ -110,24 +110,22 @@ class LearningRateSchedule(keras.callbacks.Callback):
             return 0.1 ** (epoch // self.lr_decay_iters)
         if self.policy == "cosine":
             return (1.0 + math.cos(math.pi * epoch / max(self.n_epochs, 1))) / 2.0
-        return self._plateau_before(epoch).scale
-
-    def _plateau_before(self, epoch):
-        """The plateau state after the epochs before `epoch`, replayed from the CSV log when resuming."""
-        if self.plateau is None or self.plateau_epoch != epoch:
-            self.plateau = PlateauState()
-            rows = read_log(self.history_csv)  # epochs from 1: the epochs before 0-based `epoch`
-            logged = {row["epoch"]: float(row[self.monitor]) for row in rows if row.get(self.monitor)}
-            missing = [e for e in range(1, epoch + 1) if e not in logged]
+        before = range(1, epoch + 1)  # the epochs before 0-based `epoch`, counted from 1
+        if any(e not in self.monitored for e in before):  # resumed: the log has them
+            logged = {
+                row["epoch"]: float(row[self.monitor]) for row in read_log(self.history_csv) if row.get(self.monitor)
+            }
+            self.monitored = {**logged, **self.monitored}
+            missing = [e for e in before if e not in self.monitored]
             if missing:
                 raise ValueError(
                     f"lr policy 'plateau' resumes from {self.history_csv}, which lacks {self.monitor} "
                     f"of epoch(s) {', '.join(map(str, missing))}"
                 )
-            for e in range(1, epoch + 1):
-                self.plateau.step(logged[e], self.base_lr)
-            self.plateau_epoch = epoch
-        return self.plateau
+        state = PlateauState()
+        for e in before:
+            state.step(self.monitored[e], self.base_lr)
+        return state.scale
 
     def _optimizers(self):
         return getattr(self.model.optimizer, "optimizers", None) or [self.model.optimizer]
@@ -140,9 +138,8 @@ class LearningRateSchedule(keras.callbacks.Callback):
         if logs is not None:
             # The float32's shortest form (0.0002), not its float64 digits (0.00019999999494757503).
             logs["lr"] = float(str(np.float32(self._optimizers()[0].learning_rate.numpy())))
-        if self.policy == "plateau" and logs and self.monitor in logs:
-            self._plateau_before(epoch).step(float(logs[self.monitor]), self.base_lr)
-            self.plateau_epoch = epoch + 1
+        if logs and self.monitor in logs:
+            self.monitored[epoch + 1] = float(logs[self.monitor])
 
 
 class StepTimer(keras.callbacks.Callback):

@@ -88,10 +88,9 @@ def load_domains(config, phase):
     """Domains (A, B) of `phase`, in the model's direction; None if the source has no such phase.
 
     With `--direction b2a` the dataset's B images are the model's domain A,
-    read with input_nc channels (the reference's meaning of input_nc).
-    Each domain keeps at most `max_dataset_size` images. With
-    `strict_data`, one `DataError` lists the unreadable files of both
-    domains.
+    read with input_nc channels (the reference's meaning of input_nc). Each
+    domain keeps at most `max_dataset_size` images. With `strict_data`, one
+    `DataError` lists the unreadable files of both domains.
     """
     pre_a, pre_b = config.preprocessing("A"), config.preprocessing("B")
     if config.direction == "b2a":
@@ -130,9 +129,9 @@ def _first(domain, limit):
     if limit is None or len(domain) <= limit:
         return domain
     if domain.images is not None:
-        return data.Domain(domain.name, images=domain.images[:limit], bad=domain.bad)
+        return dataclasses.replace(domain, images=domain.images[:limit])
     orientations = domain.orientations and domain.orientations[:limit]
-    return data.Domain(domain.name, paths=domain.paths[:limit], bad=domain.bad, orientations=orientations)
+    return dataclasses.replace(domain, paths=domain.paths[:limit], orientations=orientations)
 
 
 # -- The run ------------------------------------------------------------------------
@@ -163,8 +162,6 @@ def check_workdir(config, workdir, write=True):
     from the run's; each change is printed.
 
     Args:
-        config: `TrainConfig`.
-        workdir: the run's folder.
         write: whether to write config.json (only the chief does).
 
     Raises:
@@ -312,7 +309,7 @@ def _train(config, workdir, run_dir, strategy, verbose):
     total_epochs = config.total_epochs
     evaluation = None
     if config.eval_every:
-        evaluation, line = make_evaluation(config, test_split, features, run_dir, total_epochs)
+        evaluation, line = make_evaluation(config, test_split, features, run_dir)
         print(line)
     shown = test_split or domains
     count = min(config.snapshot_count, *map(len, shown))
@@ -464,7 +461,7 @@ def eval_features(config):
         raise ConfigError(f"--inception-weights {config.inception_weights or weights}: {error}") from None
 
 
-def make_evaluation(config, test_split, features, run_dir, total_epochs):
+def make_evaluation(config, test_split, features, run_dir):
     """The `callbacks.Evaluation` of `--eval-every`, and one line saying what it will log.
 
     Scores the test split's domain A, preprocessed as for the snapshots:
@@ -496,7 +493,7 @@ def make_evaluation(config, test_split, features, run_dir, total_epochs):
         features=features,
         truth_fn=truth_fn,
         best_path=run_dir / "best.keras",
-        final_epoch=total_epochs,
+        final_epoch=config.total_epochs,
         tensorboard_dir=run_dir / "tensorboard",
     )
     logged = []
