@@ -1,7 +1,7 @@
-"""Callbacks for training a `CycleGAN` with `fit()`: the reference's schedules, step timing,
-image snapshots, a loss curve, non-finite loss detection, crash-proof
-checkpoints and test-set evaluation (FID, KID, PSNR) keeping the best model.
-Each takes its inputs as arguments and works with any fit()."""
+"""Callbacks for `fit()` of a model with generators (anything with `generator(direction)`, such
+as `model.CycleGAN`): the reference's learning-rate policies, step timing, a CSV log and its
+loss curve, image snapshots, non-finite loss detection, crash-proof checkpoints and test-set
+evaluation (FID, KID, PSNR) keeping the best model. Each takes its inputs as arguments."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cyclegan_keras import files, metrics
+from cyclegan_keras import files, inference, metrics
 from cyclegan_keras.config import LR_POLICIES
 
 
@@ -31,19 +31,16 @@ def linear_decay_factor(epoch, n_epochs, n_epochs_decay, epoch_count=1):
 
 
 class PlateauState:
-    """The reference's `ReduceLROnPlateau(mode="min", factor=0.2, threshold=0.01, patience=5)`.
+    """PyTorch's `ReduceLROnPlateau(mode="min")` with the reference's factor, threshold and patience.
 
-    PyTorch's algorithm with its other defaults (relative threshold, no
-    cooldown, min_lr 0, eps 1e-8): a value counts as better when it is below
-    `best * (1 - threshold)`; after more than `patience` epochs that are not
-    better, the rate is multiplied by `factor`.
+    A value is better when below `best * (1 - threshold)`; after more than
+    `patience` epochs that are not, the rate is multiplied by `factor`
+    (PyTorch's other defaults: no cooldown, min_lr 0, eps 1e-8).
     """
 
     def __init__(self, factor=0.2, threshold=0.01, patience=5):
         self.factor, self.threshold, self.patience = factor, threshold, patience
-        self.best = math.inf
-        self.bad_epochs = 0
-        self.scale = 1.0
+        self.best, self.bad_epochs, self.scale = math.inf, 0, 1.0
 
     def step(self, value, base_lr):
         """Takes one epoch's monitored value; returns the new scale of the base rate."""
@@ -59,23 +56,21 @@ class PlateauState:
 
 
 class LearningRateSchedule(keras.callbacks.Callback):
-    """Sets both optimizers' rate at each epoch start, by one of the reference's policies.
+    """Sets every optimizer's rate at each epoch start, by one of the reference's policies.
 
-    Policies (`networks.py get_scheduler` of the authors' code, the rate of
-    0-based epoch `e` being the PyTorch scheduler's after `e` steps):
+    The policies of the authors' `networks.py get_scheduler`, the rate of
+    0-based epoch `e` being the PyTorch scheduler's after `e` steps:
     - `linear`: `base_lr * linear_decay_factor(e, n_epochs, n_epochs_decay, epoch_count)`;
     - `step`: `base_lr * 0.1 ** (e // lr_decay_iters)` (`StepLR(step_size=lr_decay_iters, gamma=0.1)`);
-    - `cosine`: `base_lr * (1 + cos(pi * e / n_epochs)) / 2` (`CosineAnnealingLR(T_max=n_epochs,
-      eta_min=0)`: 0 at epoch n_epochs, and, as PyTorch's, rising again after it);
-    - `plateau`: `ReduceLROnPlateau(mode="min", factor=0.2, threshold=0.01, patience=5)` on the
-      epoch mean of `monitor` (see `PlateauState`). The reference steps it on a metric that its
-      CycleGAN model never sets (a constant 0, so the rate falls x0.2 every 6 epochs whatever
-      happens); this monitors a real loss.
+    - `cosine`: `base_lr * (1 + cos(pi * e / n_epochs)) / 2` (`CosineAnnealingLR(T_max=n_epochs)`:
+      0 at epoch n_epochs and, as PyTorch's, rising again after it);
+    - `plateau`: `PlateauState` on the epoch mean of `monitor`. (The reference steps it on a
+      metric its CycleGAN never sets, a constant 0.)
 
-    The rate is computed from the epoch number alone, so `fit(initial_epoch=e)` continues the
-    schedule; for `plateau`, the state is rebuilt from the epochs before `e` in `history_csv`
-    (the `CSVLogger` file of the run), so a resumed run needs no other saved state. The rate is
-    added to the epoch logs as `lr`.
+    The rate depends on the epoch number alone, so `fit(initial_epoch=e)` continues the
+    schedule; `plateau` replays the epochs before `e` from `history_csv`. The model's optimizers
+    are `model.optimizer.optimizers` when it has several (`keras.optimizers.MultiOptimizer`'s
+    protocol), else `model.optimizer`. The rate is logged as `lr`.
 
     Args:
         base_lr: float. The initial rate.
@@ -85,7 +80,7 @@ class LearningRateSchedule(keras.callbacks.Callback):
         epoch_count: int. The reference's starting epoch count (linear). Defaults to `1`.
         lr_decay_iters: int. Epochs between steps (step). Defaults to `50`.
         monitor: str. The log key `plateau` watches. Defaults to `"cycle_loss"`.
-        history_csv: path or None. The run's CSV log, read to resume `plateau`.
+        history_csv: path or None. The run's `CSVLog` file, read to resume `plateau`.
     """
 
     def __init__(
@@ -102,16 +97,10 @@ class LearningRateSchedule(keras.callbacks.Callback):
         super().__init__()
         if policy not in LR_POLICIES:
             raise ValueError(f"policy must be one of {LR_POLICIES}. Received: policy={policy!r}")
-        self.base_lr = base_lr
-        self.policy = policy
-        self.n_epochs = n_epochs
-        self.n_epochs_decay = n_epochs_decay
-        self.epoch_count = epoch_count
+        self.base_lr, self.policy, self.monitor, self.history_csv = base_lr, policy, monitor, history_csv
+        self.n_epochs, self.n_epochs_decay, self.epoch_count = n_epochs, n_epochs_decay, epoch_count
         self.lr_decay_iters = lr_decay_iters
-        self.monitor = monitor
-        self.history_csv = history_csv
-        self.plateau = None
-        self.plateau_epoch = 0  # epochs the plateau state has seen
+        self.monitored = {}  # epoch (from 1) -> the epoch mean of `monitor`
 
     def factor(self, epoch):
         """The rate of 0-based `epoch` relative to `base_lr` (plateau: from the epochs seen so far)."""
@@ -121,60 +110,44 @@ class LearningRateSchedule(keras.callbacks.Callback):
             return 0.1 ** (epoch // self.lr_decay_iters)
         if self.policy == "cosine":
             return (1.0 + math.cos(math.pi * epoch / max(self.n_epochs, 1))) / 2.0
-        return self._plateau_before(epoch).scale
-
-    def rate(self, epoch):
-        return self.base_lr * self.factor(epoch)
-
-    def _plateau_before(self, epoch):
-        """The plateau state after the epochs before `epoch`, replayed from the CSV log when resuming."""
-        if self.plateau is None or self.plateau_epoch != epoch:
-            self.plateau = PlateauState()
-            values = _logged_values(self.history_csv, self.monitor) if self.history_csv else {}
-            missing = [e for e in range(epoch) if e not in values]
+        before = range(1, epoch + 1)  # the epochs before 0-based `epoch`, counted from 1
+        if any(e not in self.monitored for e in before):  # resumed: the log has them
+            logged = {
+                row["epoch"]: float(row[self.monitor]) for row in read_log(self.history_csv) if row.get(self.monitor)
+            }
+            self.monitored = {**logged, **self.monitored}
+            missing = [e for e in before if e not in self.monitored]
             if missing:
                 raise ValueError(
                     f"lr policy 'plateau' resumes from {self.history_csv}, which lacks {self.monitor} "
-                    f"of epoch(s) {', '.join(str(e + 1) for e in missing)}"
+                    f"of epoch(s) {', '.join(map(str, missing))}"
                 )
-            for e in range(epoch):
-                self.plateau.step(values[e], self.base_lr)
-            self.plateau_epoch = epoch
-        return self.plateau
+        state = PlateauState()
+        for e in before:
+            state.step(self.monitored[e], self.base_lr)
+        return state.scale
+
+    def _optimizers(self):
+        return getattr(self.model.optimizer, "optimizers", None) or [self.model.optimizer]
 
     def on_epoch_begin(self, epoch, logs=None):
-        for optimizer in _optimizers(self.model):
-            optimizer.learning_rate.assign(self.rate(epoch))
+        for optimizer in self._optimizers():
+            optimizer.learning_rate.assign(self.base_lr * self.factor(epoch))
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["lr"] = float(_optimizers(self.model)[0].learning_rate.numpy())
-        if self.policy == "plateau" and logs and self.monitor in logs:
-            self._plateau_before(epoch).step(float(logs[self.monitor]), self.base_lr)
-            self.plateau_epoch = epoch + 1
-
-
-class LinearDecaySchedule(LearningRateSchedule):
-    """The paper's schedule: `LearningRateSchedule(base_lr, "linear", n_epochs, n_epochs_decay)`."""
-
-    def __init__(self, base_lr, n_epochs, n_epochs_decay):
-        super().__init__(base_lr, "linear", n_epochs, n_epochs_decay)
-
-
-def _logged_values(csv_path, key):
-    """`{epoch: value}` of one column of a CSVLogger file (the last row of an epoch logged twice wins)."""
-    if not Path(csv_path).exists():
-        return {}
-    with open(csv_path, newline="") as file:
-        return {int(row["epoch"]): float(row[key]) for row in csv.DictReader(file) if row.get(key) not in (None, "")}
+            # The float32's shortest form (0.0002), not its float64 digits (0.00019999999494757503).
+            logs["lr"] = float(str(np.float32(self._optimizers()[0].learning_rate.numpy())))
+        if logs and self.monitor in logs:
+            self.monitored[epoch + 1] = float(logs[self.monitor])
 
 
 class StepTimer(keras.callbacks.Callback):
     """Adds `seconds_per_step` to the epoch logs: the mean wall time of the epoch's steps.
 
     A step is timed from `on_train_batch_begin` to `on_train_batch_end`: the
-    input pipeline's next batch and the training step, not the other
-    callbacks. The first epoch's mean includes the step's compilation.
+    next batch and the training step, not the other callbacks. The first
+    epoch's mean includes the step's compilation.
     """
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -194,50 +167,67 @@ class StepTimer(keras.callbacks.Callback):
 
 
 class CSVLog(keras.callbacks.Callback):
-    """The epoch logs as a CSV file, one row appended at each epoch end.
+    """The epoch logs as a CSV file, one row appended at each epoch end, epochs counted from 1.
 
     Keras's `CSVLogger` (columns `epoch` and the first epoch's log keys,
     sorted) without the empty `val_*` columns it adds when there is no
-    validation, plus `extra_columns` (for values logged only at some
-    epochs). A row is appended whole or not at all (`files.append_text`),
-    so a full disk never leaves half a row.
+    validation. A row is appended whole or not at all (`files.append_text`),
+    so a full disk never leaves half a row. Appending to a log of an earlier
+    version, which counted epochs from 0, renumbers it first.
+
+    Args:
+        filename: the CSV file.
+        append: bool. Whether to append to an existing file rather than
+            replace it. Defaults to `False`.
     """
 
-    def __init__(self, filename, separator=",", append=False, extra_columns=()):
+    def __init__(self, filename, append=False):
         super().__init__()
         self.filename = Path(filename)
-        self.separator = separator
         self.append = append
-        self.extra_columns = tuple(extra_columns)
         self.keys = None
 
     def on_train_begin(self, logs=None):
         self.keys = None
         if not self.append:
             self.filename.unlink(missing_ok=True)
+        elif rows := read_log(self.filename):  # rewritten as read: counted from 1, if an earlier version wrote it
+            files.write_text(self.filename, _csv_text([list(rows[0]), *(row.values() for row in rows)]))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if self.keys is None:
-            self.keys = sorted({*logs, *self.extra_columns})
-        text = io.StringIO()
-        writer = csv.writer(text, delimiter=self.separator, lineterminator="\r\n")  # as csv.excel, Keras's
-        if not self.filename.exists() or self.filename.stat().st_size == 0:
-            writer.writerow(["epoch", *self.keys])
-        writer.writerow([epoch, *(logs.get(key, "NA") for key in self.keys)])
-        files.append_text(self.filename, text.getvalue())
+            self.keys = sorted(logs)
+        rows = [] if self.filename.exists() and self.filename.stat().st_size else [["epoch", *self.keys]]
+        rows.append([epoch + 1, *(logs.get(key, "NA") for key in self.keys)])
+        files.append_text(self.filename, _csv_text(rows))
 
 
-def _optimizers(model):
-    return getattr(model, "optimizers", None) or [model.optimizer]
+def read_log(csv_path):
+    """The rows of a `CSVLog` file as dicts, `epoch` an int counted from 1 ([] without the file).
+
+    Earlier versions counted epochs from 0: a log whose first epoch is 0 is read shifted by one.
+    """
+    if csv_path is None or not Path(csv_path).exists():
+        return []
+    with open(csv_path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    shift = 1 if rows and rows[0]["epoch"] == "0" else 0
+    return [{**row, "epoch": int(row["epoch"]) + shift} for row in rows]
+
+
+def _csv_text(rows):
+    text = io.StringIO()
+    csv.writer(text).writerows(rows)  # csv.excel, as Keras's CSVLogger: "\r\n" line ends
+    return text.getvalue()
 
 
 class StopOnNonFinite(keras.callbacks.Callback):
     """Stops training when any loss becomes NaN or infinite.
 
     The message names the loss, the epoch and the step; `self.error` keeps it
-    for the caller. Put it before the checkpoint callback, which then does not
-    save the broken state, so the last good checkpoint is kept.
+    for the caller. Put it before `Checkpoint`, which then does not save the
+    broken state: the last good checkpoint is kept.
     """
 
     def __init__(self):
@@ -257,13 +247,14 @@ class StopOnNonFinite(keras.callbacks.Callback):
 
 
 class ImageSnapshot(keras.callbacks.Callback):
-    """Saves a grid of translations of fixed images.
+    """Saves a grid of translations of fixed images by the model's generators.
 
     One row per image pair: real_a | fake_b | cycled_a | real_b | fake_a |
     cycled_b, titled with the epoch and the losses, drawn with matplotlib to
-    `out_dir/epoch_XXX.png` (or `step_XXXXXXX.png` with `every_n_steps`).
-    Written to TensorBoard too when `tensorboard_dir` is given and
-    tensorboard is installed.
+    `out_dir/epoch_XXX.png` (or `step_XXXXXXX.png` with `every_n_steps`), and
+    written to TensorBoard too when `tensorboard_dir` is given and
+    tensorboard is installed. The model needs `generator("a2b")` and
+    `generator("b2a")`.
 
     Args:
         images_a: float array `(n, h, w, c)` in [-1, 1], domain A.
@@ -280,14 +271,7 @@ class ImageSnapshot(keras.callbacks.Callback):
     TITLE_PIXELS = 40
 
     def __init__(
-        self,
-        images_a: np.ndarray,
-        images_b: np.ndarray,
-        out_dir: str | os.PathLike,
-        every_n_steps: int | None = None,
-        cell_size: int = 128,
-        tensorboard_dir: str | os.PathLike | None = None,
-        every_n_epochs: int = 1,
+        self, images_a, images_b, out_dir, every_n_steps=None, cell_size=128, tensorboard_dir=None, every_n_epochs=1
     ):
         super().__init__()
         if len(images_a) != len(images_b) or len(images_a) == 0:
@@ -302,16 +286,16 @@ class ImageSnapshot(keras.callbacks.Callback):
         self.cell_size = cell_size
         self.tensorboard_dir = tensorboard_dir
         self.every_n_epochs = every_n_epochs
-        self.epoch = 0
-        self.step = 0
+        self.epoch, self.step = 0, 0
 
     def grid(self) -> list[tuple[np.ndarray, ...]]:
         """The rows of translated images, as a list of 6-tuples of arrays."""
-        model = self.model
-        fake_b = model.translate(self.images_a, "a2b")
-        cycled_a = model.translate(fake_b, "b2a")
-        fake_a = model.translate(self.images_b, "b2a")
-        cycled_b = model.translate(fake_a, "a2b")
+
+        def translate(images, direction):
+            return inference.translate_images(self.model.generator(direction), images)
+
+        fake_b, fake_a = translate(self.images_a, "a2b"), translate(self.images_b, "b2a")
+        cycled_a, cycled_b = translate(fake_b, "b2a"), translate(fake_a, "a2b")
         return list(zip(self.images_a, fake_b, cycled_a, self.images_b, fake_a, cycled_b))
 
     def save(self, name: str, title: str) -> Path:
@@ -567,23 +551,20 @@ def _format_scores(scores):
 
 
 def plot_losses(csv_path: str | os.PathLike, png_path: str | os.PathLike) -> str | os.PathLike | None:
-    """Draws every `*loss` column of a CSVLogger file against the epoch."""
+    """Draws every `*loss` column of a `CSVLog` file against the epoch; returns `png_path` (None: no rows)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    with open(csv_path, newline="") as file:
-        rows = list(csv.DictReader(file))
+    rows = read_log(csv_path)
     if not rows:
         return None
-    epochs = [int(row["epoch"]) + 1 for row in rows]
     figure = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(figure)
     generator_axes, discriminator_axes = figure.subplots(1, 2)
     for name in rows[0]:
-        if not name.endswith("loss") or name.startswith("val_"):
-            continue
-        axes = discriminator_axes if name.startswith("disc") else generator_axes
-        axes.plot(epochs, [float(row[name]) for row in rows], marker=".", label=name)
+        if name.endswith("loss") and not name.startswith("val_"):
+            axes = discriminator_axes if name.startswith("disc") else generator_axes
+            axes.plot([row["epoch"] for row in rows], [float(row[name]) for row in rows], marker=".", label=name)
     for axes, title in ((generator_axes, "generators"), (discriminator_axes, "discriminators")):
         axes.set_title(title)
         axes.set_xlabel("epoch")
@@ -602,20 +583,19 @@ class LossCurve(keras.callbacks.Callback):
         self.png_path = png_path
 
     def on_train_end(self, logs=None):
-        if Path(self.csv_path).exists():
-            plot_losses(self.csv_path, self.png_path)
+        plot_losses(self.csv_path, self.png_path)
 
 
 class Checkpoint(keras.callbacks.Callback):
     """Crash-proof checkpoints for resuming exactly where training stopped.
 
-    Saves the whole model (`.keras`: weights, both optimizers' state, the
-    image pools, the compile settings) every `every_n_steps` steps and at
-    each epoch end, with `{"epoch", "step", "file"}` in `checkpoint.json`:
-    `step` steps of `epoch` are done. Writes are atomic: the model goes to a
-    new file, then `checkpoint.json` is replaced in one `os.replace`, and
-    only then is the previous file deleted, so a kill at any moment leaves a
-    complete checkpoint. A step whose losses are not finite is never saved.
+    Saves the whole model (`.keras`: weights, optimizer state, image pools,
+    compile settings) every `every_n_steps` steps and at each epoch end, with
+    `{"epoch", "step", "file"}` in `checkpoint.json`: `step` steps of 0-based
+    `epoch` are done. The model goes to a new file, then `checkpoint.json`
+    is replaced atomically, and only then is the previous file deleted, so a
+    kill at any moment leaves a complete checkpoint. A step whose losses are
+    not finite is never saved.
 
     Args:
         directory: folder for the checkpoints.
@@ -631,8 +611,7 @@ class Checkpoint(keras.callbacks.Callback):
         self.steps_per_epoch = steps_per_epoch
         self.every_n_steps = every_n_steps
         self.epoch = 0
-        # Steps done before this fit() began, when it finishes a resumed epoch.
-        self.step_offset = 0
+        self.step_offset = 0  # steps done before this fit() began, when it finishes a resumed epoch
 
     @classmethod
     def latest(cls, directory: str | os.PathLike) -> tuple[Path, int, int] | None:

@@ -7,6 +7,7 @@ No TensorFlow: the CLIs use it before TensorFlow is imported.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -73,26 +74,19 @@ def _free(path):
     return 0
 
 
-def is_disk_full(error: BaseException) -> bool:
-    """Whether `error` (or what caused it) is a full disk or an exceeded quota."""
-    while error is not None:
-        if isinstance(error, DiskFull):
-            return True
-        if isinstance(error, OSError) and error.errno in _FULL_ERRNOS:
-            return True
-        if any(message in str(error) for message in _FULL_MESSAGES):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
 def disk_full(error: BaseException, path=None) -> DiskFull | None:
-    """`error` as a `DiskFull` if it is one (the path from the error when it names one), else None."""
-    if isinstance(error, DiskFull):
-        return error
-    if not is_disk_full(error):
-        return None
-    return DiskFull(getattr(error, "filename", None) or path or "a file")
+    """`error` as a `DiskFull` if it, or what caused it, is a full disk or an exceeded quota; else None.
+
+    The path is the error's when it names one, else `path`.
+    """
+    cause = error
+    while cause is not None:
+        if isinstance(cause, DiskFull):
+            return cause
+        if (isinstance(cause, OSError) and cause.errno in _FULL_ERRNOS) or any(m in str(cause) for m in _FULL_MESSAGES):
+            return DiskFull(getattr(error, "filename", None) or path or "a file")
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _bytes_in(path):
@@ -125,7 +119,7 @@ def removed_on_error(target, partial, size=None):
     except BaseException as error:
         written = _bytes_in(partial)
         _remove(partial)
-        if not is_disk_full(error):
+        if disk_full(error) is None:
             raise
         needed = max(size or 0, written) or None
         raise DiskFull(target, needed, at_least=size is None) from None
@@ -155,8 +149,7 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[Path], object],
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """`replace_atomically` of a text file (UTF-8)."""
-    data = text.encode()
-    return replace_atomically(path, lambda partial: partial.write_bytes(data), size=len(data))
+    return write_bytes(path, text.encode())
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -177,9 +170,9 @@ def append_text(path: str | os.PathLike, text: str) -> Path:
                 view = view[os.write(fd, view) :]
         except BaseException as error:
             os.ftruncate(fd, start)
-            if is_disk_full(error):
-                raise DiskFull(path, len(data)) from None
-            raise
+            if disk_full(error) is None:
+                raise
+            raise DiskFull(path, len(data)) from None
     finally:
         os.close(fd)
     return path
@@ -217,20 +210,20 @@ def describe(holder):
     return f"pid {holder.get('pid')} on host {holder.get('host')} since {holder.get('since')}"
 
 
+@dataclasses.dataclass(frozen=True)
 class Lock:
     """A held `exclusive` lock.
 
     Attributes:
         path: the lock file.
         stale: the record of a previous holder that ended without releasing
-            it (killed, crashed, power loss) and whose lock was taken over,
-            or None.
-        unsupported: why the file system could not lock (then nothing is
-            held), or None.
+            it (killed, crashed, power loss) and whose lock was taken over, or None.
+        unsupported: why the file system could not lock (then nothing is held), or None.
     """
 
-    def __init__(self, path, stale=None, unsupported=None):
-        self.path, self.stale, self.unsupported = path, stale, unsupported
+    path: Path
+    stale: dict | None = None
+    unsupported: str | None = None
 
 
 @contextlib.contextmanager
@@ -239,12 +232,14 @@ def exclusive(folder: str | os.PathLike, name: str = ".lock"):
 
     `fcntl.flock` on `FOLDER/name` (created, then removed when the block
     ends), which records the holder's pid, host and start time. The kernel
-    releases a flock when its process dies, so a holder that was killed
-    does not block the next one: its record is found in the file, reported
-    as `Lock.stale`, and replaced. Where the file system cannot lock
-    (`ENOLCK`, `EOPNOTSUPP`; e.g. NFS mounted with `nolock` between
-    machines locks only within each), nothing is held and
+    releases a flock when its process dies, so a killed holder does not
+    block the next one: its record is reported as `Lock.stale` and replaced.
+    Where the file system cannot lock (`ENOLCK`, `EOPNOTSUPP`; e.g. NFS
+    mounted `nolock` locks only within each machine), nothing is held and
     `Lock.unsupported` says why.
+
+    Returns:
+        A context manager giving the `Lock`.
 
     Raises:
         FolderInUse: a live process holds it.

@@ -1,15 +1,17 @@
 """The one place that wires configuration, data, model and callbacks.
 
-`train(config, workdir)` is what `python train.py` runs. The work directory
-holds everything a run produces and needs to resume:
+`train(config, workdir)` is what `python train.py` runs; `build_model` is the
+one function that knows the method (CycleGAN), the rest takes any model with
+generators. The work directory holds everything a run produces and needs to
+resume:
 
     WORKDIR/config.json        the resolved configuration
     WORKDIR/checkpoints/       crash-proof checkpoints (see callbacks.Checkpoint)
     WORKDIR/snapshots/         epoch_XXX.png translation grids
-    WORKDIR/log.csv            epoch-mean losses and the learning rate
+    WORKDIR/log.csv            epoch-mean losses and the learning rate, epochs from 1
     WORKDIR/loss_curve.png     the losses, drawn at the end
     WORKDIR/bad_files.txt      images that could not be read, if any
-    WORKDIR/model.keras        the trained CycleGAN
+    WORKDIR/model.keras        the trained model
     WORKDIR/best.keras         with --eval-every: the best model by FID (see
                                callbacks.Evaluation), best.json its scores
     WORKDIR/.lock              while a run writes it: the lock that keeps a
@@ -32,9 +34,8 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan_keras import callbacks as cb
-from cyclegan_keras import data, distribute, files, networks
+from cyclegan_keras import data, distribute, files, inference, networks
 from cyclegan_keras.config import (  # noqa: F401  (re-exported: training is where users look)
-    SYNTHETIC_DEFAULTS,
     ConfigError,
     TrainConfig,
     make_config,
@@ -50,47 +51,30 @@ SYNTHETIC_TEST_COUNT = 64
 
 
 def build_model(config):
-    """A compiled `CycleGAN` for `config`: its domain A has input_nc channels, B output_nc.
+    """The compiled `CycleGAN` of `config`: its domain A has input_nc channels, B output_nc.
 
     Whatever the direction: with `b2a`, `load_domains` already makes the
     dataset's B images the model's A (read with input_nc channels).
     """
     keras.utils.set_random_seed(config.seed)
-    channels_a, channels_b = config.input_nc, config.output_nc
-
-    def generator(channels_in, channels_out):
-        return networks.build_generator(
-            config.generator,
-            filters=config.ngf,
-            input_channels=channels_in,
-            output_channels=channels_out,
-            norm=config.norm,
-            dropout=config.dropout,
-        )
-
-    def discriminator(channels):
-        kwargs = dict(filters=config.ndf, input_channels=channels, norm=config.norm)
-        if config.discriminator == "n_layers":
-            kwargs["n_layers"] = config.n_layers_d
-        return networks.build_discriminator(config.discriminator, **kwargs)
-
+    a, b = config.input_nc, config.output_nc
+    generator = dict(filters=config.ngf, norm=config.norm, dropout=config.dropout)
+    discriminator = dict(filters=config.ndf, norm=config.norm)
+    if config.discriminator == "n_layers":
+        discriminator["n_layers"] = config.n_layers_d
     networks_ = [
-        generator(channels_a, channels_b),
-        generator(channels_b, channels_a),
-        discriminator(channels_a),
-        discriminator(channels_b),
+        networks.build_generator(config.generator, input_channels=a, output_channels=b, **generator),
+        networks.build_generator(config.generator, input_channels=b, output_channels=a, **generator),
+        networks.build_discriminator(config.discriminator, input_channels=a, **discriminator),
+        networks.build_discriminator(config.discriminator, input_channels=b, **discriminator),
     ]
-    if (config.init_type, config.init_gain) != ("normal", 0.02):  # the builders' own initialization
+    if (config.init_type, config.init_gain) != ("normal", 0.02):  # else the builders' own initialization
         for index, network in enumerate(networks_):
             networks.init_weights(network, config.init_type, config.init_gain, seed=config.seed * 4 + index)
     model = CycleGAN(*networks_, pool_size=config.pool_size, seed=config.seed)
-
-    def adam():
-        return keras.optimizers.Adam(learning_rate=config.lr, beta_1=config.beta1, beta_2=0.999)
-
     model.compile(
-        generator_optimizer=adam(),
-        discriminator_optimizer=adam(),
+        generator_optimizer=keras.optimizers.Adam(config.lr, beta_1=config.beta1, beta_2=0.999),
+        discriminator_optimizer=keras.optimizers.Adam(config.lr, beta_1=config.beta1, beta_2=0.999),
         gan_mode=config.gan_mode,
         lambda_a=config.lambda_a,
         lambda_b=config.lambda_b,
@@ -104,10 +88,9 @@ def load_domains(config, phase):
     """Domains (A, B) of `phase`, in the model's direction; None if the source has no such phase.
 
     With `--direction b2a` the dataset's B images are the model's domain A,
-    read with input_nc channels (the reference's meaning of input_nc).
-    Each domain keeps at most `max_dataset_size` images. With
-    `strict_data`, one `DataError` lists the unreadable files of both
-    domains.
+    read with input_nc channels (the reference's meaning of input_nc). Each
+    domain keeps at most `max_dataset_size` images. With `strict_data`, one
+    `DataError` lists the unreadable files of both domains.
     """
     pre_a, pre_b = config.preprocessing("A"), config.preprocessing("B")
     if config.direction == "b2a":
@@ -146,9 +129,9 @@ def _first(domain, limit):
     if limit is None or len(domain) <= limit:
         return domain
     if domain.images is not None:
-        return data.Domain(domain.name, images=domain.images[:limit], bad=domain.bad)
+        return dataclasses.replace(domain, images=domain.images[:limit])
     orientations = domain.orientations and domain.orientations[:limit]
-    return data.Domain(domain.name, paths=domain.paths[:limit], bad=domain.bad, orientations=orientations)
+    return dataclasses.replace(domain, paths=domain.paths[:limit], orientations=orientations)
 
 
 # -- The run ------------------------------------------------------------------------
@@ -158,22 +141,16 @@ class TrainingError(RuntimeError):
     """Training stopped for a reason the user must see (e.g. a NaN loss)."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says where it stopped and how to resume."""
+
+
 # Settings that may change when a run is resumed: they change how the rest of
 # the run is done or logged, not what was trained so far. A change is logged.
 RESUMABLE = (
-    "lr",
-    "checkpoint_every",
-    "snapshot_every",
-    "snapshot_every_epochs",
-    "snapshot_count",
-    "strict_data",
-    "strategy",
-    "xla",
-    "deterministic",
-    "download",
-    "data_dir",
-    "inception_weights",
-)
+    "lr", "checkpoint_every", "snapshot_every", "snapshot_every_epochs", "snapshot_count", "strict_data",
+    "strategy", "xla", "deterministic", "download", "data_dir", "inception_weights",
+)  # fmt: skip
 
 
 def check_workdir(config, workdir, write=True):
@@ -186,6 +163,9 @@ def check_workdir(config, workdir, write=True):
 
     Args:
         write: whether to write config.json (only the chief does).
+
+    Raises:
+        ConfigError: `workdir` holds a run with other settings.
     """
     workdir = Path(workdir)
     path = workdir / "config.json"
@@ -208,20 +188,8 @@ def check_workdir(config, workdir, write=True):
         files.write_text(path, json.dumps(wanted, indent=2) + "\n")
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training; the message says where it stopped and how to resume."""
-
-
-def make_strategy(config):
-    """The `tf.distribute.Strategy` of `config.strategy`; a bad choice is a `ConfigError`."""
-    try:
-        return distribute.make_strategy(config.strategy)
-    except distribute.DistributeError as error:
-        raise ConfigError(str(error)) from None
-
-
 def train(config, workdir, verbose=1, strategy=None):
-    """Trains a CycleGAN as `config` says, resuming from `workdir` if it can.
+    """Trains the model of `config`, resuming from `workdir` if it can.
 
     One process writes a work directory at a time: the run holds
     `WORKDIR/.lock` throughout (see `files.exclusive`). Under a
@@ -239,7 +207,7 @@ def train(config, workdir, verbose=1, strategy=None):
             `config.strategy` names. Defaults to `None`.
 
     Returns:
-        The trained `CycleGAN`, also saved as `WORKDIR/model.keras`.
+        The trained model (a `CycleGAN`), also saved as `WORKDIR/model.keras`.
 
     Raises:
         ConfigError, data.DataError: before any training, for bad settings or data.
@@ -250,9 +218,13 @@ def train(config, workdir, verbose=1, strategy=None):
             to resume.
         TrainingError: a loss became NaN or infinite (the last good
             checkpoint is kept).
+        TrainingInterrupted: Ctrl-C; the message says how to resume.
     """
-    # First: a multi-worker strategy must exist before any other TF op.
-    strategy = strategy or make_strategy(config)
+    if strategy is None:  # first: a multi-worker strategy must exist before any other TF op
+        try:
+            strategy = distribute.make_strategy(config.strategy)
+        except distribute.DistributeError as error:
+            raise ConfigError(str(error)) from None
     chief = distribute.is_chief(strategy)
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
@@ -290,10 +262,6 @@ def _resume_hint(workdir):
     return "run the same command to start again (no checkpoint was written yet)"
 
 
-def _strategy_name(strategy):
-    return "one device" if strategy is tf.distribute.get_strategy() else type(strategy).__name__
-
-
 def _train(config, workdir, run_dir, strategy, verbose):
     """`train()` once the strategy exists: reads `workdir`, writes `run_dir`."""
     try:
@@ -312,39 +280,13 @@ def _train(config, workdir, run_dir, strategy, verbose):
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    domain_a, domain_b = load_domains(config, "train")
-    report = data.report_bad_files([domain_a, domain_b])
+    domains = load_domains(config, "train")
+    report = data.report_bad_files(domains)
     if report:
         print(report)
         files.write_text(run_dir / "bad_files.txt", report + "\n")
     test_split = load_domains(config, "test")
-    test_domains = test_split or (domain_a, domain_b)
-    count = min(config.snapshot_count, len(test_domains[0]), len(test_domains[1]))
-    snapshot_a = data.domain_images(test_domains[0], config.test_preprocessing("A"), count)
-    snapshot_b = data.domain_images(test_domains[1], config.test_preprocessing("B"), count)
-
-    replicas = strategy.num_replicas_in_sync
-    global_batch = config.batch_size * replicas
-    steps = data.steps_per_epoch(domain_a, domain_b, global_batch)
-    if steps < 1:
-        raise data.DataError(
-            f"An epoch of {max(len(domain_a), len(domain_b))} pairs is less than one global batch "
-            f"({global_batch} = --batch-size {config.batch_size} x {replicas} replicas)"
-        )
-    if config.steps_per_epoch and config.steps_per_epoch > steps:
-        # An epoch stays one pass over the data, as the reference's; say so rather than cut silently.
-        print(
-            f"--steps-per-epoch {config.steps_per_epoch} is more than one pass over the data "
-            f"({steps} steps of global batch {global_batch}): epochs have {steps} steps."
-        )
-    steps = min(steps, config.steps_per_epoch or steps)
-    total_epochs = config.total_epochs
-    print(
-        f"Training on {replicas} replica(s) ({_strategy_name(strategy)}), global batch {global_batch} "
-        f"(--batch-size {config.batch_size} per replica), precision {config.precision}, "
-        f"{steps} steps per epoch."
-    )
-
+    steps = _steps_per_epoch(config, domains, strategy)
     latest = cb.Checkpoint.latest(workdir / "checkpoints")
     with strategy.scope():
         if latest is not None:
@@ -356,13 +298,16 @@ def _train(config, workdir, run_dir, strategy, verbose):
                 model = build_model(config)
             epoch, step = 0, 0
 
+    total_epochs = config.total_epochs
     evaluation = None
     if config.eval_every:
-        evaluation, line = make_evaluation(config, test_split, features, run_dir, total_epochs)
+        evaluation, line = make_evaluation(config, test_split, features, run_dir)
         print(line)
-    stop_on_non_finite = cb.StopOnNonFinite()
+    shown = test_split or domains
+    count = min(config.snapshot_count, *map(len, shown))
+    snapshots = [data.domain_images(d, config.test_preprocessing(name), count) for d, name in zip(shown, "AB")]
+    position, stop_on_non_finite = _Position(epoch, step), cb.StopOnNonFinite()
     checkpoint = cb.Checkpoint(run_dir / "checkpoints", steps, config.checkpoint_every or None)
-    position = _Position(epoch, step)
     callbacks = [
         position,  # first: it counts a step as done before any other callback can be interrupted
         stop_on_non_finite,
@@ -377,74 +322,39 @@ def _train(config, workdir, run_dir, strategy, verbose):
             history_csv=workdir / "log.csv",
         ),
         *([evaluation] if evaluation else []),  # before the CSV log, which records its scores
-        cb.CSVLog(str(run_dir / "log.csv"), append=True),
+        cb.CSVLog(run_dir / "log.csv", append=True),
         cb.ImageSnapshot(
-            snapshot_a,
-            snapshot_b,
+            *snapshots,
             run_dir / "snapshots",
             config.snapshot_every,
             tensorboard_dir=run_dir / "tensorboard",
             every_n_epochs=config.snapshot_every_epochs,
         ),
-        checkpoint,
+        checkpoint,  # after the CSV log: an epoch is saved once its row is written (plateau replays them)
         cb.LossCurve(run_dir / "log.csv", run_dir / "loss_curve.png"),
     ]
 
-    def stream(start_epoch, skip_steps=0):
-        """The training batches from `start_epoch`, `skip_steps` into it, split over the replicas."""
-
-        def pipeline(context):
-            # One input pipeline per worker, feeding its replicas one batch
-            # each per step; the pipelines' shards of each epoch together
-            # make the global batches one device would see.
-            local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
-            pipelines = context.num_input_pipelines
-            batches = data.unpaired_dataset(
-                domain_a,
-                domain_b,
-                config.preprocessing("A"),
-                preprocessing_b=config.preprocessing("B"),
-                batch_size=config.batch_size,
-                seed=config.seed,
-                start_epoch=start_epoch,
-                steps_per_epoch=steps * local_replicas,
-                shard=(pipelines, context.input_pipeline_id) if pipelines > 1 else None,
-                serial=config.serial_batches,
-            )
-            return batches.skip(skip_steps * local_replicas) if skip_steps else batches
-
-        if strategy is tf.distribute.get_strategy():
-            return pipeline(tf.distribute.InputContext())
-        return strategy.distribute_datasets_from_function(pipeline)
+    def fit(first_epoch, skip=0):
+        """Trains from `skip` steps into `first_epoch`: to that epoch's end if skipping, else to the last."""
+        checkpoint.step_offset = position.step_offset = skip
+        model.fit(
+            _batches(config, domains, steps, strategy, first_epoch, skip),
+            initial_epoch=first_epoch,
+            epochs=first_epoch + 1 if skip else total_epochs,
+            steps_per_epoch=steps - skip,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,
+        )
 
     if epoch < total_epochs:
         print("Compiling the training step (the first step takes a while)...", flush=True)
     try:
         if 0 < step < steps and epoch < total_epochs:
-            # Finish the interrupted epoch first: its remaining steps, from the
-            # exact batch where it stopped.
-            checkpoint.step_offset = position.step_offset = step
-            model.fit(
-                stream(epoch, step),
-                initial_epoch=epoch,
-                epochs=epoch + 1,
-                steps_per_epoch=steps - step,
-                callbacks=callbacks,
-                verbose=verbose,
-                shuffle=False,
-            )
-            checkpoint.step_offset = position.step_offset = 0
+            fit(epoch, skip=step)  # the interrupted epoch first, from the exact batch where it stopped
             epoch += 1
         if epoch < total_epochs and not stop_on_non_finite.error:
-            model.fit(
-                stream(epoch),
-                initial_epoch=epoch,
-                epochs=total_epochs,
-                steps_per_epoch=steps,
-                callbacks=callbacks,
-                verbose=verbose,
-                shuffle=False,
-            )
+            fit(epoch)
     except KeyboardInterrupt:
         resume = _resume_hint(workdir)
         raise TrainingInterrupted(f"stopped at epoch {position.epoch + 1} step {position.step}; {resume}") from None
@@ -460,19 +370,67 @@ def _train(config, workdir, run_dir, strategy, verbose):
     kept = cb.Checkpoint.latest(run_dir / "checkpoints")
     size = kept[0].stat().st_size if kept and kept[0].exists() else None  # what the final model needs too
     files.replace_atomically(run_dir / "model.keras", model.save, size=size)
-    # The last checkpoint holds what model.keras holds: drop it (the state
-    # file first, so no state ever names a missing file). A finished run is
-    # recognised by model.keras.
+    # The last checkpoint holds what model.keras holds (a finished run is recognised by model.keras):
+    # drop it, the state file first so that no state ever names a missing file.
     (run_dir / "checkpoints" / cb.Checkpoint.STATE).unlink(missing_ok=True)
-    for leftover in (run_dir / "checkpoints").glob("*.keras"):
-        leftover.unlink()
-    if (run_dir / "checkpoints").is_dir() and not any((run_dir / "checkpoints").iterdir()):
-        (run_dir / "checkpoints").rmdir()
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     if run_dir == workdir:
         print(f"Saved the trained model to {final_path}")
         if config.dataset == "synthetic" and not config.uses_folders:
             print(synthetic_report(model, config))
     return model
+
+
+def _steps_per_epoch(config, domains, strategy):
+    """Steps per epoch (one pass over the data at most), printed with the run's layout."""
+    replicas = strategy.num_replicas_in_sync
+    global_batch = config.batch_size * replicas
+    steps = data.steps_per_epoch(*domains, global_batch)
+    if steps < 1:
+        raise data.DataError(
+            f"An epoch of {max(map(len, domains))} pairs is less than one global batch "
+            f"({global_batch} = --batch-size {config.batch_size} x {replicas} replicas)"
+        )
+    if config.steps_per_epoch and config.steps_per_epoch > steps:
+        # An epoch stays one pass over the data, as the reference's; say so rather than cut silently.
+        print(
+            f"--steps-per-epoch {config.steps_per_epoch} is more than one pass over the data "
+            f"({steps} steps of global batch {global_batch}): epochs have {steps} steps."
+        )
+    steps = min(steps, config.steps_per_epoch or steps)
+    one_device = strategy is tf.distribute.get_strategy()
+    print(
+        f"Training on {replicas} replica(s) ({'one device' if one_device else type(strategy).__name__}), "
+        f"global batch {global_batch} (--batch-size {config.batch_size} per replica), "
+        f"precision {config.precision}, {steps} steps per epoch."
+    )
+    return steps
+
+
+def _batches(config, domains, steps, strategy, start_epoch, skip_steps=0):
+    """The training batches from `start_epoch`, `skip_steps` into it, split over the replicas."""
+
+    def pipeline(context):
+        # One input pipeline per worker, feeding its replicas one batch each per step; the
+        # pipelines' shards of each epoch together make the global batches one device would see.
+        local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+        pipelines = context.num_input_pipelines
+        batches = data.unpaired_dataset(
+            *domains,
+            config.preprocessing("A"),
+            preprocessing_b=config.preprocessing("B"),
+            batch_size=config.batch_size,
+            seed=config.seed,
+            start_epoch=start_epoch,
+            steps_per_epoch=steps * local_replicas,
+            shard=(pipelines, context.input_pipeline_id) if pipelines > 1 else None,
+            serial=config.serial_batches,
+        )
+        return batches.skip(skip_steps * local_replicas) if skip_steps else batches
+
+    if strategy is tf.distribute.get_strategy():
+        return pipeline(tf.distribute.InputContext())
+    return strategy.distribute_datasets_from_function(pipeline)
 
 
 def eval_features(config):
@@ -495,7 +453,7 @@ def eval_features(config):
         raise ConfigError(f"--inception-weights {config.inception_weights or weights}: {error}") from None
 
 
-def make_evaluation(config, test_split, features, run_dir, total_epochs):
+def make_evaluation(config, test_split, features, run_dir):
     """The `callbacks.Evaluation` of `--eval-every`, and one line saying what it will log.
 
     Scores the test split's domain A, preprocessed as for the snapshots:
@@ -527,7 +485,7 @@ def make_evaluation(config, test_split, features, run_dir, total_epochs):
         features=features,
         truth_fn=truth_fn,
         best_path=run_dir / "best.keras",
-        final_epoch=total_epochs,
+        final_epoch=config.total_epochs,
         tensorboard_dir=run_dir / "tensorboard",
     )
     logged = []
@@ -567,6 +525,6 @@ def synthetic_report(model, config):
     test_a, _ = load_domains(config, "test")
     real_a = data.domain_images(test_a, config.test_preprocessing("A"))
     truth = data.synthetic_mapping(real_a, config.direction)
-    error = float(np.mean(np.abs(model.translate(real_a) - truth)))
+    error = float(np.mean(np.abs(inference.translate_images(model.generator("a2b"), real_a) - truth)))
     baseline = float(np.mean(np.abs(real_a - truth)))
     return f"Synthetic test set: mean |G(a) - true mapping| = {error:.3f} (the input itself: {baseline:.3f})"

@@ -80,7 +80,7 @@ def test_eval_every_epoch_logs_scores_and_keeps_the_best_model(tmp_path, capsys,
     assert "Evaluation baseline, the test inputs themselves: fid" in output
 
     rows = read_log(workdir)
-    assert [row["epoch"] for row in rows] == ["0", "1", "2"]
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
     for row in rows:
         for key in cb.Evaluation.KEYS:
             assert math.isfinite(float(row[key])), (key, row)
@@ -133,7 +133,7 @@ def test_without_weights_psnr_against_the_true_mapping_chooses_the_best(tmp_path
         assert all(math.isfinite(float(row[key])) for key in ("psnr", "ssim", "mae"))
         assert all(math.isnan(float(row[key])) for key in ("fid", "kid_mean", "kid_std"))
     record = json.loads((workdir / "best.json").read_text())
-    psnrs = {int(row["epoch"]) + 1: float(row["psnr"]) for row in rows[1:]}
+    psnrs = {int(row["epoch"]): float(row["psnr"]) for row in rows[1:]}
     assert record["metric"] == "psnr" and record["epoch"] == max(psnrs, key=psnrs.get)
     assert (workdir / "best.keras").exists()
     # The truth is the synthetic dataset's true mapping of each test input,

@@ -37,13 +37,13 @@ def test_schedule_values():
     assert cb.linear_decay_factor(99, 100, 100) == 1.0
     assert cb.linear_decay_factor(100, 100, 100) == pytest.approx(1 - 1 / 101)
     assert cb.linear_decay_factor(199, 100, 100) == pytest.approx(1 / 101)
-    schedule = cb.LinearDecaySchedule(2e-4, n_epochs=3, n_epochs_decay=2)
+    schedule = cb.LearningRateSchedule(2e-4, n_epochs=3, n_epochs_decay=2)
     model = tiny_cyclegan()
     model.compile()
     schedule.set_model(model)
     for epoch, factor in ((0, 1.0), (3, 2 / 3), (4, 1 / 3)):
         schedule.on_epoch_begin(epoch)
-        for optimizer in model.optimizers:
+        for optimizer in model.optimizer.optimizers:
             assert float(optimizer.learning_rate.numpy()) == pytest.approx(2e-4 * factor)
         logs = {}
         schedule.on_epoch_end(epoch, logs)
@@ -274,7 +274,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, dataroot):
     for v1, v2 in zip(expected.generator_optimizer.variables, actual.generator_optimizer.variables):
         np.testing.assert_allclose(np.asarray(v2), np.asarray(v1), rtol=0, atol=1e-6, err_msg=v1.path)
     log = (tmp_path / "resumed" / "log.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in log[1:]] == ["0", "1", "2"]
+    assert [line.split(",")[0] for line in log[1:]] == ["1", "2", "3"]
 
 
 # -- The reference's options (issue 11) -----------------------------------------------
@@ -291,7 +291,8 @@ def test_every_lr_policy_matches_the_reference_formulas():
     np.testing.assert_allclose(rates("cosine", [0, 2, 4, 6]), [1, 0.5, 0, 0.5], atol=1e-12)  # T_max = n_epochs
 
 
-def test_plateau_follows_pytorch_and_resumes_from_the_csv_log(tmp_path):
+@pytest.mark.parametrize("first_epoch", [1, 0], ids=["log", "log_of_an_earlier_version"])
+def test_plateau_follows_pytorch_and_resumes_from_the_csv_log(tmp_path, first_epoch):
     # ReduceLROnPlateau(mode="min", factor=0.2, threshold=0.01, patience=5):
     # 1.0 then values not 1% lower: the 6th bad epoch cuts the rate.
     losses = [1.0, 0.995, 0.999, 0.992, 0.991, 0.995, 0.993, 0.5, 0.5]
@@ -310,7 +311,7 @@ def test_plateau_follows_pytorch_and_resumes_from_the_csv_log(tmp_path):
         rates.append(float(model.generator_optimizer.learning_rate.numpy()))
         logs = {"cycle_loss": loss}
         straight.on_epoch_end(epoch, logs)
-        rows.append(f"{epoch},{loss},{logs['lr']}")
+        rows.append(f"{epoch + first_epoch},{loss},{logs['lr']}")  # earlier versions counted from 0
     np.testing.assert_allclose(rates, [2e-4] * 7 + [4e-5] * 2, rtol=1e-6)
     # Resumed at epoch 7: the state is rebuilt from the log's epochs 0..6.
     (tmp_path / "log.csv").write_text("\n".join(rows[:8]) + "\n")
@@ -320,6 +321,34 @@ def test_plateau_follows_pytorch_and_resumes_from_the_csv_log(tmp_path):
     assert float(model.discriminator_optimizer.learning_rate.numpy()) == pytest.approx(4e-5)
     with pytest.raises(ValueError, match="lacks cycle_loss of epoch"):
         cb.LearningRateSchedule(2e-4, "plateau", history_csv=tmp_path / "log.csv").factor(9)
+
+
+def test_csv_log_counts_epochs_from_1_and_renumbers_a_log_of_an_earlier_version(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_bytes(b"epoch,cycle_loss,lr\r\n0,1.5,0.0002\r\n1,1.25,0.0002\r\n")  # counted from 0
+    assert [row["epoch"] for row in cb.read_log(path)] == [1, 2]
+    log = cb.CSVLog(path, append=True)
+    log.on_train_begin()
+    log.on_epoch_end(2, {"cycle_loss": 1.0, "lr": 0.0001})
+    assert path.read_bytes() == b"epoch,cycle_loss,lr\r\n1,1.5,0.0002\r\n2,1.25,0.0002\r\n3,1.0,0.0001\r\n"
+    assert [row["epoch"] for row in cb.read_log(path)] == [1, 2, 3]
+    log = cb.CSVLog(path)  # not appending: a new log
+    log.on_train_begin()
+    log.on_epoch_end(0, {"cycle_loss": 2.0})
+    assert cb.read_log(path) == [{"epoch": 1, "cycle_loss": "2.0"}]
+
+
+def test_lr_is_logged_in_the_shortest_form_of_its_float32():
+    model = tiny_cyclegan()
+    model.compile()
+    schedule = cb.LearningRateSchedule(2e-4, n_epochs=1, n_epochs_decay=2)
+    schedule.set_model(model)
+    logs = {}
+    for epoch in range(2):
+        schedule.on_epoch_begin(epoch)
+        schedule.on_epoch_end(epoch, logs)
+        assert np.float32(logs["lr"]) == model.generator_optimizer.learning_rate.numpy()
+        assert repr(logs["lr"]) == ["0.0002", "0.00013333333"][epoch]
 
 
 @pytest.mark.parametrize("init_type", ["normal", "xavier", "kaiming", "orthogonal"])
