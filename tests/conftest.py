@@ -56,6 +56,42 @@ def model_file(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def inception():
+    """The FID Inception architecture with random (Keras-initialised) weights, built once."""
+    from cyclegan_keras import fid_inception
+
+    return fid_inception.fid_inception_v3()
+
+
+@pytest.fixture
+def no_inception_weights(monkeypatch, tmp_path):
+    """No Inception weights anywhere: not in the environment, not in the cache."""
+    from cyclegan_keras import fid_inception
+
+    monkeypatch.delenv(fid_inception.WEIGHTS_ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty_cache"))
+
+
+@pytest.fixture
+def small_inception(inception, monkeypatch, tmp_path, no_inception_weights):
+    """`--inception-weights PATH` gives the FID architecture at 75x75 with random weights.
+
+    Only the reading of the weights file is replaced (tested on its own in
+    test_fid_inception.py); the CLIs' wiring, the features, FID and KID run
+    for real. Returns the path of the stand-in weights file.
+    """
+    from cyclegan_keras import fid_inception
+
+    def load(path, resize_mode="pytorch-fid"):
+        return fid_inception.InceptionFeatures(inception, resize_mode, size=75, weights_path=path)
+
+    monkeypatch.setattr(fid_inception, "load_inception", load)
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"stand-in weights")
+    return weights
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

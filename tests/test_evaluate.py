@@ -21,32 +21,6 @@ def write_png(path, image):
 
 
 @pytest.fixture(scope="module")
-def inception():
-    """The FID architecture with random (Keras-initialised) weights, built once."""
-    return fid_inception.fid_inception_v3()
-
-
-@pytest.fixture
-def small_inception(inception, monkeypatch, tmp_path):
-    """--inception-weights loads the real architecture at 75x75 (speed), random weights.
-
-    What is replaced is only the reading of the weights file (tested on its
-    own in test_fid_inception.py); the CLI's wiring, the features, FID and
-    KID all run for real. Returns the path of the stand-in weights file.
-    """
-
-    def load(path, resize_mode):
-        return fid_inception.InceptionFeatures(inception, resize_mode, size=75, weights_path=path)
-
-    monkeypatch.setattr(fid_inception, "load_inception", load)
-    monkeypatch.delenv(fid_inception.WEIGHTS_ENV_VAR, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty_cache"))
-    weights = tmp_path / "weights.pth"
-    weights.write_bytes(b"stand-in weights")
-    return weights
-
-
-@pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """Synthetic A/B test images, and the true B of each A (same names) as ground truth."""
     root = tmp_path_factory.mktemp("data")

@@ -16,24 +16,6 @@ import export as export_cli
 from cyclegan_keras import data, fid_inception, inference, metrics, networks
 
 
-@pytest.fixture(scope="module")
-def inception():
-    return fid_inception.fid_inception_v3()
-
-
-@pytest.fixture
-def small_inception(inception, monkeypatch, tmp_path):
-    def load(path, resize_mode="pytorch-fid"):
-        return fid_inception.InceptionFeatures(inception, resize_mode, size=75, weights_path=path)
-
-    monkeypatch.setattr(fid_inception, "load_inception", load)
-    monkeypatch.delenv(fid_inception.WEIGHTS_ENV_VAR, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty_cache"))
-    weights = tmp_path / "weights.pth"
-    weights.write_bytes(b"stand-in weights")
-    return weights
-
-
 def write_images(folder, domain, count, seed):
     folder.mkdir(parents=True)
     for i, image in enumerate(data.synthetic_images(domain, count, size=24, seed=seed)):

@@ -26,30 +26,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def inception():
-    return fid_inception.fid_inception_v3()
-
-
-@pytest.fixture
-def no_weights(monkeypatch, tmp_path):
-    monkeypatch.delenv(fid_inception.WEIGHTS_ENV_VAR, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty_cache"))
-
-
-@pytest.fixture
-def small_inception(inception, monkeypatch, tmp_path, no_weights):
-    """--inception-weights gives the FID architecture at 75x75 with random weights."""
-
-    def load(path, resize_mode="pytorch-fid"):
-        return fid_inception.InceptionFeatures(inception, resize_mode, size=75, weights_path=path)
-
-    monkeypatch.setattr(fid_inception, "load_inception", load)
-    weights = tmp_path / "weights.pth"
-    weights.write_bytes(b"stand-in weights")
-    return weights
-
-
 def run(capsys, *argv):
     return run_cli(train.main, argv, capsys)
 
@@ -118,7 +94,7 @@ def test_eval_every_epoch_logs_scores_and_keeps_the_best_model(tmp_path, capsys,
             assert scalars[(f"eval/{key}", epoch)] == pytest.approx(float(row[key]), rel=1e-6)
 
 
-def test_without_weights_psnr_against_the_true_mapping_chooses_the_best(tmp_path, capsys, no_weights):
+def test_without_weights_psnr_against_the_true_mapping_chooses_the_best(tmp_path, capsys, no_inception_weights):
     workdir = tmp_path / "run"
     code, output = run(capsys, *TINY, "--eval-every", 2, "--workdir", workdir)
     assert code == 0, output[-3000:]
@@ -157,7 +133,9 @@ def test_without_weights_psnr_against_the_true_mapping_chooses_the_best(tmp_path
         ),
     ],
 )
-def test_bad_evaluation_settings_are_refused_before_anything_is_written(tmp_path, capsys, no_weights, argv, message):
+def test_bad_evaluation_settings_are_refused_before_anything_is_written(
+    tmp_path, capsys, no_inception_weights, argv, message
+):
     code, output = run(capsys, *argv, "--workdir", tmp_path / "run")
     errors = [x for x in output.splitlines() if x.startswith("error:")]
     assert code == 2 and len(errors) == 1 and message in errors[0], output
