@@ -229,7 +229,7 @@ class CSVLog(keras.callbacks.Callback):
 
 
 def _optimizers(model):
-    return getattr(model, "optimizers", None) or [model.optimizer]
+    return getattr(model.optimizer, "optimizers", None) or [model.optimizer]
 
 
 class StopOnNonFinite(keras.callbacks.Callback):

@@ -1,9 +1,11 @@
-"""Where training runs: `tf.distribute` strategies and mixed-precision policies.
+"""Where training runs: `tf.distribute` strategies, mixed-precision policies, replica arithmetic.
 
 `make_strategy(name)` turns `--strategy` into a `tf.distribute.Strategy`;
 `precision_policy(name)` sets a Keras mixed-precision policy while networks
 are built. Both check the request against the machine first, so a wrong
 choice fails with one line naming the flag, not deep inside TensorFlow.
+`replica_share` and `mean_over_replicas` are what a `train_step` needs to
+take the same step on N replicas as on one device.
 
 Multi-worker training follows TensorFlow's own protocol: each worker
 process gets `TF_CONFIG` (see the README), every worker runs the same
@@ -170,3 +172,23 @@ def precision_policy(name):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def replica_share():
+    """1 / replicas in sync: turns a replica's mean loss into its share of the global mean.
+
+    Each replica's losses are means over its part of the batch and the
+    optimizer sums the replicas' gradients, so scaling by this makes N
+    replicas with batch b step as one device with batch N * b (the data drop
+    remainders, so the parts are equal).
+    """
+    context = tf.distribute.get_replica_context()
+    return 1.0 / context.num_replicas_in_sync if context is not None else 1.0
+
+
+def mean_over_replicas(value):
+    """The mean of `value` over all replicas (identity on one device)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.MEAN, value)

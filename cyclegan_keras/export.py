@@ -50,7 +50,7 @@ import tensorflow as tf
 
 from cyclegan_keras import files, networks
 from cyclegan_keras.config import SERVING_MAX_PIXELS
-from cyclegan_keras.model import padded_call
+from cyclegan_keras.inference import padded_call
 
 TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
 PRECISIONS = ("float32", "bfloat16")  # what the SavedModel computes in
@@ -648,7 +648,6 @@ def evaluate_artifacts(
             scored or read.
     """
     from cyclegan_keras import inference, metrics
-    from cyclegan_keras.model import padded_generator
 
     settings = settings or metrics.EvalSettings(verbose=verbose)
     channels = generator.input_shape[-1]
@@ -660,7 +659,7 @@ def evaluate_artifacts(
         for _, images in metrics.batches(input_paths, settings.batch_size, channels):
             yield images
 
-    keras_fn = padded_generator(generator)
+    keras_fn = tf.function(padded_call(generator), reduce_retracing=True)
     with tempfile.TemporaryDirectory() as keras_outputs:
 
         def scored(name, translate, against_keras):

@@ -20,9 +20,10 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan_keras import data, files, ops
+from cyclegan_keras.config import DIRECTIONS
 from cyclegan_keras.files import format_bytes
 from cyclegan_keras.layers import InstanceNormalization
-from cyclegan_keras.model import DIRECTIONS, CycleGAN, padded_generator
+from cyclegan_keras.model import GANModel
 from cyclegan_keras.networks import min_size, size_multiple
 
 INFERENCE_PREPROCESS = ("none", "resize")
@@ -66,7 +67,7 @@ def load_generator(path, direction="a2b"):
     except Exception as error:  # Keras raises ValueError, TypeError, OSError, zip errors...
         reason = " ".join(str(error).split())[:200] or type(error).__name__
         raise ModelLoadError(f"{path} is not a readable Keras model: {reason}") from None
-    if isinstance(model, CycleGAN):
+    if isinstance(model, GANModel):
         return model.generator(direction)
     if not isinstance(model, keras.Model) or len(model.inputs) != 1:
         raise ModelLoadError(f"{path} holds a {type(model).__name__}, not a CycleGAN or an image generator")
@@ -170,13 +171,10 @@ def plan_outputs(spec, out_dir):
     """`[(input path, output name)]` for `spec`, after checking no output overwrites an input.
 
     Refused (`OutputConflict`): `out_dir` equal to or inside a folder given
-    as `spec` (translations would mix with the originals, and a second run
-    would read them as inputs); any output path that is an input file; and
-    any output path (`<name>.png`, `inputs/<name>.png`, `index.html`) that
-    already exists but was not written by an earlier translation into
-    `out_dir`, or was changed since (`files.Manifest`): it is the user's.
-    So `--input 'photos/*.jpg' --out photos/` adds PNGs beside the JPEGs,
-    and running the same command again replaces its own outputs.
+    as `spec`; an output path that is an input; an output path that exists
+    but is not an unchanged earlier translation into `out_dir`
+    (`files.Manifest`): it is the user's. So `--input 'photos/*.jpg' --out
+    photos/` adds PNGs beside the JPEGs, and a rerun replaces its own.
     """
     paths, root = resolve_inputs(spec)
     out = Path(os.path.realpath(out_dir))
@@ -217,23 +215,22 @@ def translate_files(
     preprocess="none",
     load_size=DEFAULT_LOAD_SIZE,
     verbose=True,
+    *,
     max_memory=None,
     tile_size=None,
     overlap=None,
 ):
     """Translates every image of `spec` and writes one PNG per readable input.
 
-    Streams: reads an image, adds it to the current batch of images of the
-    same size, and translates and writes a batch when it is full or the next
-    image has another size, so at most `batch_size` decoded images are held.
-    A batch is full at `batch_size` images or at as many as the memory
-    budget lets translate together; an image too large for the budget is
-    translated alone, in tiles (see `translate_images`).
-    Writes `OUT/<name>.png` (see `output_names`), `OUT/inputs/<name>.png`
-    (the preprocessed input) and an `OUT/index.html` gallery, each
-    atomically, and lists them in `OUT/.cyclegan_keras_manifest.json`.
-    Holds `OUT/.cyclegan_keras.lock` meanwhile. No image is written before
-    the first one is translated; unreadable files are skipped and returned.
+    Streams: images of one size are batched (at most `batch_size`, or as many
+    as the memory budget lets translate together) and each batch is written
+    once translated; an image too large for the budget is translated alone,
+    in tiles (see `translate_images`). Writes `OUT/<name>.png` (see
+    `output_names`), `OUT/inputs/<name>.png` (the preprocessed input) and an
+    `OUT/index.html` gallery, each atomically, listed in
+    `OUT/.cyclegan_keras_manifest.json`, holding `OUT/.cyclegan_keras.lock`
+    meanwhile. Nothing is written before the first image is translated;
+    unreadable files are skipped and returned.
 
     Args:
         generator: `keras.Model`, e.g. from `load_generator`.
@@ -346,20 +343,17 @@ def _write_gallery(out_dir, names):
 # -- Running a generator at any size, within a memory budget ----------------------------------
 
 DEFAULT_MEMORY_FRACTION = 0.5
-# Measured peak allocation per byte of the largest set of tensors alive at once in the
-# generator's graph (oneDNN's reordered copies, the executor's overlap): 1.87 at 512x384,
-# 1.99 at 1024x768 for resnet_9blocks/64 (bench/tiled_inference.py --calibrate); tiled
-# translations ran up to 13% past 2.0, so 2.3 leaves the budget that margin.
+# Peak allocation per byte of the largest set of tensors alive at once in the generator's
+# graph: measured 1.87-1.99 for resnet_9blocks (bench/tiled_inference.py --calibrate), tiled
+# runs up to 13% past 2.0; 2.3 leaves that margin.
 ALLOCATION_FACTOR = 2.3
-# Whole-image float32 (input + output channels) buffers held beside the generator's
-# tensors: the decoded image, the batch, the padded copy, the blended output and the
-# PNG conversions (a tiled 24 MP photo in translate_files held about 3.3).
+# Whole-image float32 (input + output) buffers beside the generator's tensors: decoded,
+# batched, padded, blended, PNG (a tiled 24 MP photo in translate_files held about 3.3).
 IMAGE_BUFFERS = 4
-# Leading instance norms whose statistics a tiled translation gathers exactly, at full
-# resolution, tile by tile; the others come from the reduced whole-image pass. The first
-# norms see the finest detail, which a reduced image lacks: on a 2048x1536 photo through
-# the trained synthetic generator, tiled vs untiled PSNR was 32.7 dB with none exact, 37.7
-# with one, 39.3 with two, for 5% more compute (bench/tiled_inference.py).
+# Leading instance norms whose statistics a tiled translation gathers exactly, tile by tile;
+# the others come from a reduced whole image, which lacks the finest detail. Tiled vs untiled
+# PSNR on a 2048x1536 photo: 32.7 dB with none, 37.7 with one, 39.3 with two, for 5% more
+# compute (bench/tiled_inference.py).
 EXACT_NORMS = 2
 
 
@@ -370,10 +364,9 @@ class MemoryBudgetError(ValueError):
 def available_memory():
     """Bytes this process can still allocate where the generator runs.
 
-    On a GPU, the device's memory that TensorFlow may use minus what it
-    holds. On the CPU, `MemAvailable` of `/proc/meminfo`, or less where a
-    cgroup (v2 `memory.max`, v1 `memory.limit_in_bytes`) caps the process:
-    its limit minus its usage.
+    On a GPU, what TensorFlow may use there minus what it holds; on the CPU,
+    `MemAvailable` of `/proc/meminfo`, or a memory cgroup's (v1 or v2) limit
+    minus its usage where that is less.
     """
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
@@ -441,6 +434,29 @@ def _free_gpu_memory(device):
     return limits[0] - used if limits else None
 
 
+def padded_call(generator):
+    """`generator` in inference mode on any image size, as a function of tensors, for exporters to trace.
+
+    Reflect-pads height and width up to what the generator's strides and
+    paddings need (`networks.size_multiple`, `networks.min_size`) and crops
+    the output back to the input's size. `translate_images` is the numpy
+    form, within a memory budget.
+    """
+    multiple, smallest = size_multiple(generator), min_size(generator)
+
+    def call(images):
+        padded, crop = ops.pad_to_multiple(images, multiple, smallest)
+        return ops.crop_spatial(generator(padded, training=False), crop)
+
+    return call
+
+
+def _compiled(generator):
+    """`padded_call(generator)` as a `tf.function`, traced once for any size."""
+    spec = tf.TensorSpec((None, None, None, generator.input_shape[-1]), tf.float32)
+    return tf.function(padded_call(generator), input_signature=[spec])
+
+
 def receptive_radius(generator):
     """Input pixels on each side that one output pixel of `generator` depends on.
 
@@ -466,21 +482,19 @@ def default_overlap(generator):
 
 
 class _Runner:
-    """A generator's compiled functions: the whole-image call and, with instance norm, the tiled one.
+    """A generator's compiled functions: the whole-image call and, with instance norm, the tiled ones.
 
     Tiles must not normalize themselves: `record` runs a (reduced) whole
-    image with the generator's instance norms, keeping each one's
-    per-channel mean and variance in `statistics`; `leading[i]` runs a tile
-    up to the input of norm `i`, whose exact full-resolution statistics are
-    then gathered tile by tile (`_exact_leading_statistics`); `apply` runs
-    tiles with the statistics. All are clones sharing the generator's
-    layers, so the generator and its saved form are unchanged.
+    image, keeping each norm's statistics in `statistics`; `leading[i]` runs
+    a tile up to norm `i` (`_exact_leading_statistics`); `apply` runs tiles
+    with the statistics. All are clones sharing the generator's layers, so
+    the generator and its saved form are unchanged.
     """
 
     def __init__(self, generator):
         self.generator = generator
         self.multiple, self.min_size = size_multiple(generator), min_size(generator)
-        self.whole = padded_generator(generator)
+        self.whole = _compiled(generator)
         self.norms = [layer for layer in generator.layers if isinstance(layer, InstanceNormalization)]
         self.statistics = {
             norm.name: (tf.Variable(tf.zeros(norm.input.shape[-1])), tf.Variable(tf.ones(norm.input.shape[-1])))
@@ -494,7 +508,7 @@ class _Runner:
 
     @functools.cached_property
     def apply(self):
-        return padded_generator(self._fixed) if self.norms else self.whole
+        return _compiled(self._fixed) if self.norms else self.whole
 
     @functools.cached_property
     def leading(self):
@@ -509,7 +523,7 @@ class _Runner:
         return self._clone(record=False)
 
     def _with_given_statistics(self, record):
-        return padded_generator(self._clone(record))
+        return _compiled(self._clone(record))
 
     def _clone(self, record):
         def replace(layer):
@@ -590,11 +604,9 @@ def _padded_size(runner, height, width):
 def memory_needed(generator, batch, height, width):
     """Estimated peak bytes that translating `batch` images `height` x `width` whole allocates.
 
-    `ALLOCATION_FACTOR` times the largest sum of tensors alive at once when
-    the generator's graph runs on the padded size (`_peak_live_bytes`, which
-    scales with the pixels), plus `IMAGE_BUFFERS` float32 copies of the
-    input and output images. The factor is measured by
-    `bench/tiled_inference.py --calibrate`.
+    `ALLOCATION_FACTOR` times the largest sum of tensors alive at once in
+    the generator's graph at the padded size (`_peak_live_bytes`), plus
+    `IMAGE_BUFFERS` float32 copies of the input and output images.
     """
     runner = _runner(generator)
     padded_height, padded_width = _padded_size(runner, height, width)
@@ -725,10 +737,9 @@ def _axis_tiles(length, count, overlap, multiple):
 def _axis_weights(length, tile, offsets, overlap):
     """Per tile, its weight at each of its pixels along one axis; at every pixel they sum to 1.
 
-    On a side it shares with a neighbour, a tile's weight is 0 over its
-    outer `overlap / 4` pixels, where its own border padding shows, then
-    rises linearly over `overlap / 2` pixels; the weights are then divided
-    by their sum (more than two tiles may share a pixel).
+    On a side it shares, a tile's weight is 0 over its outer `overlap / 4`
+    pixels (where its border padding shows), then rises linearly over
+    `overlap / 2` pixels; the weights are then normalized to sum to 1.
     """
     position = np.arange(tile) + 0.5
     profiles = []
@@ -782,10 +793,9 @@ def _translate_tiled(generator, image, tiling, statistics=None):
 def _exact_leading_statistics(runner, padded, tiling):
     """Gives the first `EXACT_NORMS` norms the statistics of the whole padded image at full resolution.
 
-    Norm by norm, each tile runs up to the norm's input; a tile counts only
-    the pixels it owns (up to the middle of what it shares with each
-    neighbour, far from its padded border), and the parts' moments are
-    combined exactly (Chan et al.), in float64.
+    Each tile runs up to the norm and counts only the pixels it owns (up to
+    the middles of its overlaps, far from its border); the parts' moments
+    are combined exactly (Chan et al.), in float64.
     """
     (tile_y, tile_x), multiple = tiling.tile, runner.multiple
     owned_y = _owned_parts(tiling.rows, tile_y, padded.shape[1], multiple)
@@ -920,14 +930,11 @@ def load_translator(path, direction="a2b", max_memory=None, tile_size=None, over
     A `.keras` CycleGAN gives its generator for `direction`; a saved
     generator, a SavedModel (from `export.py`: the directory holding
     `saved_model.pb`, or the export's OUT folder) and a `.tflite` file have
-    one direction, their own.
-
-    Every form translates within `max_memory` (default:
-    `default_memory_budget()` when loaded). A Keras generator tiles what does
-    not fit (`translate_images`). An exported one cannot: its instance norms
-    are fixed in its graph, so an image that does not fit whole raises
-    `MemoryBudgetError` (its estimate assumes its widest layer at full
-    resolution: an upper bound).
+    one direction, their own. Every form translates within `max_memory`
+    (default: `default_memory_budget()` when loaded). A Keras generator tiles
+    what does not fit; an exported one cannot (its instance norms are fixed
+    in its graph), so an image that does not fit whole raises
+    `MemoryBudgetError` (estimated with its widest layer at full resolution).
 
     Raises:
         FileNotFoundError: nothing at `path`.

@@ -85,15 +85,3 @@ def crop_spatial(images, crop):
     (top, bottom), (left, right) = crop
     height, width = _spatial_size(images)
     return images[:, top : height - bottom, left : width - right, :]
-
-
-def call_padded(fn, images, multiple, min_size=1):
-    """Calls an image-to-image `fn` on any image size.
-
-    Reflect-pads height and width up to a multiple of `multiple` and at least
-    `min_size` (what the network's strides and paddings need), calls `fn`,
-    and crops the result back, so the output has the input's height and
-    width.
-    """
-    padded, crop = pad_to_multiple(images, multiple, min_size)
-    return crop_spatial(fn(padded), crop)

@@ -43,7 +43,7 @@ def test_schedule_values():
     schedule.set_model(model)
     for epoch, factor in ((0, 1.0), (3, 2 / 3), (4, 1 / 3)):
         schedule.on_epoch_begin(epoch)
-        for optimizer in model.optimizers:
+        for optimizer in model.optimizer.optimizers:
             assert float(optimizer.learning_rate.numpy()) == pytest.approx(2e-4 * factor)
         logs = {}
         schedule.on_epoch_end(epoch, logs)
