@@ -82,12 +82,9 @@ def load_generator(path, direction="a2b"):
 def preprocess_for_inference(image, preprocess="none", load_size=DEFAULT_LOAD_SIZE):
     """Test-time preprocessing of one uint8 image `(height, width, channels)`.
 
-    - `"resize"`: the reference's test.py. It sets `load_size = crop_size`,
-      so its resize-and-crop is a square bicubic resize to
-      `load_size x load_size` (antialiased, as in training: `data.resize_for`),
-      with no crop and no flip. Outputs are then `load_size` square.
-    - `"none"`: the image as it is; the generator pads to the size it needs
-      and crops back, so outputs keep the input's size and aspect ratio.
+    - `"resize"`: the reference's test.py (`load_size = crop_size`): a square
+      antialiased bicubic resize to `load_size`, no crop, no flip.
+    - `"none"`: the image as it is; outputs keep its size and aspect ratio.
 
     Args:
         image: uint8 tensor or array `(height, width, channels)`.
@@ -500,11 +497,10 @@ class _Runner:
             norm.name: (tf.Variable(tf.zeros(norm.input.shape[-1])), tf.Variable(tf.ones(norm.input.shape[-1])))
             for norm in self.norms
         }
-        self._bytes_per_pixel = None
 
     @functools.cached_property
     def record(self):
-        return self._with_given_statistics(record=True) if self.norms else None
+        return _compiled(self._clone(record=True)) if self.norms else None
 
     @functools.cached_property
     def apply(self):
@@ -522,9 +518,6 @@ class _Runner:
     def _fixed(self):
         return self._clone(record=False)
 
-    def _with_given_statistics(self, record):
-        return _compiled(self._clone(record))
-
     def _clone(self, record):
         def replace(layer):
             if isinstance(layer, InstanceNormalization):
@@ -533,15 +526,13 @@ class _Runner:
 
         return keras.models.clone_model(self.generator, clone_function=replace)
 
-    @property
+    @functools.cached_property
     def bytes_per_pixel(self):
         """The largest sum of tensors alive at once in the generator's graph, per input pixel."""
-        if self._bytes_per_pixel is None:
-            size = _round_up(max(128, self.min_size), self.multiple)
-            spec = tf.TensorSpec((1, size, size, self.generator.input_shape[-1]), tf.float32)
-            graph = tf.function(lambda x: self.generator(x, training=False)).get_concrete_function(spec).graph
-            self._bytes_per_pixel = _peak_live_bytes(graph) / size**2
-        return self._bytes_per_pixel
+        size = _round_up(max(128, self.min_size), self.multiple)
+        spec = tf.TensorSpec((1, size, size, self.generator.input_shape[-1]), tf.float32)
+        graph = tf.function(lambda x: self.generator(x, training=False)).get_concrete_function(spec).graph
+        return _peak_live_bytes(graph) / size**2
 
 
 def _peak_live_bytes(graph):
@@ -837,11 +828,10 @@ def recorded_statistics(generator, image):
 def translate_images(generator, images, batch_size=8, max_memory=None, tile_size=None, overlap=None):
     """Runs an image-to-image generator on images of any size, within a memory budget.
 
-    The one entry point for translating with a Keras generator. Images
-    that fit the budget whole are translated whole, as many together as fit
-    (at most `batch_size`); an image that does not fit is translated in
-    overlapping tiles (`plan_tiles`), each normalized with the whole image's
-    instance-norm statistics, blended where they overlap.
+    The one entry point for translating with a Keras generator. Images that
+    fit the budget are translated whole, as many together as fit (at most
+    `batch_size`); others in overlapping tiles (`plan_tiles`) normalized
+    with the whole image's instance-norm statistics, blended where they meet.
 
     Args:
         generator: `keras.Model`, e.g. `CycleGAN.generator("a2b")`.

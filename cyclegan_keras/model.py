@@ -20,13 +20,11 @@ _UNUSED_COMPILE_ARGUMENTS = ("optimizer", "loss", "loss_weights", "metrics", "we
 class OptimizerPair:
     """`model.optimizer`: the generators' and the discriminators' optimizers, as one.
 
-    Keras's callbacks that touch the learning rate (`LearningRateScheduler`,
-    `ReduceLROnPlateau`, `TensorBoard`) treat a `model.optimizer` with an
-    `optimizers` list as several optimizers (the protocol of
-    `keras.optimizers.MultiOptimizer`): they set, reduce and log the rate of
-    each, as `learning_rate_<optimizer name>`. It is a view: it applies no
-    gradients, holds no state of its own (each optimizer is saved under its
-    own name) and has no single `learning_rate`.
+    Keras's `LearningRateScheduler`, `ReduceLROnPlateau` and `TensorBoard`
+    treat a `model.optimizer` with an `optimizers` list as several (the
+    `keras.optimizers.MultiOptimizer` protocol): they set, reduce and log
+    each rate. A view: no gradients, no state of its own (each optimizer is
+    saved under its own name), no single `learning_rate`.
 
     Args:
         generator_optimizer: the optimizer of the generators.
@@ -80,15 +78,11 @@ class OptimizerPair:
 class GANModel(keras.Model):
     """The parts of a GAN method that are not the method's own.
 
-    A subclass gives its networks (`generators`, `discriminators`, and
-    `_network_arguments`, its constructor's network arguments, for
-    `get_config`), its `train_step`/`test_step`, which return
-    `self._update_trackers(losses)`, and a `compile` that checks its
-    objective and calls this one. This class holds the two optimizers
-    (`OptimizerPair`), one `keras.metrics.Mean` per reported loss, the
-    generators by direction, the compile config, the image-size checks and
-    the workarounds `tf.distribute` needs. Calling the model translates
-    A -> B.
+    A subclass defines `generators`, `discriminators`, `_network_arguments`
+    (its constructor's networks, for `get_config`), a `train_step` and
+    `test_step` returning `self._update_trackers(losses)`, and a `compile`
+    that checks its objective and calls this one. Calling the model
+    translates A -> B.
     """
 
     _network_arguments: tuple[str, ...] = ()
@@ -152,18 +146,11 @@ class GANModel(keras.Model):
         losses: list[str],
         **kwargs,
     ) -> None:
-        """Sets the optimizers (`model.optimizer` is their `OptimizerPair`) and the loss trackers.
+        """Sets the optimizers (default: the paper's Adam), `model.optimizer` and the loss trackers.
 
-        Args:
-            generator_optimizer: one optimizer over the generators. Defaults
-                to `Adam(2e-4, beta_1=0.5, beta_2=0.999)`.
-            discriminator_optimizer: one optimizer over the discriminators.
-                Defaults to the same Adam.
-            objective: the subclass's compile arguments, saved in the
-                compile config.
-            losses: the names of the losses the steps report.
-            **kwargs: passed to `keras.Model.compile`, except the arguments
-                a GAN objective has no use for (refused).
+        `objective` (the subclass's compile arguments) goes into the compile
+        config; `losses` names what the steps report; `kwargs` go to
+        `keras.Model.compile`, less the arguments a GAN has no use for.
         """
         refused = sorted(set(kwargs) & set(_UNUSED_COMPILE_ARGUMENTS))
         if refused:
@@ -460,10 +447,7 @@ class CycleGAN(GANModel):
                 refused: the objective and the optimizers are the arguments
                 above.
 
-        After `compile()`, `model.optimizer` is an `OptimizerPair` of both
-        optimizers (`model.optimizer.optimizers`), the multi-optimizer form
-        Keras's `LearningRateScheduler`, `ReduceLROnPlateau` and `TensorBoard`
-        callbacks handle: they set and log both learning rates.
+        After `compile()`, `model.optimizer` is an `OptimizerPair` of both.
 
         Raises:
             ValueError: on a setting out of range, or on an argument of
@@ -504,8 +488,7 @@ class CycleGAN(GANModel):
             "gen_ab_loss": gan_loss(self.discriminator_b(fake_b, training=training), True, self.gan_mode),
             "gen_ba_loss": gan_loss(self.discriminator_a(fake_a, training=training), True, self.gan_mode),
         }
-        zero = tf.constant(0.0)
-        cycle = zero
+        cycle = identity = tf.constant(0.0)
         if w["lambda_a"] > 0:
             cycled_a = f(fake_b, training=training)
             cycle += w["lambda_a"] * l1_loss(cycled_a, real_a)
@@ -513,7 +496,6 @@ class CycleGAN(GANModel):
             cycled_b = g(fake_a, training=training)
             cycle += w["lambda_b"] * l1_loss(cycled_b, real_b)
         losses["cycle_loss"] = cycle
-        identity = zero
         if w["lambda_identity"] > 0:
             same_b = g(real_b, training=training)
             same_a = f(real_a, training=training)

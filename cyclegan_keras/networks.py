@@ -1,18 +1,12 @@
 """The CycleGAN networks, layer for layer as in the authors' PyTorch code.
 
-Every builder returns a functional `keras.Model` with input shape
-`(None, None, channels)` (any image size the strides allow) and stable layer
-names: checkpoints and converted PyTorch weights are matched by those names.
-
-Geometry follows the reference exactly:
-- stride-2 convolutions pad one pixel on every side (PyTorch `padding=1`),
-  not Keras `"same"`, which pads `(0, 1)` on even sizes;
-- a PyTorch `ConvTranspose2d(k, stride=2, padding=p, output_padding=o)` is a
-  Keras `Conv2DTranspose(k, 2, "valid")` followed by a crop of `p` pixels at
-  the start and `p - o` at the end of each side.
-LeakyReLU is `layers.MaxLeakyReLU` (Keras's values; see there why).
-Convolutions before an instance norm (or before nothing, at the ends) have a
-bias; as in the reference, they have none under batch norm or no norm.
+Every builder returns a functional `keras.Model` taking `(None, None,
+channels)` with stable layer names (checkpoints and converted PyTorch weights
+are matched by them). Geometry follows the reference: stride-2 convolutions
+pad one pixel on every side (Keras `"same"` pads `(0, 1)` on even sizes); a
+`ConvTranspose2d(k, 2, padding=p, output_padding=o)` is a valid
+`Conv2DTranspose` cropped by `p` at the start and `p - o` at the end.
+Convolutions have a bias only before an instance norm or at the ends.
 
 Reference:
     Zhu, Park, Isola, Efros, "Unpaired Image-to-Image Translation using
@@ -27,13 +21,8 @@ from collections.abc import Callable
 
 import keras
 
+from cyclegan_keras.config import NORMS
 from cyclegan_keras.layers import InstanceNormalization, MaxLeakyReLU, ReflectionPadding2D
-
-NORMS = ("instance", "batch", "none")
-
-
-def _conv_init():
-    return keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
 
 
 def _check_norm(norm):
@@ -59,7 +48,9 @@ def _norm(norm, name):
 
 def _conv(x, filters, kernel_size, strides, padding, use_bias, name, pad_mode="zero"):
     """PyTorch-style `Conv2d(..., padding=padding)`: explicit pad, then valid conv."""
-    if padding:
+    if padding and pad_mode == "zero":
+        x = keras.layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
+    elif padding:
         x = ReflectionPadding2D(padding, mode=pad_mode, name=f"{name}_pad")(x)
     return keras.layers.Conv2D(
         filters,
@@ -67,7 +58,7 @@ def _conv(x, filters, kernel_size, strides, padding, use_bias, name, pad_mode="z
         strides=strides,
         padding="valid",
         use_bias=use_bias,
-        kernel_initializer=_conv_init(),
+        kernel_initializer=keras.initializers.RandomNormal(mean=0.0, stddev=0.02),
         name=name,
     )(x)
 
@@ -80,7 +71,7 @@ def _conv_transpose(x, filters, kernel_size, padding, output_padding, use_bias, 
         strides=2,
         padding="valid",
         use_bias=use_bias,
-        kernel_initializer=_conv_init(),
+        kernel_initializer=keras.initializers.RandomNormal(mean=0.0, stddev=0.02),
         name=name,
     )(x)
     crop = (padding, padding - output_padding)
@@ -96,6 +87,12 @@ def _norm_act(x, norm, activation, name):
     if activation == "leaky_relu":
         return MaxLeakyReLU(0.2, name=f"{name}_lrelu")(x)
     return x
+
+
+def _float32_head(inputs, x, activation, layer_name, name):
+    """The model, its last activation in float32 even under mixed precision."""
+    outputs = keras.layers.Activation(activation, name=layer_name, dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=name)
 
 
 def resnet_generator(
@@ -158,8 +155,7 @@ def resnet_generator(
         x = _conv_transpose(x, filters * 2 ** (1 - i), 3, 1, 1, use_bias, f"up{i}_conv")
         x = _norm_act(x, norm, "relu", f"up{i}")
     x = _conv(x, output_channels, 7, 1, 3, True, "head_conv", pad_mode=padding)
-    outputs = keras.layers.Activation("tanh", name="head_tanh", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name=name or f"resnet_{n_blocks}blocks")
+    return _float32_head(inputs, x, "tanh", "head_tanh", name or f"resnet_{n_blocks}blocks")
 
 
 def unet_generator(
@@ -219,8 +215,7 @@ def unet_generator(
             x = _norm_act(x, norm, None, f"up{k}")
             if dropout and 4 <= k < innermost:
                 x = keras.layers.Dropout(0.5, name=f"up{k}_dropout")(x)
-    outputs = keras.layers.Activation("tanh", name="head_tanh", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name=name or f"unet_{2**num_downs}")
+    return _float32_head(inputs, x, "tanh", "head_tanh", name or f"unet_{2**num_downs}")
 
 
 def patchgan_discriminator(
@@ -257,9 +252,8 @@ def patchgan_discriminator(
         strides = 2 if n < n_layers else 1
         x = _conv(x, filters * min(2**n, 8), 4, strides, 1, use_bias, f"conv{n}")
         x = _norm_act(x, norm, "leaky_relu", f"conv{n}")
-    outputs = _conv(x, 1, 4, 1, 1, True, "logits")
-    outputs = keras.layers.Activation("linear", name="logits_float32", dtype="float32")(outputs)
-    return keras.Model(inputs, outputs, name=name or f"patchgan_{n_layers}layers")
+    x = _conv(x, 1, 4, 1, 1, True, "logits")
+    return _float32_head(inputs, x, "linear", "logits_float32", name or f"patchgan_{n_layers}layers")
 
 
 def pixel_discriminator(
@@ -280,9 +274,8 @@ def pixel_discriminator(
     x = MaxLeakyReLU(0.2, name="conv0_lrelu")(x)
     x = _conv(x, filters * 2, 1, 1, 0, use_bias, "conv1")
     x = _norm_act(x, norm, "leaky_relu", "conv1")
-    outputs = _conv(x, 1, 1, 1, 0, use_bias, "logits")
-    outputs = keras.layers.Activation("linear", name="logits_float32", dtype="float32")(outputs)
-    return keras.Model(inputs, outputs, name=name)
+    x = _conv(x, 1, 1, 1, 0, use_bias, "logits")
+    return _float32_head(inputs, x, "linear", "logits_float32", name)
 
 
 GENERATORS: dict[str, Callable[..., keras.Model]] = {

@@ -1,8 +1,7 @@
-"""Tensor helpers shared by layers, the model and the exporters.
+"""Padding and cropping of NHWC batches, for the layers and for running a generator at any size.
 
-Index-based padding works for any pad width and any (dynamic) image size,
-unlike `tf.pad(mode="REFLECT")`, which needs the pad to be smaller than the
-side. It lowers to plain gathers, which TFLite and XLA both support.
+Index-based padding takes any pad width on any (dynamic) size, unlike
+`tf.pad(mode="REFLECT")`, and lowers to gathers, which TFLite and XLA support.
 """
 
 import tensorflow as tf
