@@ -136,10 +136,9 @@ def resolve_inputs(spec):
 def output_names(paths, root):
     """One distinct output name per input: its path under `root`, `/` as `__`.
 
-    Names that would clash (`a.jpg` and `a.png`; `a/b.png` and `a__b.png`;
-    names differing only in case, which clash on macOS and Windows) get the
-    first free `_1`, `_2`, ... suffix, never one that another input's own
-    name takes: `a.jpg`, `a.png`, `a_1.png` give `a`, `a_2`, `a_1`.
+    Clashing names (`a.jpg` and `a.png`; `a/b.png` and `a__b.png`; names
+    differing only in case) get the first free `_1`, `_2`, ... suffix that no
+    other input's own name takes: `a.jpg`, `a.png`, `a_1.png` give `a`, `a_2`, `a_1`.
     """
     stems = []
     for path in paths:
@@ -455,12 +454,7 @@ def _compiled(generator):
 
 
 def receptive_radius(generator):
-    """Input pixels on each side that one output pixel of `generator` depends on.
-
-    Walks the convolutions in order: a k x k convolution adds `(k - 1) // 2`
-    steps of the current resolution, a transposed one `ceil((k - 1) / 2s)`.
-    87 for resnet_9blocks, 23 for a one-block ResNet.
-    """
+    """Input pixels on each side that one output pixel of `generator` depends on (87 for resnet_9blocks)."""
     radius, step = 0, 1
     for layer in generator.layers:
         if isinstance(layer, keras.layers.Conv2DTranspose):
@@ -481,11 +475,9 @@ def default_overlap(generator):
 class _Runner:
     """A generator's compiled functions: the whole-image call and, with instance norm, the tiled ones.
 
-    Tiles must not normalize themselves: `record` runs a (reduced) whole
-    image, keeping each norm's statistics in `statistics`; `leading[i]` runs
-    a tile up to norm `i` (`_exact_leading_statistics`); `apply` runs tiles
-    with the statistics. All are clones sharing the generator's layers, so
-    the generator and its saved form are unchanged.
+    `record` keeps a (reduced) whole image's norm statistics, `leading[i]`
+    runs a tile up to norm `i`, `apply` runs tiles with the statistics: clones
+    sharing the generator's layers, which stay unchanged.
     """
 
     def __init__(self, generator):
@@ -623,11 +615,9 @@ class Tiling:
     Attributes:
         tile: `(height, width)` of every tile, on the padded image.
         rows, columns: offsets of the tiles' top and left sides.
-        overlap: the fewest pixels two neighbours share; the weights ramp
-            over the middle half of what they share.
-        statistics_size: `(height, width)` at which the whole image is run
-            for the statistics of the norms after the first `EXACT_NORMS`
-            (those are gathered at full size), or None (no instance norm).
+        overlap: the fewest pixels two neighbours share.
+        statistics_size: `(height, width)` of the reduced whole image for the
+            norms after the first `EXACT_NORMS`, or None (no instance norm).
         memory: estimated peak bytes.
     """
 
@@ -661,10 +651,8 @@ def _smallest_tile(runner, overlap):
 def plan_tiles(generator, height, width, max_memory, tile_size=None, overlap=None):
     """The tiling of one `height` x `width` image with the least computed area that fits `max_memory`.
 
-    Tiles are at most `tile_size` on a side (if given, > 0), multiples of
-    what the generator needs, and placed at multiples of it on the padded
-    image, so each tile's convolutions see the pixel grid the whole image's
-    see.
+    Tiles are at most `tile_size` a side, multiples of what the generator
+    needs and placed at multiples of it, so they see the whole image's grid.
 
     Raises:
         MemoryBudgetError: not even the smallest tiles fit.
@@ -726,11 +714,9 @@ def _axis_tiles(length, count, overlap, multiple):
 
 
 def _axis_weights(length, tile, offsets, overlap):
-    """Per tile, its weight at each of its pixels along one axis; at every pixel they sum to 1.
+    """Per tile, its weights along one axis: 0 over the outer `overlap / 4` of a shared side, then a linear ramp.
 
-    On a side it shares, a tile's weight is 0 over its outer `overlap / 4`
-    pixels (where its border padding shows), then rises linearly over
-    `overlap / 2` pixels; the weights are then normalized to sum to 1.
+    Normalized so that at every pixel they sum to 1.
     """
     position = np.arange(tile) + 0.5
     profiles = []
@@ -750,12 +736,7 @@ def _axis_weights(length, tile, offsets, overlap):
 
 
 def _translate_tiled(generator, image, tiling, statistics=None):
-    """One image `(h, w, c)` translated in the tiles of `tiling`.
-
-    With instance norm, the whole image at `tiling.statistics_size` gives
-    every tile its statistics (or `statistics`, a dict of layer name ->
-    `(mean, variance)`, when given).
-    """
+    """One image `(h, w, c)` translated in the tiles of `tiling`, with the whole image's (or the given) statistics."""
     runner = _runner(generator)
     padded, crop = ops.pad_to_multiple(tf.constant(image[None]), runner.multiple, runner.min_size)
     padded = padded.numpy()

@@ -196,10 +196,8 @@ class GANModel(keras.Model):
         # variables, read locally); the logs are their mean over replicas.
         logs = {tracker.name: mean_over_replicas(tracker.result()) for tracker in self.metrics}
         if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-            # fit() reduces each log with `strategy.reduce("MEAN", value,
-            # axis=0)` there, which fails on scalars ("Invalid reduction
-            # dimension 0", tensorflow/tensorflow#72388): give it vectors of
-            # one element, which it reduces to the scalar mean.
+            # fit() reduces each log along axis 0 there, which fails on scalars
+            # (tensorflow/tensorflow#72388): give it one-element vectors.
             logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
         return logs
 
@@ -232,11 +230,9 @@ class GANModel(keras.Model):
                 ) from None
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Under MultiWorkerMirroredStrategy, Keras 3.15 reduces the first
-        # batch with `strategy.reduce("MEAN", batch)`, which fails for a tuple
-        # of PerReplica values ("Attempt to convert a value (PerReplica...)",
-        # keras-team/keras#20585). Take the first replica's part of the batch
-        # instead: building needs its shape, not a mean of images.
+        # Under MultiWorkerMirroredStrategy Keras 3.15 builds from
+        # `strategy.reduce("MEAN", batch)`, which fails on PerReplica tuples
+        # (keras-team/keras#20585): building needs only the first replica's.
         strategy = self._distribute_strategy
         if iterator is not None and strategy is not None:
             for _, _, batches in iterator:
@@ -336,7 +332,7 @@ class CycleGAN(GANModel):
     ...     networks.patchgan_discriminator(filters=8))
     >>> model.compile()
     >>> images = np.zeros((2, 32, 32, 3), "float32")
-    >>> history = model.fit((images, images), epochs=1, verbose=0)
+    >>> history = model.fit(images, images, epochs=1, verbose=0)  # x = real_a, y = real_b
     >>> sorted(history.history)[:2]
     ['cycle_loss', 'disc_a_loss']
 

@@ -46,7 +46,7 @@ def _norm(norm, name):
     return None
 
 
-def _conv(x, filters, kernel_size, strides, padding, use_bias, name, pad_mode="zero"):
+def _padded_conv(x, filters, kernel_size, strides, padding, use_bias, name, pad_mode="zero"):
     """PyTorch-style `Conv2d(..., padding=padding)`: explicit pad, then valid conv."""
     if padding and pad_mode == "zero":
         x = keras.layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
@@ -137,24 +137,24 @@ def resnet_generator(
         raise ValueError(f"n_blocks must be >= 0. Received: n_blocks={n_blocks}")
     use_bias = norm == "instance"
     inputs = keras.Input((None, None, input_channels), name="image")
-    x = _conv(inputs, filters, 7, 1, 3, use_bias, "stem_conv", pad_mode=padding)
+    x = _padded_conv(inputs, filters, 7, 1, 3, use_bias, "stem_conv", pad_mode=padding)
     x = _norm_act(x, norm, "relu", "stem")
     for i in range(2):
-        x = _conv(x, filters * 2 ** (i + 1), 3, 2, 1, use_bias, f"down{i}_conv")
+        x = _padded_conv(x, filters * 2 ** (i + 1), 3, 2, 1, use_bias, f"down{i}_conv")
         x = _norm_act(x, norm, "relu", f"down{i}")
     for i in range(n_blocks):
         shortcut = x
-        y = _conv(x, filters * 4, 3, 1, 1, use_bias, f"res{i}_conv0", pad_mode=padding)
+        y = _padded_conv(x, filters * 4, 3, 1, 1, use_bias, f"res{i}_conv0", pad_mode=padding)
         y = _norm_act(y, norm, "relu", f"res{i}_0")
         if dropout:
             y = keras.layers.Dropout(0.5, name=f"res{i}_dropout")(y)
-        y = _conv(y, filters * 4, 3, 1, 1, use_bias, f"res{i}_conv1", pad_mode=padding)
+        y = _padded_conv(y, filters * 4, 3, 1, 1, use_bias, f"res{i}_conv1", pad_mode=padding)
         y = _norm_act(y, norm, None, f"res{i}_1")
         x = keras.layers.Add(name=f"res{i}_add")([shortcut, y])
     for i in range(2):
         x = _conv_transpose(x, filters * 2 ** (1 - i), 3, 1, 1, use_bias, f"up{i}_conv")
         x = _norm_act(x, norm, "relu", f"up{i}")
-    x = _conv(x, output_channels, 7, 1, 3, True, "head_conv", pad_mode=padding)
+    x = _padded_conv(x, output_channels, 7, 1, 3, True, "head_conv", pad_mode=padding)
     return _float32_head(inputs, x, "tanh", "head_tanh", name or f"resnet_{n_blocks}blocks")
 
 
@@ -203,7 +203,7 @@ def unet_generator(
         skips.append(x)
         if k > 0:
             x = MaxLeakyReLU(0.2, name=f"down{k}_lrelu")(x)
-        x = _conv(x, inner[k], 4, 2, 1, use_bias if k > 0 else True, f"down{k}_conv")
+        x = _padded_conv(x, inner[k], 4, 2, 1, use_bias if k > 0 else True, f"down{k}_conv")
         if 0 < k < innermost:
             x = _norm_act(x, norm, None, f"down{k}")
     for k in reversed(range(num_downs)):
@@ -246,13 +246,13 @@ def patchgan_discriminator(
         raise ValueError(f"n_layers must be >= 1. Received: n_layers={n_layers}")
     use_bias = norm == "instance"
     inputs = keras.Input((None, None, input_channels), name="image")
-    x = _conv(inputs, filters, 4, 2, 1, True, "conv0")
+    x = _padded_conv(inputs, filters, 4, 2, 1, True, "conv0")
     x = MaxLeakyReLU(0.2, name="conv0_lrelu")(x)
     for n in range(1, n_layers + 1):
         strides = 2 if n < n_layers else 1
-        x = _conv(x, filters * min(2**n, 8), 4, strides, 1, use_bias, f"conv{n}")
+        x = _padded_conv(x, filters * min(2**n, 8), 4, strides, 1, use_bias, f"conv{n}")
         x = _norm_act(x, norm, "leaky_relu", f"conv{n}")
-    x = _conv(x, 1, 4, 1, 1, True, "logits")
+    x = _padded_conv(x, 1, 4, 1, 1, True, "logits")
     return _float32_head(inputs, x, "linear", "logits_float32", name or f"patchgan_{n_layers}layers")
 
 
@@ -270,11 +270,11 @@ def pixel_discriminator(
     _check_norm(norm)
     use_bias = norm == "instance"
     inputs = keras.Input((None, None, input_channels), name="image")
-    x = _conv(inputs, filters, 1, 1, 0, True, "conv0")
+    x = _padded_conv(inputs, filters, 1, 1, 0, True, "conv0")
     x = MaxLeakyReLU(0.2, name="conv0_lrelu")(x)
-    x = _conv(x, filters * 2, 1, 1, 0, use_bias, "conv1")
+    x = _padded_conv(x, filters * 2, 1, 1, 0, use_bias, "conv1")
     x = _norm_act(x, norm, "leaky_relu", "conv1")
-    x = _conv(x, 1, 1, 1, 0, use_bias, "logits")
+    x = _padded_conv(x, 1, 1, 1, 0, use_bias, "logits")
     return _float32_head(inputs, x, "linear", "logits_float32", name)
 
 
@@ -292,7 +292,7 @@ DISCRIMINATORS: dict[str, Callable[..., keras.Model]] = {
 }
 
 
-def _lookup(registry, kind, name):
+def _from_registry(registry, kind, name):
     if name not in registry:
         raise ValueError(f"Unknown {kind} {name!r}. Valid names: {', '.join(registry)}")
     return registry[name]
@@ -300,12 +300,12 @@ def _lookup(registry, kind, name):
 
 def build_generator(name: str, **kwargs) -> keras.Model:
     """Builds a generator by the reference's `--netG` name (see `GENERATORS`)."""
-    return _lookup(GENERATORS, "generator", name)(**kwargs)
+    return _from_registry(GENERATORS, "generator", name)(**kwargs)
 
 
 def build_discriminator(name: str, **kwargs) -> keras.Model:
     """Builds a discriminator by the reference's `--netD` name (see `DISCRIMINATORS`)."""
-    return _lookup(DISCRIMINATORS, "discriminator", name)(**kwargs)
+    return _from_registry(DISCRIMINATORS, "discriminator", name)(**kwargs)
 
 
 def size_multiple(network: keras.Model) -> int:
