@@ -18,7 +18,7 @@ def machine():
 
     flags = distribute.cpu_flags()
     return {
-        "cpu_model": distribute.cpu_model(),
+        "cpu_model": distribute.cpu_info("model name") or platform.processor() or platform.machine(),
         # What decides bfloat16 speed on a CPU: AMX tiles, AVX512-BF16, or neither.
         "cpu_flags": sorted(f for f in flags if f.startswith(("amx", "avx512", "avx2", "fma"))),
         "cpu_count": os.cpu_count(),

@@ -41,7 +41,7 @@ def main():
     from ai_edge_litert.interpreter import Interpreter
 
     from cyclegan_keras import export, networks
-    from cyclegan_keras.model import padded_generator
+    from cyclegan_keras.inference import padded_call
 
     keras.utils.set_random_seed(0)
     generator = networks.build_generator("resnet_9blocks")
@@ -52,7 +52,7 @@ def main():
         start = time.perf_counter()
         report = export.export(generator, out, ("saved_model", "tflite"), export.TFLITE_VARIANTS, samples=samples)
         results["export_seconds"] = round(time.perf_counter() - start, 1)
-        keras_fn = padded_generator(generator)
+        keras_fn = tf.function(padded_call(generator))
         results["keras_ms"] = round(1000 * median_seconds(lambda: keras_fn(image).numpy(), args.runs), 1)
         serving = tf.saved_model.load(os.path.join(out, "saved_model", "1")).signatures["serving_default"]
         results["saved_model_ms"] = round(

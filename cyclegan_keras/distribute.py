@@ -1,19 +1,15 @@
-"""Where training runs: `tf.distribute` strategies and mixed-precision policies.
+"""Where training runs: `tf.distribute` strategies, mixed-precision policies, replica arithmetic.
 
-`make_strategy(name)` turns `--strategy` into a `tf.distribute.Strategy`;
-`precision_policy(name)` sets a Keras mixed-precision policy while networks
-are built. Both check the request against the machine first, so a wrong
-choice fails with one line naming the flag, not deep inside TensorFlow.
-
-Multi-worker training follows TensorFlow's own protocol: each worker
-process gets `TF_CONFIG` (see the README), every worker runs the same
-program, and only the chief writes into the work directory (`is_chief`).
+`make_strategy` and `precision_policy` check the request against the
+machine first, so a wrong choice fails with one line naming the flag.
+Multi-worker training follows TensorFlow's protocol: each worker gets
+`TF_CONFIG` (see the README), runs the same program, and only the chief
+writes into the work directory (`is_chief`).
 """
 
 import contextlib
 import json
 import os
-import platform
 
 import keras
 import tensorflow as tf
@@ -38,11 +34,7 @@ def cluster_workers():
 
 
 def resolve(name):
-    """The strategy that `name` means here: `auto` picks one, the others are checked.
-
-    `auto`: `multi_worker` when `TF_CONFIG` names more than one worker,
-    `mirrored` when more than one GPU is visible, else `one_device`.
-    """
+    """The strategy `name` means here: `auto` is `multi_worker` (TF_CONFIG), `mirrored` (GPUs) or `one_device`."""
     if name not in STRATEGIES:
         raise DistributeError(f"--strategy must be one of {', '.join(STRATEGIES)}. Received: {name!r}")
     if name == "auto":
@@ -60,9 +52,8 @@ def resolve(name):
 def make_strategy(name="auto"):
     """The `tf.distribute.Strategy` for `--strategy name` (see `resolve`).
 
-    `one_device` is TensorFlow's default strategy (no distribution at all).
-    `multi_worker` must be created before any other TensorFlow op runs in
-    the process: make the strategy first.
+    `one_device` is TensorFlow's default strategy. Make a `multi_worker` one
+    before any other TensorFlow op runs in the process.
 
     Raises:
         DistributeError: the machine lacks what `name` needs.
@@ -91,11 +82,7 @@ def make_strategy(name="auto"):
 
 
 def is_chief(strategy):
-    """Whether this process writes the run's files.
-
-    The chief is the `chief` task if `TF_CONFIG` has one, else worker 0; a
-    process without a cluster is its own chief.
-    """
+    """Whether this process writes the run's files: the `chief` task, else worker 0, or a lone process."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:
         return True
@@ -108,9 +95,8 @@ def is_chief(strategy):
 def check_precision(name):
     """Checks `--precision name`; returns a warning for a slow choice, or None.
 
-    float16 has fast kernels on GPUs only; on a CPU it is emulated. bfloat16
-    is fast on GPUs (Ampere and newer), TPUs and CPUs with AMX or
-    AVX512-BF16; elsewhere it is emulated and slower than float32.
+    float16 is fast on GPUs only; bfloat16 on GPUs, TPUs and CPUs with AMX or
+    AVX512-BF16. Elsewhere they are emulated, slower than float32.
     """
     if name not in PRECISIONS:
         raise DistributeError(f"--precision must be one of {', '.join(PRECISIONS)}. Received: {name!r}")
@@ -130,38 +116,29 @@ def check_precision(name):
     return None
 
 
-def cpu_flags():
-    """The CPU feature flags of /proc/cpuinfo (empty where there is none)."""
+def cpu_info(key):
+    """The value of `key` ("flags", "model name") in /proc/cpuinfo, or None."""
     try:
         with open("/proc/cpuinfo") as file:
             for line in file:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_model():
-    """The CPU's model name, for benchmark records."""
-    try:
-        with open("/proc/cpuinfo") as file:
-            for line in file:
-                if line.startswith("model name"):
+                if line.startswith(key):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_flags():
+    """The CPU feature flags of /proc/cpuinfo (empty where there is none)."""
+    return set((cpu_info("flags") or "").split())
 
 
 @contextlib.contextmanager
 def precision_policy(name):
-    """Sets Keras's global dtype policy to `name` inside the block.
+    """Sets Keras's global dtype policy to `name` inside the block (then restores the previous one).
 
-    Networks built inside compute in `name`'s compute dtype and keep float32
-    weights; the package's own float32 islands (instance-norm statistics,
-    generator outputs, discriminator logits, losses, image pools) stay
-    float32. The previous policy is restored on exit.
+    Networks built inside compute in `name`'s dtype with float32 weights;
+    instance-norm statistics, network outputs, losses and pools stay float32.
     """
     check_precision(name)
     previous = keras.config.dtype_policy()
@@ -170,3 +147,21 @@ def precision_policy(name):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def replica_share():
+    """1 / replicas in sync: turns a replica's mean loss into its share of the global mean.
+
+    The optimizer sums the replicas' gradients, so with this N replicas of
+    batch b step as one device with batch N * b (the data drop remainders).
+    """
+    context = tf.distribute.get_replica_context()
+    return 1.0 / context.num_replicas_in_sync if context is not None else 1.0
+
+
+def mean_over_replicas(value):
+    """The mean of `value` over all replicas (identity on one device)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.MEAN, value)

@@ -50,7 +50,7 @@ import tensorflow as tf
 
 from cyclegan_keras import files, networks
 from cyclegan_keras.config import EXPORT_ALIASES, EXPORT_PRECISIONS, SERVING_MAX_PIXELS, TFLITE_VARIANTS
-from cyclegan_keras.model import padded_call
+from cyclegan_keras.inference import padded_call
 
 FLOAT32_TOLERANCE = 1e-4
 
@@ -630,7 +630,6 @@ def evaluate_artifacts(
             scored or read.
     """
     from cyclegan_keras import inference, metrics
-    from cyclegan_keras.model import padded_generator
 
     settings = settings or metrics.EvalSettings(verbose=verbose)
     channels = generator.input_shape[-1]
@@ -642,7 +641,7 @@ def evaluate_artifacts(
         for _, images in metrics.batches(input_paths, settings.batch_size, channels):
             yield images
 
-    keras_fn = padded_generator(generator)
+    keras_fn = tf.function(padded_call(generator), reduce_retracing=True)
     with tempfile.TemporaryDirectory() as keras_outputs:
 
         def scored(name, translate, against_keras):

@@ -8,19 +8,16 @@ import tensorflow as tf
 class ImagePool(keras.layers.Layer):
     """A buffer of previously generated images (Shrivastava et al., 2017).
 
-    The discriminator is updated on a mix of the newest fakes and older ones,
-    which damps oscillation between generator and discriminator. For each
-    image of the batch, in order (the reference's `ImagePool.query`):
-    - while fewer than `pool_size` images are stored, store it and return it;
-    - once full, with probability 0.5 return a random stored image and store
-      the new one in its slot; otherwise return the new image.
+    The discriminator sees a mix of the newest fakes and older ones, which
+    damps oscillation. For each image of the batch, in order (the
+    reference's `ImagePool.query`): while not full, store and return it;
+    once full, with probability 0.5 return a random stored image and store
+    the new one in its slot, else return the new image.
 
-    The pool lives in `tf.Variable`s (stored images, fill count, random-draw
-    counter), so it works inside `tf.function` and XLA, is saved with the
-    model and resumes exactly. Randomness is stateless and derived from
-    `(seed, draw counter)`; XLA's Philox stream differs from TensorFlow's
-    kernels, so a run compiled with XLA draws other (equally valid) numbers.
-    Returned images carry no gradient.
+    The pool lives in variables (images, fill count, draw counter), so it
+    works inside `tf.function` and XLA, is saved with the model and resumes
+    exactly. Draws are stateless from `(seed, draw counter)` (XLA's Philox
+    stream differs from TensorFlow's). Returned images carry no gradient.
 
     Args:
         pool_size: int. Images stored; 0 disables the pool (images are
@@ -46,12 +43,9 @@ class ImagePool(keras.layers.Layer):
                 f"channels must be known. Received: input_shape={input_shape}"
             )
 
-        # Under tf.distribute each replica keeps its own pool (on-read
-        # synchronization, which add_weight cannot set) of the fakes it made
-        # from its own data, with its own random draws. A checkpoint stores
-        # the first replica's pool, and restoring gives every replica that
-        # copy; they drift apart again with their first new images.
-        # Assigned as attributes, the layer tracks them.
+        # Under tf.distribute each replica keeps its own pool of its own fakes
+        # (on-read variables, which add_weight cannot make); a checkpoint
+        # stores the first replica's, which every replica restores.
         def state(name, shape, dtype):
             return keras.Variable(
                 "zeros",
@@ -91,10 +85,8 @@ class ImagePool(keras.layers.Layer):
             slot = tf.where(full, random_slot, count)
             stored = stored_images[slot]
             keep = tf.logical_and(full, tf.logical_not(swap))
-            # A whole-variable assign, not scatter_nd_update: distributed
-            # variables lack the latter. XLA makes it in-place; on a 2-core
-            # CPU a query costs 6 ms per 256x256 image with a full pool of
-            # 50 (measured), against 11 s per training step.
+            # A whole-variable assign (distributed variables lack
+            # scatter_nd_update); measured 6 ms per 256x256 query, full pool.
             stored_images.assign(tf.tensor_scatter_nd_update(stored_images, [[slot]], [tf.where(keep, stored, image)]))
             self.count.assign(tf.minimum(count + 1, self.pool_size))
             output = tf.where(swap, stored, image)

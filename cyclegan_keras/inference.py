@@ -20,10 +20,10 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan_keras import data, files, ops
-from cyclegan_keras.config import DEFAULT_LOAD_SIZE, INFERENCE_PREPROCESS
+from cyclegan_keras.config import DEFAULT_LOAD_SIZE, DIRECTIONS, INFERENCE_PREPROCESS
 from cyclegan_keras.files import format_bytes
 from cyclegan_keras.layers import InstanceNormalization
-from cyclegan_keras.model import DIRECTIONS, CycleGAN, padded_generator
+from cyclegan_keras.model import GANModel
 from cyclegan_keras.networks import min_size, size_multiple
 
 
@@ -64,7 +64,7 @@ def load_generator(path, direction="a2b"):
     except Exception as error:  # Keras raises ValueError, TypeError, OSError, zip errors...
         reason = " ".join(str(error).split())[:200] or type(error).__name__
         raise ModelLoadError(f"{path} is not a readable Keras model: {reason}") from None
-    if isinstance(model, CycleGAN):
+    if isinstance(model, GANModel):
         return model.generator(direction)
     if not isinstance(model, keras.Model) or len(model.inputs) != 1:
         raise ModelLoadError(f"{path} holds a {type(model).__name__}, not a CycleGAN or an image generator")
@@ -79,12 +79,9 @@ def load_generator(path, direction="a2b"):
 def preprocess_for_inference(image, preprocess="none", load_size=DEFAULT_LOAD_SIZE):
     """Test-time preprocessing of one uint8 image `(height, width, channels)`.
 
-    - `"resize"`: the reference's test.py. It sets `load_size = crop_size`,
-      so its resize-and-crop is a square bicubic resize to
-      `load_size x load_size` (antialiased, as in training: `data.resize_for`),
-      with no crop and no flip. Outputs are then `load_size` square.
-    - `"none"`: the image as it is; the generator pads to the size it needs
-      and crops back, so outputs keep the input's size and aspect ratio.
+    - `"resize"`: the reference's test.py (`load_size = crop_size`): a square
+      antialiased bicubic resize to `load_size`, no crop, no flip.
+    - `"none"`: the image as it is; outputs keep its size and aspect ratio.
 
     Args:
         image: uint8 tensor or array `(height, width, channels)`.
@@ -136,10 +133,9 @@ def resolve_inputs(spec):
 def output_names(paths, root):
     """One distinct output name per input: its path under `root`, `/` as `__`.
 
-    Names that would clash (`a.jpg` and `a.png`; `a/b.png` and `a__b.png`;
-    names differing only in case, which clash on macOS and Windows) get the
-    first free `_1`, `_2`, ... suffix, never one that another input's own
-    name takes: `a.jpg`, `a.png`, `a_1.png` give `a`, `a_2`, `a_1`.
+    Clashing names (`a.jpg` and `a.png`; `a/b.png` and `a__b.png`; names
+    differing only in case) get the first free `_1`, `_2`, ... suffix that no
+    other input's own name takes: `a.jpg`, `a.png`, `a_1.png` give `a`, `a_2`, `a_1`.
     """
     stems = []
     for path in paths:
@@ -168,13 +164,10 @@ def plan_outputs(spec, out_dir):
     """`[(input path, output name)]` for `spec`, after checking no output overwrites an input.
 
     Refused (`OutputConflict`): `out_dir` equal to or inside a folder given
-    as `spec` (translations would mix with the originals, and a second run
-    would read them as inputs); any output path that is an input file; and
-    any output path (`<name>.png`, `inputs/<name>.png`, `index.html`) that
-    already exists but was not written by an earlier translation into
-    `out_dir`, or was changed since (`files.Manifest`): it is the user's.
-    So `--input 'photos/*.jpg' --out photos/` adds PNGs beside the JPEGs,
-    and running the same command again replaces its own outputs.
+    as `spec`; an output path that is an input; an output path that exists
+    but is not an unchanged earlier translation into `out_dir`
+    (`files.Manifest`): it is the user's. So `--input 'photos/*.jpg' --out
+    photos/` adds PNGs beside the JPEGs, and a rerun replaces its own.
     """
     paths, root = resolve_inputs(spec)
     out = Path(os.path.realpath(out_dir))
@@ -215,23 +208,22 @@ def translate_files(
     preprocess="none",
     load_size=DEFAULT_LOAD_SIZE,
     verbose=True,
+    *,
     max_memory=None,
     tile_size=None,
     overlap=None,
 ):
     """Translates every image of `spec` and writes one PNG per readable input.
 
-    Streams: reads an image, adds it to the current batch of images of the
-    same size, and translates and writes a batch when it is full or the next
-    image has another size, so at most `batch_size` decoded images are held.
-    A batch is full at `batch_size` images or at as many as the memory
-    budget lets translate together; an image too large for the budget is
-    translated alone, in tiles (see `translate_images`).
-    Writes `OUT/<name>.png` (see `output_names`), `OUT/inputs/<name>.png`
-    (the preprocessed input) and an `OUT/index.html` gallery, each
-    atomically, and lists them in `OUT/.cyclegan_keras_manifest.json`.
-    Holds `OUT/.cyclegan_keras.lock` meanwhile. No image is written before
-    the first one is translated; unreadable files are skipped and returned.
+    Streams: images of one size are batched (at most `batch_size`, or as many
+    as the memory budget lets translate together) and each batch is written
+    once translated; an image too large for the budget is translated alone,
+    in tiles (see `translate_images`). Writes `OUT/<name>.png` (see
+    `output_names`), `OUT/inputs/<name>.png` (the preprocessed input) and an
+    `OUT/index.html` gallery, each atomically, listed in
+    `OUT/.cyclegan_keras_manifest.json`, holding `OUT/.cyclegan_keras.lock`
+    meanwhile. Nothing is written before the first image is translated;
+    unreadable files are skipped and returned.
 
     Args:
         generator: `keras.Model`, e.g. from `load_generator`.
@@ -344,20 +336,17 @@ def _write_gallery(out_dir, names):
 # -- Running a generator at any size, within a memory budget ----------------------------------
 
 DEFAULT_MEMORY_FRACTION = 0.5
-# Measured peak allocation per byte of the largest set of tensors alive at once in the
-# generator's graph (oneDNN's reordered copies, the executor's overlap): 1.87 at 512x384,
-# 1.99 at 1024x768 for resnet_9blocks/64 (bench/tiled_inference.py --calibrate); tiled
-# translations ran up to 13% past 2.0, so 2.3 leaves the budget that margin.
+# Peak allocation per byte of the largest set of tensors alive at once in the generator's
+# graph: measured 1.87-1.99 for resnet_9blocks (bench/tiled_inference.py --calibrate), tiled
+# runs up to 13% past 2.0; 2.3 leaves that margin.
 ALLOCATION_FACTOR = 2.3
-# Whole-image float32 (input + output channels) buffers held beside the generator's
-# tensors: the decoded image, the batch, the padded copy, the blended output and the
-# PNG conversions (a tiled 24 MP photo in translate_files held about 3.3).
+# Whole-image float32 (input + output) buffers beside the generator's tensors: decoded,
+# batched, padded, blended, PNG (a tiled 24 MP photo in translate_files held about 3.3).
 IMAGE_BUFFERS = 4
-# Leading instance norms whose statistics a tiled translation gathers exactly, at full
-# resolution, tile by tile; the others come from the reduced whole-image pass. The first
-# norms see the finest detail, which a reduced image lacks: on a 2048x1536 photo through
-# the trained synthetic generator, tiled vs untiled PSNR was 32.7 dB with none exact, 37.7
-# with one, 39.3 with two, for 5% more compute (bench/tiled_inference.py).
+# Leading instance norms whose statistics a tiled translation gathers exactly, tile by tile;
+# the others come from a reduced whole image, which lacks the finest detail. Tiled vs untiled
+# PSNR on a 2048x1536 photo: 32.7 dB with none, 37.7 with one, 39.3 with two, for 5% more
+# compute (bench/tiled_inference.py).
 EXACT_NORMS = 2
 
 
@@ -368,10 +357,9 @@ class MemoryBudgetError(ValueError):
 def available_memory():
     """Bytes this process can still allocate where the generator runs.
 
-    On a GPU, the device's memory that TensorFlow may use minus what it
-    holds. On the CPU, `MemAvailable` of `/proc/meminfo`, or less where a
-    cgroup (v2 `memory.max`, v1 `memory.limit_in_bytes`) caps the process:
-    its limit minus its usage.
+    On a GPU, what TensorFlow may use there minus what it holds; on the CPU,
+    `MemAvailable` of `/proc/meminfo`, or a memory cgroup's (v1 or v2) limit
+    minus its usage where that is less.
     """
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
@@ -439,13 +427,31 @@ def _free_gpu_memory(device):
     return limits[0] - used if limits else None
 
 
-def receptive_radius(generator):
-    """Input pixels on each side that one output pixel of `generator` depends on.
+def padded_call(generator):
+    """`generator` in inference mode on any image size, as a function of tensors, for exporters to trace.
 
-    Walks the convolutions in order: a k x k convolution adds `(k - 1) // 2`
-    steps of the current resolution, a transposed one `ceil((k - 1) / 2s)`.
-    87 for resnet_9blocks, 23 for a one-block ResNet.
+    Reflect-pads height and width up to what the generator's strides and
+    paddings need (`networks.size_multiple`, `networks.min_size`) and crops
+    the output back to the input's size. `translate_images` is the numpy
+    form, within a memory budget.
     """
+    multiple, smallest = size_multiple(generator), min_size(generator)
+
+    def call(images):
+        padded, crop = ops.pad_to_multiple(images, multiple, smallest)
+        return ops.crop_spatial(generator(padded, training=False), crop)
+
+    return call
+
+
+def _compiled(generator):
+    """`padded_call(generator)` as a `tf.function`, traced once for any size."""
+    spec = tf.TensorSpec((None, None, None, generator.input_shape[-1]), tf.float32)
+    return tf.function(padded_call(generator), input_signature=[spec])
+
+
+def receptive_radius(generator):
+    """Input pixels on each side that one output pixel of `generator` depends on (87 for resnet_9blocks)."""
     radius, step = 0, 1
     for layer in generator.layers:
         if isinstance(layer, keras.layers.Conv2DTranspose):
@@ -464,35 +470,30 @@ def default_overlap(generator):
 
 
 class _Runner:
-    """A generator's compiled functions: the whole-image call and, with instance norm, the tiled one.
+    """A generator's compiled functions: the whole-image call and, with instance norm, the tiled ones.
 
-    Tiles must not normalize themselves: `record` runs a (reduced) whole
-    image with the generator's instance norms, keeping each one's
-    per-channel mean and variance in `statistics`; `leading[i]` runs a tile
-    up to the input of norm `i`, whose exact full-resolution statistics are
-    then gathered tile by tile (`_exact_leading_statistics`); `apply` runs
-    tiles with the statistics. All are clones sharing the generator's
-    layers, so the generator and its saved form are unchanged.
+    `record` keeps a (reduced) whole image's norm statistics, `leading[i]`
+    runs a tile up to norm `i`, `apply` runs tiles with the statistics: clones
+    sharing the generator's layers, which stay unchanged.
     """
 
     def __init__(self, generator):
         self.generator = generator
         self.multiple, self.min_size = size_multiple(generator), min_size(generator)
-        self.whole = padded_generator(generator)
+        self.whole = _compiled(generator)
         self.norms = [layer for layer in generator.layers if isinstance(layer, InstanceNormalization)]
         self.statistics = {
             norm.name: (tf.Variable(tf.zeros(norm.input.shape[-1])), tf.Variable(tf.ones(norm.input.shape[-1])))
             for norm in self.norms
         }
-        self._bytes_per_pixel = None
 
     @functools.cached_property
     def record(self):
-        return self._with_given_statistics(record=True) if self.norms else None
+        return _compiled(self._clone(record=True)) if self.norms else None
 
     @functools.cached_property
     def apply(self):
-        return padded_generator(self._fixed) if self.norms else self.whole
+        return _compiled(self._fixed) if self.norms else self.whole
 
     @functools.cached_property
     def leading(self):
@@ -506,9 +507,6 @@ class _Runner:
     def _fixed(self):
         return self._clone(record=False)
 
-    def _with_given_statistics(self, record):
-        return padded_generator(self._clone(record))
-
     def _clone(self, record):
         def replace(layer):
             if isinstance(layer, InstanceNormalization):
@@ -517,15 +515,13 @@ class _Runner:
 
         return keras.models.clone_model(self.generator, clone_function=replace)
 
-    @property
+    @functools.cached_property
     def bytes_per_pixel(self):
         """The largest sum of tensors alive at once in the generator's graph, per input pixel."""
-        if self._bytes_per_pixel is None:
-            size = _round_up(max(128, self.min_size), self.multiple)
-            spec = tf.TensorSpec((1, size, size, self.generator.input_shape[-1]), tf.float32)
-            graph = tf.function(lambda x: self.generator(x, training=False)).get_concrete_function(spec).graph
-            self._bytes_per_pixel = _peak_live_bytes(graph) / size**2
-        return self._bytes_per_pixel
+        size = _round_up(max(128, self.min_size), self.multiple)
+        spec = tf.TensorSpec((1, size, size, self.generator.input_shape[-1]), tf.float32)
+        graph = tf.function(lambda x: self.generator(x, training=False)).get_concrete_function(spec).graph
+        return _peak_live_bytes(graph) / size**2
 
 
 def _peak_live_bytes(graph):
@@ -588,11 +584,9 @@ def _padded_size(runner, height, width):
 def memory_needed(generator, batch, height, width):
     """Estimated peak bytes that translating `batch` images `height` x `width` whole allocates.
 
-    `ALLOCATION_FACTOR` times the largest sum of tensors alive at once when
-    the generator's graph runs on the padded size (`_peak_live_bytes`, which
-    scales with the pixels), plus `IMAGE_BUFFERS` float32 copies of the
-    input and output images. The factor is measured by
-    `bench/tiled_inference.py --calibrate`.
+    `ALLOCATION_FACTOR` times the largest sum of tensors alive at once in
+    the generator's graph at the padded size (`_peak_live_bytes`), plus
+    `IMAGE_BUFFERS` float32 copies of the input and output images.
     """
     runner = _runner(generator)
     padded_height, padded_width = _padded_size(runner, height, width)
@@ -618,11 +612,9 @@ class Tiling:
     Attributes:
         tile: `(height, width)` of every tile, on the padded image.
         rows, columns: offsets of the tiles' top and left sides.
-        overlap: the fewest pixels two neighbours share; the weights ramp
-            over the middle half of what they share.
-        statistics_size: `(height, width)` at which the whole image is run
-            for the statistics of the norms after the first `EXACT_NORMS`
-            (those are gathered at full size), or None (no instance norm).
+        overlap: the fewest pixels two neighbours share.
+        statistics_size: `(height, width)` of the reduced whole image for the
+            norms after the first `EXACT_NORMS`, or None (no instance norm).
         memory: estimated peak bytes.
     """
 
@@ -656,10 +648,8 @@ def _smallest_tile(runner, overlap):
 def plan_tiles(generator, height, width, max_memory, tile_size=None, overlap=None):
     """The tiling of one `height` x `width` image with the least computed area that fits `max_memory`.
 
-    Tiles are at most `tile_size` on a side (if given, > 0), multiples of
-    what the generator needs, and placed at multiples of it on the padded
-    image, so each tile's convolutions see the pixel grid the whole image's
-    see.
+    Tiles are at most `tile_size` a side, multiples of what the generator
+    needs and placed at multiples of it, so they see the whole image's grid.
 
     Raises:
         MemoryBudgetError: not even the smallest tiles fit.
@@ -721,12 +711,9 @@ def _axis_tiles(length, count, overlap, multiple):
 
 
 def _axis_weights(length, tile, offsets, overlap):
-    """Per tile, its weight at each of its pixels along one axis; at every pixel they sum to 1.
+    """Per tile, its weights along one axis: 0 over the outer `overlap / 4` of a shared side, then a linear ramp.
 
-    On a side it shares with a neighbour, a tile's weight is 0 over its
-    outer `overlap / 4` pixels, where its own border padding shows, then
-    rises linearly over `overlap / 2` pixels; the weights are then divided
-    by their sum (more than two tiles may share a pixel).
+    Normalized so that at every pixel they sum to 1.
     """
     position = np.arange(tile) + 0.5
     profiles = []
@@ -746,12 +733,7 @@ def _axis_weights(length, tile, offsets, overlap):
 
 
 def _translate_tiled(generator, image, tiling, statistics=None):
-    """One image `(h, w, c)` translated in the tiles of `tiling`.
-
-    With instance norm, the whole image at `tiling.statistics_size` gives
-    every tile its statistics (or `statistics`, a dict of layer name ->
-    `(mean, variance)`, when given).
-    """
+    """One image `(h, w, c)` translated in the tiles of `tiling`, with the whole image's (or the given) statistics."""
     runner = _runner(generator)
     padded, crop = ops.pad_to_multiple(tf.constant(image[None]), runner.multiple, runner.min_size)
     padded = padded.numpy()
@@ -780,10 +762,9 @@ def _translate_tiled(generator, image, tiling, statistics=None):
 def _exact_leading_statistics(runner, padded, tiling):
     """Gives the first `EXACT_NORMS` norms the statistics of the whole padded image at full resolution.
 
-    Norm by norm, each tile runs up to the norm's input; a tile counts only
-    the pixels it owns (up to the middle of what it shares with each
-    neighbour, far from its padded border), and the parts' moments are
-    combined exactly (Chan et al.), in float64.
+    Each tile runs up to the norm and counts only the pixels it owns (up to
+    the middles of its overlaps, far from its border); the parts' moments
+    are combined exactly (Chan et al.), in float64.
     """
     (tile_y, tile_x), multiple = tiling.tile, runner.multiple
     owned_y = _owned_parts(tiling.rows, tile_y, padded.shape[1], multiple)
@@ -839,11 +820,10 @@ def recorded_statistics(generator, image):
 def translate_images(generator, images, batch_size=8, max_memory=None, tile_size=None, overlap=None):
     """Runs an image-to-image generator on images of any size, within a memory budget.
 
-    The one entry point for translating with a Keras generator. Images
-    that fit the budget whole are translated whole, as many together as fit
-    (at most `batch_size`); an image that does not fit is translated in
-    overlapping tiles (`plan_tiles`), each normalized with the whole image's
-    instance-norm statistics, blended where they overlap.
+    The one entry point for translating with a Keras generator. Images that
+    fit the budget are translated whole, as many together as fit (at most
+    `batch_size`); others in overlapping tiles (`plan_tiles`) normalized
+    with the whole image's instance-norm statistics, blended where they meet.
 
     Args:
         generator: `keras.Model`, e.g. `CycleGAN.generator("a2b")`.
@@ -932,14 +912,11 @@ def load_translator(path, direction="a2b", max_memory=None, tile_size=None, over
     A `.keras` CycleGAN gives its generator for `direction`; a saved
     generator, a SavedModel (from `export.py`: the directory holding
     `saved_model.pb`, or the export's OUT folder) and a `.tflite` file have
-    one direction, their own.
-
-    Every form translates within `max_memory` (default:
-    `default_memory_budget()` when loaded). A Keras generator tiles what does
-    not fit (`translate_images`). An exported one cannot: its instance norms
-    are fixed in its graph, so an image that does not fit whole raises
-    `MemoryBudgetError` (its estimate assumes its widest layer at full
-    resolution: an upper bound).
+    one direction, their own. Every form translates within `max_memory`
+    (default: `default_memory_budget()` when loaded). A Keras generator tiles
+    what does not fit; an exported one cannot (its instance norms are fixed
+    in its graph), so an image that does not fit whole raises
+    `MemoryBudgetError` (estimated with its widest layer at full resolution).
 
     Raises:
         FileNotFoundError: nothing at `path`.

@@ -1,8 +1,4 @@
-"""Keras layers the CycleGAN networks need and Keras does not ship.
-
-Both are registered serializable, so saved models load without
-`custom_objects`.
-"""
+"""Keras layers the CycleGAN networks need and Keras does not ship, registered serializable."""
 
 from __future__ import annotations
 
@@ -13,13 +9,11 @@ from cyclegan_keras import ops
 
 
 def _spatial_mean(x):
-    """Mean over H and W, reduced one axis at a time.
+    """Mean over H and W, one axis at a time.
 
-    Equal to one reduction over both axes, but each sum runs over hundreds of
-    values instead of H*W. TFLite's kernels accumulate sequentially in
-    float32: with `tf.nn.moments` over 65,536 values (256x256), a small
-    generator's TFLite output was 1e-3 away from TensorFlow's; with this,
-    8e-6.
+    TFLite accumulates sequentially in float32: with one reduction over
+    256x256 values a small generator's TFLite output was 1e-3 away from
+    TensorFlow's; reducing each axis apart (hundreds of values), 8e-6.
     """
     return tf.reduce_mean(tf.reduce_mean(x, axis=1, keepdims=True), axis=2, keepdims=True)
 
@@ -34,15 +28,10 @@ class InstanceNormalization(keras.layers.Layer):
     training and inference. The variance is the biased one.
 
     Why not `keras.layers.GroupNormalization(groups=-1)`, which computes the
-    same: `bench/instance_norm.py` measures both. On this 2-core CPU with
-    Keras 3.15 they train equally fast (a resnet_6blocks forward+backward
-    pass at 128x128: 0.318 s vs 0.317 s, bench/results/instance_norm.json;
-    the 2x gap once reported is gone).
-    Exported to TFLite float32 and run at 256x256, this layer drifts less
-    from TensorFlow (max abs 9e-6 vs 3e-5 for that generator) thanks to its
-    two-stage reduction (see `_spatial_mean`). It also keeps its statistics
-    in float32 under mixed precision and matches PyTorch's `InstanceNorm2d`
-    name and defaults, which the weight converter relies on.
+    same as fast (bench/results/instance_norm.json): exported to TFLite this
+    layer drifts less from TensorFlow (max abs 9e-6 vs 3e-5 at 256x256, see
+    `_spatial_mean`), keeps its statistics in float32 under mixed precision,
+    and has PyTorch's `InstanceNorm2d` defaults, which the converter uses.
 
     Args:
         epsilon: float. Added to the variance. Defaults to `1e-5`.
@@ -104,17 +93,17 @@ class InstanceNormalization(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="cyclegan_keras")
 class ReflectionPadding2D(keras.layers.Layer):
-    """Pads height and width by reflection (or replication, or zeros).
+    """Pads height and width by reflection or replication, as `keras.layers.ZeroPadding2D` pads with zeros.
 
-    Like `keras.layers.ZeroPadding2D`, with the three padding types of the
-    CycleGAN reference (`--padding_type reflect|replicate|zero`).
+    The networks pad with zeros by `ZeroPadding2D`; `mode="zero"` is
+    accepted so that models saved before that still load.
 
     Args:
         padding: int, `(height_pad, width_pad)` or
             `((top, bottom), (left, right))`. Defaults to `1`.
         mode: `"reflect"` (PyTorch `ReflectionPad2d`: the edge pixel is not
-            repeated), `"replicate"` (`ReplicationPad2d`) or `"zero"`.
-            Defaults to `"reflect"`.
+            repeated) or `"replicate"` (`ReplicationPad2d`). Defaults to
+            `"reflect"`.
     """
 
     def __init__(
@@ -164,18 +153,13 @@ class MaxLeakyReLU(keras.layers.LeakyReLU):
     the last bit (both round `negative_slope * x` once); the gradient differs
     only at exactly 0 (1 instead of the slope), as subgradients may.
 
-    Why not Keras's layer: TensorFlow's grappler remapper rewrites Conv2D +
-    BiasAdd + LeakyRelu into one `_FusedConv2D`, which removes the BiasAdd
-    whose output the gradient `LeakyReluGrad` still reads. In a training step
-    the whole remapper pass then fails and TensorFlow logs, on the first
-    step, `E ... meta_optimizer.cc ... remapper failed: INVALID_ARGUMENT:
-    Mutation::Apply error: fanout '.../LeakyReluGrad' exist for missing node
-    '.../BiasAdd'` (and drops every other fusion of that graph). The CycleGAN
-    discriminators' first convolution and the U-Net's encoder have exactly
-    this pattern. `Maximum` and `Mul` match no fusion pattern there. The
-    fusion came with tensorflow/tensorflow#42551 ("Enable Conv + (Bias+BN) +
-    LeakyRelu Fusion with Eigen implementation in CPU"); no upstream issue
-    for this failure was found.
+    Why not Keras's layer: in a training step TensorFlow's grappler
+    remapper fuses Conv2D + BiasAdd + LeakyRelu (tensorflow/tensorflow#42551)
+    though `LeakyReluGrad` still reads the BiasAdd, so the whole pass fails
+    (`remapper failed: ... fanout '.../LeakyReluGrad' exist for missing node
+    '.../BiasAdd'`) and drops every other fusion of the graph. The
+    discriminators' first convolution and the U-Net's encoder have this
+    pattern; `Maximum` and `Mul` match no fusion.
 
     Args:
         negative_slope: float in [0, 1]. Slope for `x < 0`. Defaults to `0.3`

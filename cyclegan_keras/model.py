@@ -1,80 +1,34 @@
-"""`CycleGAN`: two generators and two discriminators trained by one `fit()`."""
+"""`GANModel`, what every GAN method here shares, and `CycleGAN`, trained by one `fit()`."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
+from keras.src.utils import tracking
 
-from cyclegan_keras import ops
 from cyclegan_keras.config import DIRECTIONS, GAN_MODES
+from cyclegan_keras.distribute import mean_over_replicas, replica_share
 from cyclegan_keras.image_pool import ImagePool
+from cyclegan_keras.losses import gan_loss, gradient_penalty, l1_loss
 from cyclegan_keras.networks import min_size, size_multiple
 
-# Arguments of keras.Model.compile that the CycleGAN objective has no use for.
+# Arguments of keras.Model.compile that a GAN objective has no use for.
 _UNUSED_COMPILE_ARGUMENTS = ("optimizer", "loss", "loss_weights", "metrics", "weighted_metrics")
 
 
-def gan_loss(logits: tf.Tensor, target_is_real: bool, gan_mode: str) -> tf.Tensor:
-    """The reference's `GANLoss` on a map of discriminator logits.
-
-    - `lsgan`: mean squared error to 1 (real) or 0 (fake), no sigmoid.
-    - `vanilla`: binary cross-entropy with logits (the original GAN).
-    - `wgangp`: the Wasserstein critic loss, `-mean` for real, `mean` for fake.
-    """
-    logits = tf.cast(logits, "float32")
-    if gan_mode == "wgangp":
-        return -tf.reduce_mean(logits) if target_is_real else tf.reduce_mean(logits)
-    target = tf.ones_like(logits) if target_is_real else tf.zeros_like(logits)
-    if gan_mode == "lsgan":
-        return tf.reduce_mean(tf.square(logits - target))
-    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits))
-
-
-def l1_loss(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_mean(tf.abs(tf.cast(x, "float32") - tf.cast(y, "float32")))
-
-
-def replica_share() -> float:
-    """1 / replicas in sync: turns a replica's mean loss into its share of the global mean.
-
-    Under `tf.distribute`, each replica computes its losses as means over its
-    own part of the batch, and the optimizer *sums* the replicas' gradients.
-    Scaling each replica's loss by this factor makes N replicas with batch b
-    take the same step as one device with batch N * b (the per-image losses
-    are means over equal per-replica batches, as the data drop remainders).
-    """
-    context = tf.distribute.get_replica_context()
-    return 1.0 / context.num_replicas_in_sync if context is not None else 1.0
-
-
-def mean_over_replicas(value: tf.Tensor) -> tf.Tensor:
-    """The mean of `value` over all replicas (identity on one device)."""
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return value
-    return context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
-
-
 class OptimizerPair:
-    """`CycleGAN.optimizer`: the generators' and the discriminators' optimizers, as one.
+    """`model.optimizer`: the generators' and the discriminators' optimizers, as one.
 
-    Keras's callbacks that touch the learning rate (`LearningRateScheduler`,
-    `ReduceLROnPlateau`, `TensorBoard`) treat a `model.optimizer` with an
-    `optimizers` list as several optimizers (the protocol of
-    `keras.optimizers.MultiOptimizer`): they set, reduce and log the rate of
-    each, as `learning_rate_<optimizer name>`. So those callbacks change
-    the rates CycleGAN trains with, for both optimizers alike.
-
-    It is a view, not an optimizer: it applies no gradients and holds no
-    state of its own (each optimizer is saved with the model under its own
-    name), and it has no single `learning_rate` to read or set.
+    Keras's `LearningRateScheduler`, `ReduceLROnPlateau` and `TensorBoard`
+    treat a `model.optimizer` with an `optimizers` list as several (the
+    `keras.optimizers.MultiOptimizer` protocol): they set, reduce and log
+    each rate. A view: no gradients, no state of its own (each optimizer is
+    saved under its own name), no single `learning_rate`.
 
     Args:
-        generator_optimizer: the optimizer of both generators.
-        discriminator_optimizer: the optimizer of both discriminators.
+        generator_optimizer: the optimizer of the generators.
+        discriminator_optimizer: the optimizer of the discriminators.
     """
 
     def __init__(
@@ -111,18 +65,229 @@ class OptimizerPair:
         raise AttributeError(self._NO_SINGLE_RATE)
 
     _NO_SINGLE_RATE = (
-        "A CycleGAN trains with two optimizers, so model.optimizer has no single learning rate. "
+        "A GAN trains with two optimizers, so model.optimizer has no single learning rate. "
         "Use model.generator_optimizer.learning_rate and model.discriminator_optimizer.learning_rate "
         "(or each of model.optimizer.optimizers), or a schedule callback that sets both "
-        "(cyclegan_keras.callbacks.LinearDecaySchedule, keras.callbacks.LearningRateScheduler)."
+        "(cyclegan_keras.callbacks.LearningRateSchedule, keras.callbacks.LearningRateScheduler)."
     )
 
     def __repr__(self):
         return f"OptimizerPair({self.generator_optimizer.name!r}, {self.discriminator_optimizer.name!r})"
 
 
+class GANModel(keras.Model):
+    """The parts of a GAN method that are not the method's own.
+
+    A subclass defines `generators`, `discriminators`, `_network_arguments`
+    (its constructor's networks, for `get_config`), a `train_step` and
+    `test_step` returning `self._update_trackers(losses)`, and a `compile`
+    that checks its objective and calls this one. Calling the model
+    translates A -> B.
+    """
+
+    _network_arguments: tuple[str, ...] = ()
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.loss_trackers = {}
+
+    @property
+    def generators(self) -> dict[str, keras.Model]:
+        """`{direction: generator}` for the directions this model translates."""
+        raise NotImplementedError
+
+    @property
+    def discriminators(self) -> list[keras.Model]:
+        raise NotImplementedError
+
+    @property
+    def generator_variables(self) -> list[keras.Variable]:
+        return [v for generator in self.generators.values() for v in generator.trainable_variables]
+
+    @property
+    def discriminator_variables(self) -> list[keras.Variable]:
+        return [v for discriminator in self.discriminators for v in discriminator.trainable_variables]
+
+    def generator(self, direction: str) -> keras.Model:
+        """The generator for `direction`: `"a2b"` or `"b2a"`."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}. Received: direction={direction!r}")
+        if direction not in self.generators:
+            raise ValueError(
+                f"{type(self).__name__} translates {', '.join(self.generators)} only. Received: direction={direction!r}"
+            )
+        return self.generators[direction]
+
+    def translate(self, images: np.ndarray, direction: str = "a2b", **kwargs) -> np.ndarray:
+        """Translates images of any size with the generator for `direction`.
+
+        Args:
+            images: array `(n, height, width, channels)` or one image, in [-1, 1].
+            direction: `"a2b"` or `"b2a"`. Defaults to `"a2b"`.
+            **kwargs: `batch_size`, `max_memory`, `tile_size`, `overlap` of
+                `inference.translate_images`.
+
+        Returns:
+            A float32 numpy array of the input's height and width, in [-1, 1].
+        """
+        from cyclegan_keras import inference  # inference builds on this module
+
+        return inference.translate_images(self.generator(direction), images, **kwargs)
+
+    def call(self, inputs, training=False):
+        return self.generator("a2b")(inputs, training=training)
+
+    def compile(
+        self,
+        generator_optimizer: keras.optimizers.Optimizer | None = None,
+        discriminator_optimizer: keras.optimizers.Optimizer | None = None,
+        *,
+        objective: dict,
+        losses: list[str],
+        **kwargs,
+    ) -> None:
+        """Sets the optimizers (default: the paper's Adam), `model.optimizer` and the loss trackers.
+
+        `objective` (the subclass's compile arguments) goes into the compile
+        config; `losses` names what the steps report; `kwargs` go to
+        `keras.Model.compile`, less the arguments a GAN has no use for.
+        """
+        refused = sorted(set(kwargs) & set(_UNUSED_COMPILE_ARGUMENTS))
+        if refused:
+            raise ValueError(
+                f"{type(self).__name__}.compile() does not take {', '.join(refused)}: its objective is fixed by "
+                f"{', '.join(objective)}, and it trains with two optimizers, generator_optimizer (its "
+                "generators) and discriminator_optimizer (its discriminators). Its losses are reported as "
+                "metrics already. Received: " + ", ".join(f"{name}={kwargs[name]!r}" for name in refused)
+            )
+        # No optimizer for Keras's own train_step: its default would be an
+        # RMSprop that trains nothing (and is saved in every .keras file).
+        super().compile(optimizer=None, **kwargs)
+        self.objective = dict(objective)
+        self.generator_optimizer = self._loss_scaled(generator_optimizer or _adam("generator"))
+        self.discriminator_optimizer = self._loss_scaled(discriminator_optimizer or _adam("discriminator"))
+        # Build the optimizer state now, not lazily inside the first step:
+        # lazy creation fails under tf.distribute, and loading a saved model
+        # needs the variables to exist before their values are restored.
+        self.generator_optimizer.build(self.generator_variables)
+        self.discriminator_optimizer.build(self.discriminator_variables)
+        self.optimizer = OptimizerPair(self.generator_optimizer, self.discriminator_optimizer)
+        # Untracked, as Keras's compile() makes its own: a built (or loaded) model's state is locked.
+        with tracking.DotNotTrackScope():
+            self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in losses}
+
+    def _loss_scaled(self, optimizer):
+        """`optimizer` in a `LossScaleOptimizer` when a network computes in float16 (its gradients underflow)."""
+        networks = [*self.generators.values(), *self.discriminators]
+        float16 = any(network.dtype_policy.compute_dtype == "float16" for network in networks)
+        if float16 and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            return keras.optimizers.LossScaleOptimizer(optimizer)
+        return optimizer
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        return list(self.loss_trackers.values())
+
+    def _update_trackers(self, losses):
+        """Adds a step's `{name: loss}` to the trackers; returns the logs."""
+        for name, value in losses.items():
+            self.loss_trackers[name].update_state(value)
+        # Each replica's trackers hold its own running means (on-read
+        # variables, read locally); the logs are their mean over replicas.
+        logs = {tracker.name: mean_over_replicas(tracker.result()) for tracker in self.metrics}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # fit() reduces each log along axis 0 there, which fails on scalars
+            # (tensorflow/tensorflow#72388): give it one-element vectors.
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
+
+    def _unpack(self, data):
+        if not (isinstance(data, (tuple, list)) and len(data) == 2):
+            raise ValueError(
+                f"{type(self).__name__} expects batches of (real_a, real_b). "
+                f"Received a batch of type {type(data).__name__}"
+                + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
+            )
+        return data
+
+    def _check_image_size(self, height, width):
+        """Refuses training images the networks cannot take, naming the network."""
+        for generator in self.generators.values():
+            multiple, smallest = size_multiple(generator), min_size(generator)
+            if height % multiple or width % multiple or min(height, width) < smallest:
+                raise ValueError(
+                    f"Training images must have sides that are multiples of {multiple} "
+                    f"and at least {smallest} for generator {generator.name!r}. "
+                    f"Received images of {height}x{width}"
+                )
+        for discriminator in self.discriminators:
+            try:
+                discriminator.compute_output_shape((None, height, width, discriminator.input_shape[-1]))
+            except ValueError:
+                raise ValueError(
+                    f"Training images of {height}x{width} are too small for discriminator "
+                    f"{discriminator.name!r}: use larger images or fewer layers"
+                ) from None
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under MultiWorkerMirroredStrategy Keras 3.15 builds from
+        # `strategy.reduce("MEAN", batch)`, which fails on PerReplica tuples
+        # (keras-team/keras#20585): building needs only the first replica's.
+        strategy = self._distribute_strategy
+        if iterator is not None and strategy is not None:
+            for _, _, batches in iterator:
+                data_batch = next(batches)
+                break
+            data_batch = tf.nest.map_structure(
+                lambda value: (
+                    strategy.experimental_local_results(value)[0]
+                    if isinstance(value, tf.distribute.DistributedValues)
+                    else value
+                ),
+                data_batch,
+            )
+        return super()._maybe_symbolic_build(data_batch=data_batch)
+
+    def get_config(self):
+        config = super().get_config()
+        for key in self._network_arguments:
+            network = getattr(self, key)
+            config[key] = keras.saving.serialize_keras_object(network) if network is not None else None
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in cls._network_arguments:
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+    def get_compile_config(self):
+        if not self.compiled:
+            return {}
+        serialize = keras.saving.serialize_keras_object
+        return dict(
+            generator_optimizer=serialize(self.generator_optimizer),
+            discriminator_optimizer=serialize(self.discriminator_optimizer),
+            jit_compile=self.jit_compile,
+            **self.objective,
+        )
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        for key in ("generator_optimizer", "discriminator_optimizer"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        self.compile(**config)
+
+
+def _adam(networks):
+    # Named, so the stock callbacks' logs say which rate is which (`learning_rate_generator_adam`).
+    return keras.optimizers.Adam(learning_rate=2e-4, beta_1=0.5, beta_2=0.999, name=f"{networks}_adam")
+
+
 @keras.saving.register_keras_serializable(package="cyclegan_keras")
-class CycleGAN(keras.Model):
+class CycleGAN(GANModel):
     """CycleGAN: unpaired image-to-image translation between domains A and B.
 
     Names map to the paper's as: `generator_ab` = G: X -> Y,
@@ -167,7 +332,7 @@ class CycleGAN(keras.Model):
     ...     networks.patchgan_discriminator(filters=8))
     >>> model.compile()
     >>> images = np.zeros((2, 32, 32, 3), "float32")
-    >>> history = model.fit((images, images), epochs=1, verbose=0)
+    >>> history = model.fit(images, images, epochs=1, verbose=0)  # x = real_a, y = real_b
     >>> sorted(history.history)[:2]
     ['cycle_loss', 'disc_a_loss']
 
@@ -175,6 +340,8 @@ class CycleGAN(keras.Model):
         Zhu, Park, Isola, Efros, "Unpaired Image-to-Image Translation using
         Cycle-Consistent Adversarial Networks", ICCV 2017.
     """
+
+    _network_arguments = ("generator_ab", "generator_ba", "discriminator_a", "discriminator_b", "feature_extractor")
 
     def __init__(
         self,
@@ -193,56 +360,28 @@ class CycleGAN(keras.Model):
         self.discriminator_a = discriminator_a
         self.discriminator_b = discriminator_b
         self.feature_extractor = feature_extractor
-        self.pool_size = pool_size
-        self.seed = seed
         self.pool_a = ImagePool(pool_size, seed=seed, name="pool_a")
         self.pool_b = ImagePool(pool_size, seed=seed + 1, name="pool_b")
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.loss_trackers = {
-            name: keras.metrics.Mean(name=name)
-            for name in (
-                "gen_ab_loss",
-                "gen_ba_loss",
-                "cycle_loss",
-                "identity_loss",
-                "disc_a_loss",
-                "disc_b_loss",
-                "pixel_loss",
-                "feature_loss",
-            )
-        }
+        self.pool_size = pool_size
+        self.seed = seed
 
-    # -- Keras plumbing ------------------------------------------------------
+    @property
+    def generators(self):
+        return {"a2b": self.generator_ab, "b2a": self.generator_ba}
+
+    @property
+    def discriminators(self):
+        return [self.discriminator_a, self.discriminator_b]
 
     def build(self, input_shape):
-        """Builds the image pools for training images of `input_shape`.
-
-        `input_shape` is that of a `real_a` batch; `real_b` batches are
-        expected to have the same height and width.
-        """
+        """Builds the image pools for training images of `input_shape` (that of a `real_a` batch)."""
         height, width = input_shape[1], input_shape[2]
         if height is None or width is None:
             return  # An inference-only build; fit() builds the pools.
-        for generator in (self.generator_ab, self.generator_ba):
-            multiple, smallest = size_multiple(generator), min_size(generator)
-            if height % multiple or width % multiple or min(height, width) < smallest:
-                raise ValueError(
-                    f"Training images must have sides that are multiples of {multiple} "
-                    f"and at least {smallest} for generator {generator.name!r}. "
-                    f"Received images of {height}x{width}"
-                )
-        for discriminator in (self.discriminator_a, self.discriminator_b):
-            try:
-                discriminator.compute_output_shape((None, height, width, discriminator.input_shape[-1]))
-            except ValueError:
-                raise ValueError(
-                    f"Training images of {height}x{width} are too small for discriminator "
-                    f"{discriminator.name!r}: use larger images or fewer layers"
-                ) from None
-        channels_b = self.generator_ab.output_shape[-1]
-        channels_a = self.generator_ba.output_shape[-1]
-        self.pool_b.build((None, height, width, channels_b))
-        self.pool_a.build((None, height, width, channels_a))
+        self._check_image_size(height, width)
+        self.pool_b.build((None, height, width, self.generator_ab.output_shape[-1]))
+        self.pool_a.build((None, height, width, self.generator_ba.output_shape[-1]))
 
     def get_build_config(self):
         # The pools' image size is what a loaded model must rebuild, even if
@@ -251,9 +390,6 @@ class CycleGAN(keras.Model):
             height, width = self.pool_b.images.shape[1:3]
             return {"input_shape": (None, height, width, self.generator_ab.input_shape[-1])}
         return super().get_build_config()
-
-    def call(self, inputs, training=False):
-        return self.generator_ab(inputs, training=training)
 
     def compile(
         self,
@@ -307,35 +443,16 @@ class CycleGAN(keras.Model):
                 refused: the objective and the optimizers are the arguments
                 above.
 
-        After `compile()`, `model.optimizer` is an `OptimizerPair` of both
-        optimizers (`model.optimizer.optimizers`), the multi-optimizer form
-        Keras's `LearningRateScheduler`, `ReduceLROnPlateau` and `TensorBoard`
-        callbacks handle: they set and log both learning rates.
+        After `compile()`, `model.optimizer` is an `OptimizerPair` of both.
 
         Raises:
             ValueError: on a setting out of range, or on an argument of
                 `keras.Model.compile` that CycleGAN does not use.
         """
-        refused = sorted(set(kwargs) & set(_UNUSED_COMPILE_ARGUMENTS))
-        if refused:
-            raise ValueError(
-                f"CycleGAN.compile() does not take {', '.join(refused)}: its objective is fixed by "
-                "gan_mode and the weights lambda_a, lambda_b, lambda_identity, lambda_gan, lambda_pixel, "
-                "lambda_feature and lambda_gp, and it trains with two optimizers, generator_optimizer "
-                "(both generators) and discriminator_optimizer (both discriminators). Its losses are "
-                "reported as metrics already. Received: " + ", ".join(f"{name}={kwargs[name]!r}" for name in refused)
-            )
+        # The lambda_* arguments, in the signature's order (first, while they are all the locals).
+        weights = {name: value for name, value in locals().items() if name.startswith("lambda_")}
         if gan_mode not in GAN_MODES:
             raise ValueError(f"gan_mode must be one of {GAN_MODES}. Received: gan_mode={gan_mode!r}")
-        weights = dict(
-            lambda_a=lambda_a,
-            lambda_b=lambda_b,
-            lambda_identity=lambda_identity,
-            lambda_gan=lambda_gan,
-            lambda_pixel=lambda_pixel,
-            lambda_feature=lambda_feature,
-            lambda_gp=lambda_gp,
-        )
         for key, value in weights.items():
             if value < 0:
                 raise ValueError(f"{key} must be >= 0. Received: {key}={value}")
@@ -350,78 +467,12 @@ class CycleGAN(keras.Model):
             )
         if lambda_feature > 0 and self.feature_extractor is None:
             raise ValueError("lambda_feature > 0 needs a feature_extractor passed to CycleGAN().")
-        # No optimizer for Keras's own train_step: its default would be an
-        # RMSprop that trains nothing (and is saved in every .keras file).
-        super().compile(optimizer=None, **kwargs)
+        losses = ["gen_ab_loss", "gen_ba_loss", "cycle_loss", "identity_loss", "disc_a_loss", "disc_b_loss"]
+        losses += [f"{name}_loss" for name in ("pixel", "feature") if weights[f"lambda_{name}"] > 0]
+        objective = dict(gan_mode=gan_mode, **weights)
+        super().compile(generator_optimizer, discriminator_optimizer, objective=objective, losses=losses, **kwargs)
         self.gan_mode = gan_mode
         self.loss_weights = weights
-        self.generator_optimizer = self._loss_scaled(generator_optimizer or self._default_optimizer("generator"))
-        self.discriminator_optimizer = self._loss_scaled(
-            discriminator_optimizer or self._default_optimizer("discriminator")
-        )
-        # Build the optimizer state now, not lazily inside the first step:
-        # lazy creation fails under tf.distribute, and loading a saved model
-        # needs the variables to exist before their values are restored.
-        self.generator_optimizer.build(self.generator_variables)
-        self.discriminator_optimizer.build(self.discriminator_variables)
-        self.optimizer = OptimizerPair(self.generator_optimizer, self.discriminator_optimizer)
-
-    @staticmethod
-    def _default_optimizer(networks):
-        # Named, so the stock callbacks' logs say which rate is which
-        # (`learning_rate_generator_adam`).
-        return keras.optimizers.Adam(learning_rate=2e-4, beta_1=0.5, beta_2=0.999, name=f"{networks}_adam")
-
-    def _loss_scaled(self, optimizer):
-        """`optimizer` wrapped in a `LossScaleOptimizer` when the networks compute in float16.
-
-        float16 gradients underflow without loss scaling; bfloat16 has
-        float32's exponent range and needs none.
-        """
-        float16 = any(
-            network.dtype_policy.compute_dtype == "float16"
-            for network in (self.generator_ab, self.generator_ba, self.discriminator_a, self.discriminator_b)
-        )
-        if float16 and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-            return keras.optimizers.LossScaleOptimizer(optimizer)
-        return optimizer
-
-    @property
-    def generator_variables(self) -> list[keras.Variable]:
-        return self.generator_ab.trainable_variables + self.generator_ba.trainable_variables
-
-    @property
-    def discriminator_variables(self) -> list[keras.Variable]:
-        return self.discriminator_a.trainable_variables + self.discriminator_b.trainable_variables
-
-    @property
-    def optimizers(self) -> list[keras.optimizers.Optimizer]:
-        """Both optimizers, for callbacks that set the learning rate."""
-        return [self.generator_optimizer, self.discriminator_optimizer]
-
-    @property
-    def metrics(self) -> list[keras.metrics.Metric]:
-        return [self.loss_trackers[name] for name in self._reported_losses()]
-
-    def _reported_losses(self):
-        names = ["gen_ab_loss", "gen_ba_loss", "cycle_loss", "identity_loss", "disc_a_loss", "disc_b_loss"]
-        weights = getattr(self, "loss_weights", {})
-        if weights.get("lambda_pixel", 0) > 0:
-            names.append("pixel_loss")
-        if weights.get("lambda_feature", 0) > 0:
-            names.append("feature_loss")
-        return names
-
-    # -- The method ------------------------------------------------------------
-
-    def _unpack(self, data):
-        if not (isinstance(data, (tuple, list)) and len(data) == 2):
-            raise ValueError(
-                "CycleGAN expects batches of (real_a, real_b). "
-                f"Received a batch of type {type(data).__name__}"
-                + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
-            )
-        return data
 
     def _generator_losses(self, real_a, real_b, training):
         """Step 1 and the generators' objective. Returns (total, losses, fakes)."""
@@ -433,8 +484,7 @@ class CycleGAN(keras.Model):
             "gen_ab_loss": gan_loss(self.discriminator_b(fake_b, training=training), True, self.gan_mode),
             "gen_ba_loss": gan_loss(self.discriminator_a(fake_a, training=training), True, self.gan_mode),
         }
-        zero = tf.constant(0.0)
-        cycle = zero
+        cycle = identity = tf.constant(0.0)
         if w["lambda_a"] > 0:
             cycled_a = f(fake_b, training=training)
             cycle += w["lambda_a"] * l1_loss(cycled_a, real_a)
@@ -442,7 +492,6 @@ class CycleGAN(keras.Model):
             cycled_b = g(fake_a, training=training)
             cycle += w["lambda_b"] * l1_loss(cycled_b, real_b)
         losses["cycle_loss"] = cycle
-        identity = zero
         if w["lambda_identity"] > 0:
             same_b = g(real_b, training=training)
             same_a = f(real_a, training=training)
@@ -469,20 +518,8 @@ class CycleGAN(keras.Model):
             + gan_loss(discriminator(fake, training=training), False, self.gan_mode)
         )
         if self.gan_mode == "wgangp" and self.loss_weights["lambda_gp"] > 0:
-            loss += self.loss_weights["lambda_gp"] * self._gradient_penalty(discriminator, real, fake)
+            loss += self.loss_weights["lambda_gp"] * gradient_penalty(discriminator, real, fake, self.seed_generator)
         return loss
-
-    def _gradient_penalty(self, discriminator, real, fake):
-        """E[(||grad D(x_hat)||_2 - 1)^2] on random interpolates (Gulrajani et al.)."""
-        real = tf.cast(real, "float32")
-        alpha = keras.random.uniform((tf.shape(real)[0], 1, 1, 1), seed=self.seed_generator)
-        interpolated = alpha * real + (1.0 - alpha) * tf.cast(fake, "float32")
-        with tf.GradientTape() as tape:
-            tape.watch(interpolated)
-            logits = discriminator(interpolated, training=True)
-        gradients = tape.gradient(logits, interpolated)
-        norms = tf.norm(tf.reshape(gradients, (tf.shape(gradients)[0], -1)) + 1e-16, axis=1)
-        return tf.reduce_mean(tf.square(norms - 1.0))
 
     def train_step(self, data):
         real_a, real_b = self._unpack(data)
@@ -519,134 +556,5 @@ class CycleGAN(keras.Model):
         losses["disc_b_loss"] = self._discriminator_loss(self.discriminator_b, real_b, fake_b, False)
         return self._update_trackers(losses)
 
-    def _update_trackers(self, losses):
-        for name in self._reported_losses():
-            self.loss_trackers[name].update_state(losses[name])
-        # Each replica's trackers hold its own running means (on-read
-        # variables, read locally); the logs are their mean over replicas.
-        logs = {tracker.name: mean_over_replicas(tracker.result()) for tracker in self.metrics}
-        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-            # fit() reduces each log with `strategy.reduce("MEAN", value,
-            # axis=0)` there, which fails on scalars ("Invalid reduction
-            # dimension 0", tensorflow/tensorflow#72388): give it vectors of
-            # one element, which it reduces to the scalar mean.
-            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
-        return logs
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Under MultiWorkerMirroredStrategy, Keras 3.15 reduces the first
-        # batch with `strategy.reduce("MEAN", batch)`, which fails for a tuple
-        # of PerReplica values ("Attempt to convert a value (PerReplica...)",
-        # keras-team/keras#20585). Take the first replica's part of the batch
-        # instead: building needs its shape, not a mean of images.
-        strategy = self._distribute_strategy
-        if iterator is not None and strategy is not None:
-            for _, _, batches in iterator:
-                data_batch = next(batches)
-                break
-            data_batch = tf.nest.map_structure(
-                lambda value: (
-                    strategy.experimental_local_results(value)[0]
-                    if isinstance(value, tf.distribute.DistributedValues)
-                    else value
-                ),
-                data_batch,
-            )
-        return super()._maybe_symbolic_build(data_batch=data_batch)
-
-    # -- Inference -------------------------------------------------------------
-
-    def generator(self, direction: str) -> keras.Model:
-        """The generator for `direction`: `"a2b"` (G) or `"b2a"` (F)."""
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}. Received: direction={direction!r}")
-        return self.generator_ab if direction == "a2b" else self.generator_ba
-
-    def translate(
-        self,
-        images: np.ndarray,
-        direction: str = "a2b",
-        batch_size: int = 8,
-        max_memory: int | None = None,
-        tile_size: int | None = None,
-        overlap: int | None = None,
-    ) -> np.ndarray:
-        """Translates images of any size (see `inference.translate_images`).
-
-        Args:
-            images: array `(n, height, width, channels)` or one image
-                `(height, width, channels)`, float values in [-1, 1].
-            direction: `"a2b"` or `"b2a"`. Defaults to `"a2b"`.
-            batch_size: int. Most images per generator call. Defaults to `8`.
-            max_memory, tile_size, overlap: the memory budget and tiling
-                (see `inference.translate_images`). Default to half the
-                available memory and tiles only where needed.
-
-        Returns:
-            A float32 numpy array of the input's height and width (output
-            channels of the generator), values in [-1, 1].
-        """
-        from cyclegan_keras import inference  # inference builds on this module
-
-        generator = self.generator(direction)
-        return inference.translate_images(generator, images, batch_size, max_memory, tile_size, overlap)
-
-    # -- Serialization -----------------------------------------------------------
-
     def get_config(self):
-        config = super().get_config()
-        serialize = keras.saving.serialize_keras_object
-        config.update(
-            generator_ab=serialize(self.generator_ab),
-            generator_ba=serialize(self.generator_ba),
-            discriminator_a=serialize(self.discriminator_a),
-            discriminator_b=serialize(self.discriminator_b),
-            feature_extractor=serialize(self.feature_extractor) if self.feature_extractor else None,
-            pool_size=self.pool_size,
-            seed=self.seed,
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("generator_ab", "generator_ba", "discriminator_a", "discriminator_b", "feature_extractor"):
-            if config.get(key) is not None:
-                config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
-
-    def get_compile_config(self):
-        if not self.compiled:
-            return {}
-        serialize = keras.saving.serialize_keras_object
-        return dict(
-            generator_optimizer=serialize(self.generator_optimizer),
-            discriminator_optimizer=serialize(self.discriminator_optimizer),
-            gan_mode=self.gan_mode,
-            jit_compile=self.jit_compile,
-            **self.loss_weights,
-        )
-
-    def compile_from_config(self, config):
-        config = dict(config)
-        for key in ("generator_optimizer", "discriminator_optimizer"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
-        self.compile(**config)
-
-
-def padded_call(generator: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
-    """A function running `generator` in inference mode on any image size.
-
-    Height and width are reflect-padded up to what the generator's strides
-    and paddings need (`networks.size_multiple`, `networks.min_size`) and
-    the output is cropped back to the input size. The exporters trace it
-    into their signatures.
-    """
-    multiple, smallest = size_multiple(generator), min_size(generator)
-    return lambda images: ops.call_padded(lambda x: generator(x, training=False), images, multiple, smallest)
-
-
-def padded_generator(generator: keras.Model) -> tf.types.experimental.PolymorphicFunction:
-    """`padded_call(generator)` as a `tf.function`, traced once for any size."""
-    spec = tf.TensorSpec((None, None, None, generator.input_shape[-1]), tf.float32)
-    return tf.function(padded_call(generator), input_signature=[spec])
+        return {**super().get_config(), "pool_size": self.pool_size, "seed": self.seed}

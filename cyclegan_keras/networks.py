@@ -1,18 +1,12 @@
 """The CycleGAN networks, layer for layer as in the authors' PyTorch code.
 
-Every builder returns a functional `keras.Model` with input shape
-`(None, None, channels)` (any image size the strides allow) and stable layer
-names: checkpoints and converted PyTorch weights are matched by those names.
-
-Geometry follows the reference exactly:
-- stride-2 convolutions pad one pixel on every side (PyTorch `padding=1`),
-  not Keras `"same"`, which pads `(0, 1)` on even sizes;
-- a PyTorch `ConvTranspose2d(k, stride=2, padding=p, output_padding=o)` is a
-  Keras `Conv2DTranspose(k, 2, "valid")` followed by a crop of `p` pixels at
-  the start and `p - o` at the end of each side.
-LeakyReLU is `layers.MaxLeakyReLU` (Keras's values; see there why).
-Convolutions before an instance norm (or before nothing, at the ends) have a
-bias; as in the reference, they have none under batch norm or no norm.
+Every builder returns a functional `keras.Model` taking `(None, None,
+channels)` with stable layer names (checkpoints and converted PyTorch weights
+are matched by them). Geometry follows the reference: stride-2 convolutions
+pad one pixel on every side (Keras `"same"` pads `(0, 1)` on even sizes); a
+`ConvTranspose2d(k, 2, padding=p, output_padding=o)` is a valid
+`Conv2DTranspose` cropped by `p` at the start and `p - o` at the end.
+Convolutions have a bias only before an instance norm or at the ends.
 
 Reference:
     Zhu, Park, Isola, Efros, "Unpaired Image-to-Image Translation using
@@ -29,10 +23,6 @@ import keras
 
 from cyclegan_keras.config import NORMS
 from cyclegan_keras.layers import InstanceNormalization, MaxLeakyReLU, ReflectionPadding2D
-
-
-def _conv_init():
-    return keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
 
 
 def _check_norm(norm):
@@ -56,9 +46,11 @@ def _norm(norm, name):
     return None
 
 
-def _conv(x, filters, kernel_size, strides, padding, use_bias, name, pad_mode="zero"):
+def _padded_conv(x, filters, kernel_size, strides, padding, use_bias, name, pad_mode="zero"):
     """PyTorch-style `Conv2d(..., padding=padding)`: explicit pad, then valid conv."""
-    if padding:
+    if padding and pad_mode == "zero":
+        x = keras.layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
+    elif padding:
         x = ReflectionPadding2D(padding, mode=pad_mode, name=f"{name}_pad")(x)
     return keras.layers.Conv2D(
         filters,
@@ -66,7 +58,7 @@ def _conv(x, filters, kernel_size, strides, padding, use_bias, name, pad_mode="z
         strides=strides,
         padding="valid",
         use_bias=use_bias,
-        kernel_initializer=_conv_init(),
+        kernel_initializer=keras.initializers.RandomNormal(mean=0.0, stddev=0.02),
         name=name,
     )(x)
 
@@ -79,7 +71,7 @@ def _conv_transpose(x, filters, kernel_size, padding, output_padding, use_bias, 
         strides=2,
         padding="valid",
         use_bias=use_bias,
-        kernel_initializer=_conv_init(),
+        kernel_initializer=keras.initializers.RandomNormal(mean=0.0, stddev=0.02),
         name=name,
     )(x)
     crop = (padding, padding - output_padding)
@@ -95,6 +87,12 @@ def _norm_act(x, norm, activation, name):
     if activation == "leaky_relu":
         return MaxLeakyReLU(0.2, name=f"{name}_lrelu")(x)
     return x
+
+
+def _float32_head(inputs, x, activation, layer_name, name):
+    """The model, its last activation in float32 even under mixed precision."""
+    outputs = keras.layers.Activation(activation, name=layer_name, dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=name)
 
 
 def resnet_generator(
@@ -139,26 +137,25 @@ def resnet_generator(
         raise ValueError(f"n_blocks must be >= 0. Received: n_blocks={n_blocks}")
     use_bias = norm == "instance"
     inputs = keras.Input((None, None, input_channels), name="image")
-    x = _conv(inputs, filters, 7, 1, 3, use_bias, "stem_conv", pad_mode=padding)
+    x = _padded_conv(inputs, filters, 7, 1, 3, use_bias, "stem_conv", pad_mode=padding)
     x = _norm_act(x, norm, "relu", "stem")
     for i in range(2):
-        x = _conv(x, filters * 2 ** (i + 1), 3, 2, 1, use_bias, f"down{i}_conv")
+        x = _padded_conv(x, filters * 2 ** (i + 1), 3, 2, 1, use_bias, f"down{i}_conv")
         x = _norm_act(x, norm, "relu", f"down{i}")
     for i in range(n_blocks):
         shortcut = x
-        y = _conv(x, filters * 4, 3, 1, 1, use_bias, f"res{i}_conv0", pad_mode=padding)
+        y = _padded_conv(x, filters * 4, 3, 1, 1, use_bias, f"res{i}_conv0", pad_mode=padding)
         y = _norm_act(y, norm, "relu", f"res{i}_0")
         if dropout:
             y = keras.layers.Dropout(0.5, name=f"res{i}_dropout")(y)
-        y = _conv(y, filters * 4, 3, 1, 1, use_bias, f"res{i}_conv1", pad_mode=padding)
+        y = _padded_conv(y, filters * 4, 3, 1, 1, use_bias, f"res{i}_conv1", pad_mode=padding)
         y = _norm_act(y, norm, None, f"res{i}_1")
         x = keras.layers.Add(name=f"res{i}_add")([shortcut, y])
     for i in range(2):
         x = _conv_transpose(x, filters * 2 ** (1 - i), 3, 1, 1, use_bias, f"up{i}_conv")
         x = _norm_act(x, norm, "relu", f"up{i}")
-    x = _conv(x, output_channels, 7, 1, 3, True, "head_conv", pad_mode=padding)
-    outputs = keras.layers.Activation("tanh", name="head_tanh", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name=name or f"resnet_{n_blocks}blocks")
+    x = _padded_conv(x, output_channels, 7, 1, 3, True, "head_conv", pad_mode=padding)
+    return _float32_head(inputs, x, "tanh", "head_tanh", name or f"resnet_{n_blocks}blocks")
 
 
 def unet_generator(
@@ -206,7 +203,7 @@ def unet_generator(
         skips.append(x)
         if k > 0:
             x = MaxLeakyReLU(0.2, name=f"down{k}_lrelu")(x)
-        x = _conv(x, inner[k], 4, 2, 1, use_bias if k > 0 else True, f"down{k}_conv")
+        x = _padded_conv(x, inner[k], 4, 2, 1, use_bias if k > 0 else True, f"down{k}_conv")
         if 0 < k < innermost:
             x = _norm_act(x, norm, None, f"down{k}")
     for k in reversed(range(num_downs)):
@@ -218,8 +215,7 @@ def unet_generator(
             x = _norm_act(x, norm, None, f"up{k}")
             if dropout and 4 <= k < innermost:
                 x = keras.layers.Dropout(0.5, name=f"up{k}_dropout")(x)
-    outputs = keras.layers.Activation("tanh", name="head_tanh", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name=name or f"unet_{2**num_downs}")
+    return _float32_head(inputs, x, "tanh", "head_tanh", name or f"unet_{2**num_downs}")
 
 
 def patchgan_discriminator(
@@ -250,15 +246,14 @@ def patchgan_discriminator(
         raise ValueError(f"n_layers must be >= 1. Received: n_layers={n_layers}")
     use_bias = norm == "instance"
     inputs = keras.Input((None, None, input_channels), name="image")
-    x = _conv(inputs, filters, 4, 2, 1, True, "conv0")
+    x = _padded_conv(inputs, filters, 4, 2, 1, True, "conv0")
     x = MaxLeakyReLU(0.2, name="conv0_lrelu")(x)
     for n in range(1, n_layers + 1):
         strides = 2 if n < n_layers else 1
-        x = _conv(x, filters * min(2**n, 8), 4, strides, 1, use_bias, f"conv{n}")
+        x = _padded_conv(x, filters * min(2**n, 8), 4, strides, 1, use_bias, f"conv{n}")
         x = _norm_act(x, norm, "leaky_relu", f"conv{n}")
-    outputs = _conv(x, 1, 4, 1, 1, True, "logits")
-    outputs = keras.layers.Activation("linear", name="logits_float32", dtype="float32")(outputs)
-    return keras.Model(inputs, outputs, name=name or f"patchgan_{n_layers}layers")
+    x = _padded_conv(x, 1, 4, 1, 1, True, "logits")
+    return _float32_head(inputs, x, "linear", "logits_float32", name or f"patchgan_{n_layers}layers")
 
 
 def pixel_discriminator(
@@ -275,13 +270,12 @@ def pixel_discriminator(
     _check_norm(norm)
     use_bias = norm == "instance"
     inputs = keras.Input((None, None, input_channels), name="image")
-    x = _conv(inputs, filters, 1, 1, 0, True, "conv0")
+    x = _padded_conv(inputs, filters, 1, 1, 0, True, "conv0")
     x = MaxLeakyReLU(0.2, name="conv0_lrelu")(x)
-    x = _conv(x, filters * 2, 1, 1, 0, use_bias, "conv1")
+    x = _padded_conv(x, filters * 2, 1, 1, 0, use_bias, "conv1")
     x = _norm_act(x, norm, "leaky_relu", "conv1")
-    outputs = _conv(x, 1, 1, 1, 0, use_bias, "logits")
-    outputs = keras.layers.Activation("linear", name="logits_float32", dtype="float32")(outputs)
-    return keras.Model(inputs, outputs, name=name)
+    x = _padded_conv(x, 1, 1, 1, 0, use_bias, "logits")
+    return _float32_head(inputs, x, "linear", "logits_float32", name)
 
 
 GENERATORS: dict[str, Callable[..., keras.Model]] = {
@@ -298,7 +292,7 @@ DISCRIMINATORS: dict[str, Callable[..., keras.Model]] = {
 }
 
 
-def _lookup(registry, kind, name):
+def _from_registry(registry, kind, name):
     if name not in registry:
         raise ValueError(f"Unknown {kind} {name!r}. Valid names: {', '.join(registry)}")
     return registry[name]
@@ -306,12 +300,12 @@ def _lookup(registry, kind, name):
 
 def build_generator(name: str, **kwargs) -> keras.Model:
     """Builds a generator by the reference's `--netG` name (see `GENERATORS`)."""
-    return _lookup(GENERATORS, "generator", name)(**kwargs)
+    return _from_registry(GENERATORS, "generator", name)(**kwargs)
 
 
 def build_discriminator(name: str, **kwargs) -> keras.Model:
     """Builds a discriminator by the reference's `--netD` name (see `DISCRIMINATORS`)."""
-    return _lookup(DISCRIMINATORS, "discriminator", name)(**kwargs)
+    return _from_registry(DISCRIMINATORS, "discriminator", name)(**kwargs)
 
 
 def size_multiple(network: keras.Model) -> int:

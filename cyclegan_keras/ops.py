@@ -1,8 +1,7 @@
-"""Tensor helpers shared by layers, the model and the exporters.
+"""Padding and cropping of NHWC batches, for the layers and for running a generator at any size.
 
-Index-based padding works for any pad width and any (dynamic) image size,
-unlike `tf.pad(mode="REFLECT")`, which needs the pad to be smaller than the
-side. It lowers to plain gathers, which TFLite and XLA both support.
+Index-based padding takes any pad width on any (dynamic) size, unlike
+`tf.pad(mode="REFLECT")`, and lowers to gathers, which TFLite and XLA support.
 """
 
 import tensorflow as tf
@@ -85,15 +84,3 @@ def crop_spatial(images, crop):
     (top, bottom), (left, right) = crop
     height, width = _spatial_size(images)
     return images[:, top : height - bottom, left : width - right, :]
-
-
-def call_padded(fn, images, multiple, min_size=1):
-    """Calls an image-to-image `fn` on any image size.
-
-    Reflect-pads height and width up to a multiple of `multiple` and at least
-    `min_size` (what the network's strides and paddings need), calls `fn`,
-    and crops the result back, so the output has the input's height and
-    width.
-    """
-    padded, crop = pad_to_multiple(images, multiple, min_size)
-    return crop_spatial(fn(padded), crop)

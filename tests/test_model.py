@@ -8,7 +8,7 @@ import tensorflow as tf
 from conftest import tiny_cyclegan
 
 from cyclegan_keras import CycleGAN, networks
-from cyclegan_keras.model import gan_loss
+from cyclegan_keras.losses import gan_loss
 
 LOSSES = ["cycle_loss", "disc_a_loss", "disc_b_loss", "gen_ab_loss", "gen_ba_loss", "identity_loss"]
 
