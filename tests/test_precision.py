@@ -18,7 +18,7 @@ def _batches(rng, count=4):
 def test_mixed_precision_keeps_float32_where_it_matters(precision, rng):
     with distribute.precision_policy(precision):
         model = tiny_cyclegan(pool_size=2)
-        model.compile()
+        model.compile(run_eagerly=True)  # dtypes and loss scaling, not tracing: no graph needed
     assert keras.config.dtype_policy().name == "float32"  # restored after the block
     compute = precision.removeprefix("mixed_")
     conv = model.generator_ab.get_layer("stem_conv")
@@ -40,7 +40,7 @@ def test_mixed_precision_keeps_float32_where_it_matters(precision, rng):
 def test_mixed_float16_survives_save_and_load(rng, tmp_path):
     with distribute.precision_policy("mixed_float16"):
         model = tiny_cyclegan(pool_size=2)
-        model.compile()
+        model.compile(run_eagerly=True)
     model.fit(_batches(rng), steps_per_epoch=2, epochs=1, verbose=0)
     model.save(tmp_path / "half.keras")
     loaded = keras.models.load_model(tmp_path / "half.keras")
@@ -53,6 +53,7 @@ def test_mixed_float16_survives_save_and_load(rng, tmp_path):
     images = rng.uniform(-1, 1, (1, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(loaded.translate(images), model.translate(images), atol=1e-6)
     # And it trains on from there.
+    loaded.run_eagerly = True
     history = loaded.fit(_batches(rng), steps_per_epoch=1, epochs=1, verbose=0).history
     assert np.isfinite(history["cycle_loss"][-1])
 
@@ -67,7 +68,7 @@ def test_overflow_steps_are_skipped_not_taken_for_nan(rng):
         def overflowing():
             return keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(2e-4), initial_scale=2.0**100)
 
-        model.compile(generator_optimizer=overflowing(), discriminator_optimizer=overflowing())
+        model.compile(generator_optimizer=overflowing(), discriminator_optimizer=overflowing(), run_eagerly=True)
         model.build((None, 32, 32, 3))
     before = [w.copy() for w in model.get_weights()]
     stop = callbacks.StopOnNonFinite()
