@@ -56,6 +56,25 @@ def model_file(tmp_path_factory):
     return path
 
 
+@pytest.fixture
+def eager_steps(monkeypatch):
+    """Every model compiled in the test (train.py's included) runs its steps eagerly.
+
+    For tests of what happens around the step (stops, resume, files,
+    evaluation): tracing a new training step costs 20-40 s on 2 cores, and
+    the step's graph is what test_model.py, test_distribute.py and
+    test_training.py's end-to-end run check.
+    """
+    from cyclegan_keras.model import GANModel
+
+    compile_ = GANModel.compile
+
+    def compile(self, *args, **kwargs):
+        return compile_(self, *args, **{**kwargs, "run_eagerly": True})
+
+    monkeypatch.setattr(GANModel, "compile", compile)
+
+
 @pytest.fixture(scope="session")
 def inception():
     """The FID Inception architecture with random (Keras-initialised) weights, built once."""

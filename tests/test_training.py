@@ -414,7 +414,7 @@ def _tiny_settings(**extra):
 
 
 @pytest.mark.parametrize("direction", ["a2b", "b2a"])
-def test_one_channel_to_three_trains_in_both_directions(tmp_path, dataroot, direction):
+def test_one_channel_to_three_trains_in_both_directions(tmp_path, dataroot, eager_steps, direction):
     from cyclegan_keras.training import make_config
     from cyclegan_keras.training import train as train_run
 
@@ -467,7 +467,7 @@ def _nan_when_lr_above(limit):
     return on_train_batch_end
 
 
-def test_a_nan_stop_then_a_lower_lr_resumes(tmp_path, dataroot, capsys, monkeypatch):
+def test_a_nan_stop_then_a_lower_lr_resumes(tmp_path, dataroot, eager_steps, capsys, monkeypatch):
     monkeypatch.setattr(cb.StopOnNonFinite, "on_train_batch_end", _nan_when_lr_above(1e-2))
     flags = ["--dataroot", dataroot, "--workdir", tmp_path / "run", "--n-epochs", 2, "--n-epochs-decay", 0]
     flags += ["--steps-per-epoch", 2, *TINY_TRAIN_FLAGS]
@@ -480,7 +480,7 @@ def test_a_nan_stop_then_a_lower_lr_resumes(tmp_path, dataroot, capsys, monkeypa
     assert "Resuming with lr changed: 0.5 -> 0.0001" in output and "Resumed from" in output
 
 
-def test_a_nan_before_any_checkpoint_names_none(tmp_path, dataroot, capsys, monkeypatch):
+def test_a_nan_before_any_checkpoint_names_none(tmp_path, dataroot, eager_steps, capsys, monkeypatch):
     monkeypatch.setattr(cb.StopOnNonFinite, "on_train_batch_end", _nan_when_lr_above(1e-2))
     monkeypatch.setattr(cb.Checkpoint, "save", lambda *args: None)
     flags = ["--dataroot", dataroot, "--workdir", tmp_path / "run", "--n-epochs", 2, "--n-epochs-decay", 0]
@@ -488,7 +488,7 @@ def test_a_nan_before_any_checkpoint_names_none(tmp_path, dataroot, capsys, monk
     assert code == 1 and "No checkpoint was written before it" in output and "checkpoints/" not in output
 
 
-def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, dataroot, capsys, monkeypatch):
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, dataroot, eager_steps, capsys, monkeypatch):
     original = cb.StopOnNonFinite.on_train_batch_end
 
     def on_train_batch_end(self, batch, logs=None):
