@@ -98,11 +98,7 @@ def fid(features_fake, features_real):
 
 
 def kid(features_fake, features_real, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=0):
-    """KID as clean-fid's `kernel_distance`: unbiased MMD^2, kernel `(x.y / d + 1)^3`, over random subsets.
-
-    Returns:
-        `(mean, std)` (ddof 0) over `num_subsets` subsets of `min(n_fake, n_real, subset_size)` features.
-    """
+    """KID as clean-fid's `kernel_distance` (unbiased MMD^2, kernel `(x.y / d + 1)^3`): `(mean, std)` over subsets."""
     if num_subsets < 1 or subset_size < 2:
         raise MetricError(f"KID needs num_subsets >= 1 and subset_size >= 2. Received: {num_subsets}, {subset_size}")
     fake = np.asarray(features_fake, np.float64)
@@ -336,12 +332,7 @@ def extract_features(paths, features_fn, batch_size=50, verbose=True, label="ima
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
-    """How to score; the defaults are the reference tools' (pytorch-fid's batch, clean-fid's KID subsets).
-
-    Args:
-        seed: seeds the KID subsets.
-        verbose: progress bars.
-    """
+    """How to score; the defaults are pytorch-fid's batch and clean-fid's KID subsets (seeded by `seed`)."""
 
     batch_size: int = 50
     kid_subsets: int = KID_SUBSETS
@@ -416,13 +407,9 @@ class Scores:
 
 
 def score_batches(batches, features=None, real_features=None, settings=EvalSettings()):
-    """Scores uint8 outputs in memory against real features computed once and/or their truth.
+    """`images` and `Scores.result()` of `(outputs, truth or None)` uint8 batches held in memory.
 
-    Args:
-        batches: iterable of `(outputs, truth)`: uint8 `(b, h, w, c)` and the same-shaped truth or None.
-
-    Returns:
-        dict: `images`, and `Scores.result()`.
+    For callers that score several models against the same real features: training, export.
     """
     scores = Scores(features, real_features, settings)
     for outputs, truth in batches:
