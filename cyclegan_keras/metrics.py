@@ -1,34 +1,8 @@
-"""How good a translation is: FID, KID, paired scores, label scores, the identity baseline.
+"""Translation scores: FID, KID, PSNR/SSIM/MAE, label scores, and the inputs' identity baseline.
 
-Computed the way the community's reference tools compute them, so that a
-number from here can stand next to a number in a paper:
-- FID (Heusel et al. 2017): Fréchet distance between Gaussians fitted to
-  the FID Inception's pool3 features (`cyclegan_keras.fid_inception`) of the
-  translations and of real target images. pytorch-fid computes the matrix
-  square root with `scipy.linalg.sqrtm`; here the same trace comes, with
-  numpy only, from the singular values of the centred features' cross
-  product when there are fewer images than dimensions (the usual test
-  set), else from symmetric eigendecompositions (see `fid`). Both equal
-  scipy's value within 2e-6 relative on 2048-d features.
-- KID (Binkowski et al. 2018): clean-fid's `kernel_distance`: unbiased MMD
-  with the cubic polynomial kernel `(x.y / d + 1)^3`, over `num_subsets`
-  random subsets of `min(n_fake, n_real, subset_size)` features each
-  (clean-fid: 100 subsets of 1000); mean and std over subsets.
-- Paired scores, when the ground truth of each input exists (files matched
-  by name): PSNR (per image, on 0..255, then averaged), SSIM
-  (`tf.image.ssim`: 11x11 Gaussian window, sigma 1.5, k1 0.01, k2 0.03, on
-  0..255, averaged over channels and images) and the mean absolute error
-  in 0..255 units.
-- Label scores for photo -> labels (the paper's Cityscapes table): every
-  output pixel takes the class of the nearest palette colour; per-pixel
-  accuracy, mean class accuracy and mean class IoU from one confusion
-  matrix over the whole set, with the formulas of the authors'
-  `scripts/eval_cityscapes` (classes absent from the truth count as 0).
-- The identity baseline: the inputs themselves scored against the same
-  targets, so the table shows what the model adds.
-
-Images are streamed in batches; only features (2048 floats per image) and
-running sums are kept, so memory stays bounded for thousands of images.
+Each is computed as its reference tool does (pytorch-fid and clean-fid for FID/KID, `tf.image.ssim`,
+the authors' `scripts/eval_cityscapes` for label scores), so numbers compare with papers'. FID's
+features come from `cyclegan_keras.fid_inception`. Images are streamed; only features are kept.
 """
 
 import dataclasses
@@ -47,9 +21,8 @@ from cyclegan_keras.inference import output_names
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
 SSIM_SETTINGS = {"max_val": 255.0, "filter_size": 11, "filter_sigma": 1.5, "k1": 0.01, "k2": 0.03}
-# The colours of Cityscapes' 19 evaluation classes (cityscapesScripts
-# labels.py, trainId order), and the colour of what the truth leaves
-# unlabelled, which is ignored as trainId 255 is.
+# Cityscapes' 19 evaluation classes (cityscapesScripts labels.py, trainId order); CITYSCAPES_IGNORE
+# is the truth's unlabelled colour, ignored as trainId 255 is.
 CITYSCAPES_PALETTE = (
     ("road", (128, 64, 128)),
     ("sidewalk", (244, 35, 232)),
@@ -73,18 +46,14 @@ CITYSCAPES_PALETTE = (
 )
 CITYSCAPES_IGNORE = ((0, 0, 0),)
 IGNORE_NAMES = ("void", "ignore", "unlabeled", "unlabelled")
-# A truth image is refused when more than this share of its pixels lie
-# farther than PALETTE_DISTANCE from every palette colour (JPEG noise stays
-# well within it).
+# A truth image with more than this share of pixels this far from every palette colour is refused
+# (JPEG noise stays well within it).
 PALETTE_DISTANCE = 40.0
 PALETTE_MISMATCH_SHARE = 0.2
 
 
 class MetricError(ValueError):
     """The inputs cannot give the asked score; the message says which and why."""
-
-
-# -- FID and KID from features -------------------------------------------------------------
 
 
 def feature_statistics(features):
@@ -94,11 +63,7 @@ def feature_statistics(features):
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
-    """`|mu1 - mu2|^2 + tr(S1 + S2 - 2 sqrt(S1 S2))`, the FID of two Gaussians, as a float.
-
-    `tr sqrt(S1 S2) = sum sqrt(eig(A S2 A))` with `A = sqrt(S1)`: symmetric
-    eigensolvers, without the complex round-off of scipy's `sqrtm(S1 @ S2)`.
-    """
+    """The FID of two Gaussians; `tr sqrt(S1 S2)` from symmetric eigensolvers, avoiding scipy sqrtm's round-off."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
@@ -112,15 +77,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
 
 
 def fid(features_fake, features_real):
-    """FID between two `(n, d)` feature sets (each n >= 2).
+    """FID between two `(n, d)` feature sets (each n >= 2); equals scipy's sqrtm value within 2e-6 relative.
 
-    With fewer images than feature dimensions the square-root trace is
-    exactly the nuclear norm of the centred features' cross product over
-    `sqrt((n1 - 1)(n2 - 1))`: an (n2 x n1) SVD instead of 2048-d
-    eigensolves; otherwise `frechet_distance` on the statistics.
-
-    Raises:
-        MetricError: a set has fewer than 2 features.
+    With fewer images than dimensions the square-root trace is the nuclear norm of the centred
+    features' cross product over `sqrt((n1 - 1)(n2 - 1))`: an (n2 x n1) SVD, not 2048-d eigensolves.
     """
     for name, features in (("generated", features_fake), ("real", features_real)):
         if len(features) < 2:
@@ -138,22 +98,7 @@ def fid(features_fake, features_real):
 
 
 def kid(features_fake, features_real, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=0):
-    """Kernel Inception Distance, clean-fid's estimator: `(mean, std)` over subsets.
-
-    Each subset draws `m = min(n_fake, n_real, subset_size)` real then fake
-    features without replacement and takes the unbiased MMD^2 with the
-    kernel `k(x, y) = (x.y / d + 1)^3`. The mean is clean-fid's
-    `kernel_distance`; the std (ddof 0) is over the subset values.
-
-    Args:
-        features_fake, features_real: `(n, d)` arrays.
-        num_subsets: int. Defaults to `100`.
-        subset_size: int, capped by both counts. Defaults to `1000`.
-        seed: int. Seeds the subset draws. Defaults to `0`.
-
-    Returns:
-        `(mean, std)` floats.
-    """
+    """KID as clean-fid's `kernel_distance` (unbiased MMD^2, kernel `(x.y / d + 1)^3`): `(mean, std)` over subsets."""
     if num_subsets < 1 or subset_size < 2:
         raise MetricError(f"KID needs num_subsets >= 1 and subset_size >= 2. Received: {num_subsets}, {subset_size}")
     fake = np.asarray(features_fake, np.float64)
@@ -171,9 +116,6 @@ def kid(features_fake, features_real, num_subsets=KID_SUBSETS, subset_size=KID_S
         b = (x @ y.T / d + 1) ** 3
         values.append(((a.sum() - np.diag(a).sum()) / (m - 1) - b.sum() * 2 / m) / m)
     return float(np.mean(values)), float(np.std(values))
-
-
-# -- Paired scores -------------------------------------------------------------------------
 
 
 def psnr(image, truth):
@@ -195,18 +137,13 @@ def mae(image, truth):
     return float(np.mean(np.abs(np.asarray(image, np.float64) - np.asarray(truth, np.float64))))
 
 
-# -- Label scores --------------------------------------------------------------------------
-
-
 @dataclasses.dataclass(frozen=True)
 class Palette:
     """Class colours for label maps, and colours the truth uses for "no label".
 
     Args:
-        names: tuple of class names.
-        colours: uint8-valued `(k, 3)` tuple of RGB colours, one per class.
-        ignore: tuple of RGB colours; truth pixels nearest to one of them
-            are left out of the scores. Defaults to none.
+        colours: `(k, 3)` tuple of RGB colours in 0..255, one per name.
+        ignore: RGB colours; truth pixels nearest to one of them are left out of the scores.
         source: where it came from ("cityscapes" or a file path).
     """
 
@@ -231,11 +168,7 @@ class Palette:
 
     @classmethod
     def from_file(cls, path):
-        """A text file, one class a line: `R G B name` (or `#rrggbb name`); `#` starts a comment.
-
-        A class named void, ignore, unlabeled or unlabelled marks the colour
-        of unlabelled truth pixels.
-        """
+        """A text file, one `R G B name` or `#rrggbb name` a line, `#` comments; `IGNORE_NAMES` mark "no label"."""
         path = Path(path)
         if not path.is_file():
             raise MetricError(f"--labels: palette file not found: {path}")
@@ -277,12 +210,7 @@ def nearest_class(image, colours):
 
 
 class LabelScores:
-    """The confusion matrix of label maps given as colour images, and its scores.
-
-    `update(output, truth, truth_name)`: output pixels take the nearest
-    class colour; truth pixels the nearest class or ignore colour (ignored
-    pixels are left out). A truth image far from the palette is refused.
-    """
+    """The confusion matrix of colour label maps (each pixel takes its nearest colour), and its scores."""
 
     def __init__(self, palette):
         self.palette = palette
@@ -314,13 +242,11 @@ class LabelScores:
         }
 
 
-# -- Images, streamed ----------------------------------------------------------------------
-
 _GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def colour_channels(path):
-    """1 for a grayscale file, 3 for colour (alpha aside), from the header only."""
+    """1 for a grayscale file, 3 for colour (alpha aside), from the header."""
     try:
         return 1 if data.read_header(path).mode in _GRAY_MODES else 3
     except data.UnreadableImage:
@@ -333,7 +259,7 @@ def set_channels(paths):
 
 
 def check_channels(what, channels, other_what, other_channels):
-    """Refuses scoring grayscale against colour (alpha aside): the scores would measure the colour."""
+    """Refuses scoring grayscale against colour (alpha aside)."""
     channels, other_channels = min(channels, 3), min(other_channels, 3)
     if channels != other_channels:
         kinds = {1: "grayscale (1 channel)", 3: "colour (3 channels)"}
@@ -375,11 +301,7 @@ def truth_for(name, truth_names):
 
 
 def batches(paths, batch_size, channels=3):
-    """Yields `(paths, uint8 batch)` in order; a batch holds images of one size.
-
-    Raises:
-        data.UnreadableImage: naming the file.
-    """
+    """Yields `(paths, uint8 batch)` in order; a batch holds images of one size."""
     chunk, images = [], []
     for path in paths:
         image = read_uint8(path, channels)
@@ -398,13 +320,7 @@ def _progress_bar(total, unit):
 
 
 def extract_features(paths, features_fn, batch_size=50, verbose=True, label="images"):
-    """Features of image files, streamed: `(n, d)` float32.
-
-    Args:
-        paths: list of image files (read as RGB).
-        features_fn: callable, uint8 batch `(b, h, w, 3)` -> `(b, d)`, e.g.
-            `fid_inception.InceptionFeatures`.
-    """
+    """`(n, d)` float32 features of image files read as RGB, by `features_fn` (uint8 batch -> `(b, d)`)."""
     progress = _progress_bar(len(paths), label) if verbose else None
     features = []
     for chunk, images in batches(paths, batch_size):
@@ -414,21 +330,9 @@ def extract_features(paths, features_fn, batch_size=50, verbose=True, label="ima
     return np.concatenate(features) if features else np.zeros((0, 0), np.float32)
 
 
-# -- Scoring a set of outputs against targets ----------------------------------------------
-
-
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
-    """How to score (every field has the reference tools' default).
-
-    Args:
-        batch_size: images per batch of feature extraction. Defaults to 50
-            (pytorch-fid's).
-        kid_subsets: clean-fid's num_subsets. Defaults to 100.
-        kid_subset_size: clean-fid's max_subset_size. Defaults to 1000.
-        seed: seeds the KID subsets. Defaults to 0.
-        verbose: progress bars. Defaults to True.
-    """
+    """How to score; the defaults are pytorch-fid's batch and clean-fid's KID subsets (seeded by `seed`)."""
 
     batch_size: int = 50
     kid_subsets: int = KID_SUBSETS
@@ -448,14 +352,10 @@ class Scores:
     """The scores of one set of uint8 outputs, fed batch by batch: FID/KID, paired and label scores.
 
     Args:
-        features: callable, uint8 RGB batch -> `(b, d)` (e.g.
-            `fid_inception.InceptionFeatures`); None skips FID/KID.
-        real_features: `(n, d)` features of the real target images, by the
-            same `features`; None skips FID/KID.
-        settings: `EvalSettings` (its KID settings are used).
+        features: callable, uint8 RGB batch -> `(b, d)`; None (or no `real_features`) skips FID/KID.
+        real_features: `(n, d)` features of the real target images, by the same `features`.
         palette: `Palette` for label scores, or None.
-        small_ssim: what outputs under 11x11 pixels do to SSIM: `"skip"` it
-            or `"refuse"` them (MetricError). Defaults to `"skip"`.
+        small_ssim: outputs under 11x11 pixels `"skip"` SSIM or are refused (`"refuse"`).
     """
 
     def __init__(self, features=None, real_features=None, settings=None, palette=None, small_ssim="skip"):
@@ -491,8 +391,7 @@ class Scores:
                 self.labels.update(image, true, name)
 
     def result(self):
-        """dict: `fid`, `kid_mean`, `kid_std` with features; `psnr`, `ssim` (sides >= 11), `mae` with
-        truth; label scores with a palette."""
+        """dict: `fid`, `kid_mean`, `kid_std`; `psnr`, `ssim` (sides >= 11), `mae` with truth; label scores."""
         result = {}
         if self.features is not None:
             fake = np.concatenate(self.fake)
@@ -508,23 +407,9 @@ class Scores:
 
 
 def score_batches(batches, features=None, real_features=None, settings=EvalSettings()):
-    """Scores uint8 outputs already in memory, against real features computed once and/or their truth.
+    """`images` and `Scores.result()` of `(outputs, truth or None)` uint8 batches held in memory.
 
-    For callers that hold images rather than files and score several
-    models against the same targets: training's evaluation and export's
-    per-artifact scores.
-
-    Args:
-        batches: iterable of `(outputs, truth)`: uint8 `(b, h, w, c)`, and
-            the uint8 truth of the same shape or None.
-        features, real_features, settings: see `Scores`.
-
-    Returns:
-        dict: `images`, and `Scores.result()`.
-
-    Raises:
-        MetricError: no outputs, fewer than 2 for FID/KID, or a truth of
-            another shape.
+    For callers that score several models against the same real features: training, export.
     """
     scores = Scores(features, real_features, settings)
     for outputs, truth in batches:
@@ -545,26 +430,14 @@ def evaluate(
     output_channels=3,
     count=None,
 ):
-    """Scores a stream of outputs (and optionally the inputs beside them).
-
-    The common core of `evaluate_generator` and `evaluate_folders`.
+    """Scores a stream of outputs (and the inputs beside them): the core of `evaluate_generator`/`_folders`.
 
     Args:
-        outputs: iterable of `(names, {"model": uint8 batch, "identity":
-            uint8 batch or absent})`; names match truth files.
-        real_paths: target-domain images for FID/KID (needs `features`).
-        truth_paths, truth_root: ground-truth files and their folder, for
-            paired and label scores.
-        features: `fid_inception.InceptionFeatures` or any callable uint8
-            RGB batch -> `(b, d)`; None skips FID/KID.
-        palette: `Palette` for label scores, or None.
-        output_channels: channel count of the outputs (1 or 3).
+        outputs: iterable of `(names, {"model": uint8 batch, "identity": uint8 batch or absent})`.
         count: number of outputs, for the progress bar.
 
     Returns:
-        dict: the model's scores at top level (`fid`, `kid_mean`, `kid_std`,
-        `psnr`, `ssim`, `mae`, label scores), `identity` with the same keys
-        for the inputs when given, and `settings`.
+        dict: the model's scores, `identity` with the same keys for the inputs when given, `settings`.
     """
     real_features = None
     if features is not None and real_paths is not None:
@@ -646,39 +519,19 @@ def evaluate_generator(
     input_root=None,
     truth_root=None,
 ):
-    """Translates `input_paths` and scores the translations (and the inputs, as the baseline).
-
-    The library entry point for evaluating during training or after export.
-    Translations are rounded to uint8 exactly as `translate.py` writes them,
-    so scoring them here equals scoring the written PNGs with
-    `evaluate_folders`.
+    """Translates `input_paths` and scores the translations, rounded to uint8 as `translate.py` writes them.
 
     Args:
-        translate_fn: callable, float32 `(b, h, w, input_channels)` in
-            [-1, 1] -> same in [-1, 1] (e.g.
-            `inference.load_translator(path)`, which keeps to a memory
-            budget, or `functools.partial(inference.translate_images, generator)`).
-        input_paths: list of input-domain image files.
+        translate_fn: float32 `(b, h, w, input_channels)` in [-1, 1] -> same, e.g. `inference.load_translator`.
         real_paths: target-domain files for FID/KID, or None.
         truth_paths: ground-truth files (matched by name), or None.
-        features: `fid_inception.InceptionFeatures` (or any uint8 RGB batch
-            -> features callable); None skips FID/KID.
+        features: `fid_inception.InceptionFeatures` or any uint8 RGB batch -> features callable; None skips FID/KID.
         palette: `Palette` for label scores, or None.
-        settings: `EvalSettings`.
-        input_channels: channels the model takes. Defaults to `3`.
-        output_channels: channels it gives. Defaults to `input_channels`.
-        input_root, truth_root: folders the names are taken relative to.
-            Default to the files' parents.
+        output_channels: None: `input_channels`.
+        input_root, truth_root: folders the names are relative to; None: the files' common parent.
 
     Returns:
-        dict, see `evaluate`.
-
-    Example:
-        generator = inference.load_generator("runs/synthetic/model.keras")
-        scores = metrics.evaluate_generator(
-            functools.partial(inference.translate_images, generator), test_a_paths, test_b_paths,
-            features=fid_inception.load_inception(weights_path))
-        scores["fid"], scores["identity"]["fid"]
+        dict: the model's scores (`fid`, `kid_mean`, `psnr`, ...), `identity` for the inputs, `settings`.
     """
     output_channels = output_channels or input_channels
     name_of = {path: name for name, path in named(input_paths, input_root or _common_root(input_paths)).items()}
@@ -712,16 +565,10 @@ def evaluate_folders(
     truth_root=None,
     input_root=None,
 ):
-    """Scores images already translated (e.g. the reference's test.py results), as pytorch-fid scores folders.
+    """Scores images already translated (e.g. the reference's test.py results), as `evaluate_generator` does.
 
     Args:
-        fake_paths: the translations.
-        input_paths: the untranslated inputs, matched to the fakes by name,
-            for the identity baseline; or None.
-        Others: see `evaluate_generator`.
-
-    Returns:
-        dict, see `evaluate`.
+        input_paths: the untranslated inputs, matched to `fake_paths` by name, for the identity baseline.
     """
     channels = set_channels(fake_paths)
     name_of = {path: name for name, path in named(fake_paths, fake_root or _common_root(fake_paths)).items()}

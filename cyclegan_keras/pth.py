@@ -1,23 +1,8 @@
 """A safe reader of PyTorch `.pth` files (state dicts and TorchScript parameters), without PyTorch.
 
-A `.pth` file is untrusted input: it is a pickle, and unpickling can run any
-code. `read_state_dict` therefore never uses `pickle.load` on it unguarded:
-its unpickler resolves only the handful of globals a plain state dict needs
-(tensor rebuilding, storage types, OrderedDict) and refuses everything else
-before anything runs. Both PyTorch formats are read: the zip archive
-(PyTorch >= 1.6) and the older sequential "legacy" format the published
-files of 2017-2019 use.
-
-A download cut short or damaged fails with `CorruptCheckpointError`
-("PATH is truncated or corrupt: expected N bytes for tensor K, found M;
-download it again") instead of converting into a wrong model.
-
-`read_state_dict(path, torchscript=True)` also reads the parameters of a
-TorchScript archive (`torch.jit.save`), such as NVIDIA's FID Inception
-`inception-2015-12-05.pt`: its pickle names the module classes
-(`__torch__.*`), which become inert attribute holders (no TorchScript code
-is read or run), and its parameters come back under their dotted module
-paths (`layers.conv.weight`).
+A `.pth` is a pickle, and unpickling can run code: the unpickler here resolves only the globals a state
+dict needs and refuses the rest before anything runs. Reads the zip format (PyTorch >= 1.6) and the
+legacy one of the 2017-2019 published files; a cut or damaged file raises `CorruptCheckpointError`.
 """
 
 import collections
@@ -29,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-# PyTorch storage types -> numpy dtypes.
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32,
     "DoubleStorage": np.float64,
@@ -61,7 +45,7 @@ class CorruptCheckpointError(ValueError):
 
 
 class _Damaged(Exception):
-    """Raised where the path is not known; `read_state_dict` adds it."""
+    """Damage found where the path is not known; `read_state_dict` adds it."""
 
 
 def _corrupt(path, detail):
@@ -155,10 +139,6 @@ def _script_class(module, name):
     return _SCRIPT_CLASSES[key]
 
 
-def _build_list(values):
-    return list(values)
-
-
 class _RestrictedUnpickler(pickle.Unpickler):
     ALLOWED = {
         ("collections", "OrderedDict"): collections.OrderedDict,
@@ -167,12 +147,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     }
 
-    # TorchScript archives pickle their modules' attributes; the lists of
-    # ints (conv strides, paddings) come through these pure builders.
+    # TorchScript archives pickle their modules' attributes; lists (conv strides, paddings) come through these.
     SCRIPT_ALLOWED = {
-        ("torch.jit._pickle", "build_intlist"): _build_list,
-        ("torch.jit._pickle", "build_doublelist"): _build_list,
-        ("torch.jit._pickle", "build_boollist"): _build_list,
+        ("torch.jit._pickle", "build_intlist"): list,
+        ("torch.jit._pickle", "build_doublelist"): list,
+        ("torch.jit._pickle", "build_boollist"): list,
     }
 
     def __init__(self, file, storages, path, torchscript=False):
@@ -196,8 +175,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
 
     def persistent_load(self, saved_id):
-        # Only storages are persistent records; anything else is damage (it
-        # cannot run code: nothing is looked up).
+        # Only storages are persistent records; anything else is damage (nothing is looked up, so no code runs).
         if not (isinstance(saved_id, tuple) and len(saved_id) >= 5 and saved_id[0] == "storage"):
             raise _Damaged(f"unexpected persistent id {str(saved_id)[:60]!r} in the pickle")
         storage_type, key, _location, numel = saved_id[1:5]
@@ -214,22 +192,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def read_state_dict(path, torchscript=False):
     """Reads a PyTorch `.pth` state dict into `{key: numpy array}`, safely.
 
-    Every storage's byte count is checked against what the pickle declares
-    and every tensor's view against its storage, so a file cut short (an
-    interrupted download) fails instead of converting into a wrong model. The
-    zip format also checks each record's CRC-32, so changed bytes are found
-    anywhere in it; the legacy format has no checksum: changed tensor bytes
-    there cannot be found by any reader, changed structure is.
+    Byte counts, tensor views and (zip format) CRC-32s are checked; the legacy format has no checksum,
+    so changed tensor bytes there cannot be found by any reader.
 
     Args:
-        path: str or Path.
-        torchscript: bool. Also accept a TorchScript archive and return its
-            parameters and buffers by dotted module path. Its module
-            classes become inert records; nothing of its code is read.
-            Defaults to `False`.
+        torchscript: also accept a TorchScript archive: its parameters by dotted module path, its code unread.
 
     Raises:
-        FileNotFoundError: no file at `path`.
         CorruptCheckpointError: the file is truncated or damaged.
         UnsafePickleError: the pickle names anything but tensors and dicts.
         ConversionError: the file is not a PyTorch state dict.
@@ -354,11 +323,7 @@ def _tensor_names(state):
 
 
 def _read_legacy(file, storages, path):
-    """PyTorch's format before 1.6: magic, protocol, sys info, the pickle, keys, raw storages.
-
-    Each storage's raw bytes follow an int64 element count; both the count
-    and the bytes present must match what the pickle declared.
-    """
+    """PyTorch's format before 1.6: magic, protocol, sys info, pickle, keys, then per storage an int64 count, bytes."""
     _unpickle(file, storages, path, "header")  # the magic, checked by the caller
     _unpickle(file, storages, path, "protocol version")
     _unpickle(file, storages, path, "system info")
