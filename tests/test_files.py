@@ -360,7 +360,9 @@ def test_translate_export_evaluate_on_a_full_disk_exit_1_with_one_line(full_disk
     assert not report.exists() and partials(folder) == []
 
 
-def test_train_on_a_disk_that_fills_resumes_once_there_is_room(one_full_disk, dataroot, capsys, monkeypatch):
+def test_train_on_a_disk_that_fills_resumes_once_there_is_room(
+    one_full_disk, dataroot, capsys, monkeypatch, eager_steps
+):
     # The first checkpoint (step 2 of 4) fits; the disk fills before the second (the epoch end).
     folder, fill = one_full_disk
     workdir = folder / "run"

@@ -46,7 +46,9 @@ def tensorboard_scalars(folder):
     return found
 
 
-def test_eval_every_epoch_logs_scores_and_keeps_the_best_model(tmp_path, capsys, small_inception, inception):
+def test_eval_every_epoch_logs_scores_and_keeps_the_best_model(
+    tmp_path, capsys, small_inception, inception, eager_steps
+):
     workdir = tmp_path / "run"
     code, output = run(capsys, *TINY, "--eval-every", 1, "--inception-weights", small_inception, "--workdir", workdir)
     assert code == 0, output[-3000:]
@@ -94,7 +96,9 @@ def test_eval_every_epoch_logs_scores_and_keeps_the_best_model(tmp_path, capsys,
             assert scalars[(f"eval/{key}", epoch)] == pytest.approx(float(row[key]), rel=1e-6)
 
 
-def test_without_weights_psnr_against_the_true_mapping_chooses_the_best(tmp_path, capsys, no_inception_weights):
+def test_without_weights_psnr_against_the_true_mapping_chooses_the_best(
+    tmp_path, capsys, no_inception_weights, eager_steps
+):
     workdir = tmp_path / "run"
     code, output = run(capsys, *TINY, "--eval-every", 2, "--workdir", workdir)
     assert code == 0, output[-3000:]
