@@ -93,7 +93,7 @@ def output_folder(text):
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
-    ancestor = _existing_ancestor(path)
+    ancestor = existing_ancestor(path)
     if not ancestor.is_dir():
         raise argparse.ArgumentTypeError(f"{text} cannot be created: {ancestor} is a file")
     if not os.access(ancestor, os.W_OK | os.X_OK):
@@ -101,7 +101,7 @@ def output_folder(text):
     return text
 
 
-def _existing_ancestor(path):
+def existing_ancestor(path):
     path = Path(os.path.abspath(path))
     while not path.exists():
         path = path.parent
@@ -203,7 +203,7 @@ def output_file(text):
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
-    ancestor = _existing_ancestor(path.parent)
+    ancestor = existing_ancestor(path.parent)
     if not ancestor.is_dir():
         raise argparse.ArgumentTypeError(f"{text} cannot be created: {ancestor} is a file")
     return text
