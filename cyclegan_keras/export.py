@@ -30,11 +30,7 @@ FLOAT32_TOLERANCE = 1e-4
 
 
 def _checked(images, channels, max_pixels):
-    """`images` after checks naming the expected layout or the size limit.
-
-    The signatures declare an unknown rank so that these run: with a static rank TensorFlow
-    folds the rank check away (measured: an (h, w, c) input then passes unchecked).
-    """
+    """`images` after checks naming the expected layout or the size limit."""
     expected = f"images must be NHWC: (batch, height, width, {channels})"
     shape = tf.shape(images)
     with tf.control_dependencies(
@@ -75,10 +71,7 @@ HEADER_BYTES = 26  # every format's size is within the first 26 bytes (BMP's end
 
 
 def _declared_size(encoded):
-    """`[height, width, length]`: the size a JPEG, PNG, GIF or BMP header declares (0 x 0 if none), undecoded.
-
-    `length` is where a GIF's first image ends, the whole string otherwise.
-    """
+    """`[height, width, bytes to decode]` a JPEG, PNG, GIF or BMP header declares (0 x 0 if none)."""
     length = tf.strings.length(encoded, unit="BYTE")
     padded = tf.strings.join([tf.strings.substr(encoded, 0, HEADER_BYTES), b"\0" * HEADER_BYTES])
     head = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, HEADER_BYTES), tf.uint8), tf.int64)
@@ -122,11 +115,7 @@ def _declared_size(encoded):
 
 
 def _first_gif_image(encoded):
-    """`(end, height, width)`: where a GIF's first image ends, and the size its descriptor declares.
-
-    giflib reads every frame into memory before TensorFlow keeps the first, so only
-    `encoded[:end]` (and a trailer) is decoded.
-    """
+    """`(end, height, width)` of a GIF's first image: giflib would read every frame into memory."""
     data = tf.cast(tf.io.decode_raw(encoded, tf.uint8), tf.int64)
     length = tf.size(data, out_type=tf.int64)
 
@@ -175,10 +164,7 @@ def _decoded(encoded, length, channels):
 
 
 def _checked_encoded(encoded_images, max_pixels):
-    """`(encoded_images, lengths)` after header checks: known formats, pixels within `max_pixels`.
-
-    Before any decoding: a small file can declare a huge image, and decoding allocates it.
-    """
+    """`(encoded_images, lengths)` once the headers are known formats within `max_pixels`, before decoding."""
     declared = tf.map_fn(_declared_size, encoded_images, fn_output_signature=tf.TensorSpec((3,), tf.int64))
     sizes = declared[:, :2]
     unknown = tf.where(tf.reduce_any(sizes <= 0, axis=1))[:, 0]
@@ -240,7 +226,8 @@ def export_saved_model(generator, path, max_pixels=SERVING_MAX_PIXELS):
     archive = keras.export.ExportArchive()
     archive.track(generator)
     archive.add_variable_collection("max_pixels", [tf.Variable(max_pixels, dtype=tf.int64, trainable=False)])
-    # Unknown rank, so that a wrong input meets `_checked`'s message.
+    # Unknown rank, so that `_checked` runs: with a static rank TensorFlow folds its rank check away
+    # (measured: an (h, w, c) input then passes unchecked).
     archive.add_endpoint("serving_default", serve_float, [tf.TensorSpec(None, tf.float32, name="images")])
     archive.add_endpoint("uint8", serve_uint8, [tf.TensorSpec(None, tf.uint8, name="images")])
     archive.add_endpoint("bytes", serve_bytes, [tf.TensorSpec((None,), tf.string, name="encoded_images")])
@@ -255,10 +242,7 @@ WARMUP_SIZE = 256
 
 
 def write_warmup_requests(saved_model_dir, channels, size=WARMUP_SIZE):
-    """Writes TF Serving's warmup file (one `size` x `size` request per signature); returns its path.
-
-    The protos are written from their field numbers: tensorflow-serving-api pins TensorFlow's version.
-    """
+    """Writes TF Serving's warmup file (one `size` x `size` request per signature); returns its path."""
     rows, columns = np.mgrid[0:size, 0:size]
     image = np.stack([(rows + columns + 85 * c) % 256 for c in range(channels)], axis=-1).astype(np.uint8)
     requests = {
@@ -273,16 +257,14 @@ def write_warmup_requests(saved_model_dir, channels, size=WARMUP_SIZE):
             model_spec = _proto_field(3, signature.encode())  # ModelSpec.signature_name
             request = _proto_field(1, model_spec)  # PredictRequest.model_spec
             for name, value in inputs.items():  # PredictRequest.inputs: map entries (key 1, value 2)
-                entry = _proto_field(1, name.encode()) + _proto_field(
-                    2, tf.make_tensor_proto(value).SerializeToString()
-                )
-                request += _proto_field(2, entry)
+                tensor = tf.make_tensor_proto(value).SerializeToString()
+                request += _proto_field(2, _proto_field(1, name.encode()) + _proto_field(2, tensor))
             writer.write(_proto_field(6, _proto_field(1, request)))  # PredictionLog.predict_log.request
     return path
 
 
 def _proto_field(number, payload):
-    """A length-delimited protobuf field (wire type 2)."""
+    """A length-delimited protobuf field (wire type 2), so that no tensorflow-serving-api pins TensorFlow."""
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
@@ -526,8 +508,6 @@ def evaluate_artifacts(
     generator, out_dir, report, input_paths, real_paths=None, features=None, settings=None, verbose=True
 ):
     """Scores each artifact's uint8 translations: FID/KID against `real_paths`, PSNR/SSIM/MAE against Keras.
-
-    The Keras model and the inputs themselves (the identity baseline) get FID and KID too.
 
     Args:
         generator: the exported `keras.Model`.

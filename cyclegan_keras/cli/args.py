@@ -1,9 +1,6 @@
-"""Argument types shared by the command-line scripts, and their parser.
+"""Argument types of the command-line tools, and their parser: a bad value stops the command before any work.
 
-Each type checks one flag's value while argparse parses, so a bad value stops
-the command before any work with one line `error: argument --flag: ...` and
-exit code 2. Nothing here imports TensorFlow, so `--help` and these checks
-are instant; the vocabularies come from `cyclegan_keras.config`.
+Nothing here imports TensorFlow, so `--help` and these checks are instant.
 """
 
 import argparse
@@ -24,11 +21,7 @@ _SPELLINGS = {**{d: d for d in DIRECTIONS}, **{name.lower(): d for name, d in LE
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose refusals are one line, `error: argument --flag: ...`, exit code 2.
-
-    The description's `python NAME.py` examples name the program run
-    instead when it is an installed console script (`cyclegan-train`).
-    """
+    """argparse whose refusals are one line, exit code 2; examples name the console script run (`cyclegan-train`)."""
 
     def __init__(self, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
@@ -41,11 +34,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def parse_direction(value):
-    """`"a2b"` or `"b2a"` from this package's names or the reference's `AtoB`/`BtoA`, in any case.
-
-    Raises:
-        ValueError: naming the accepted values.
-    """
+    """`"a2b"` or `"b2a"` from this package's names or the reference's `AtoB`/`BtoA`, in any case."""
     direction = _SPELLINGS.get(str(value).strip().lower())
     if direction is None:
         raise ValueError(f"must be a2b or b2a (the reference's AtoB, BtoA also work). Received: {value!r}")
@@ -61,7 +50,7 @@ def direction(text):
 
 
 def _existing(text, folder, what):
-    """`Path(text)` if it exists and is a folder (`folder=True`) or a file; else the error, naming `what` it must be."""
+    """`Path(text)` if it exists and is a folder (`folder=True`) or a file, else the error naming `what`."""
     path = Path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text} not found")

@@ -7,11 +7,9 @@
     # paired ground truth and the paper's Cityscapes label scores
     python evaluate.py --model photo2label.keras --input testA/ --truth testB/ --labels cityscapes
 
---model takes a .keras CycleGAN or generator, a training work directory, an
-exported SavedModel directory or a .tflite file. FID/KID need the FID
-Inception weights (pt_inception-2015-12-05-6726825d.pth): --inception-weights,
-the CYCLEGAN_INCEPTION_WEIGHTS variable, or the cache folder
-~/.cache/cyclegan_keras/. Without them the other scores are still computed.
+FID/KID need the FID Inception weights (pt_inception-2015-12-05-6726825d.pth):
+--inception-weights, $CYCLEGAN_INCEPTION_WEIGHTS or ~/.cache/cyclegan_keras/;
+without them the other scores are still computed.
 """
 
 import json

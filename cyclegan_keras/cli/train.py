@@ -30,11 +30,7 @@ KIND_TYPES = {
 
 
 def argument(field):
-    """`add_argument` keyword arguments for a `TrainConfig` field, from its metadata.
-
-    A field without help, or without choices, bounds or a kind to check its
-    value by, is refused, so no setting reaches the command line unchecked.
-    """
+    """`add_argument` keyword arguments for a `TrainConfig` field; one without help or a check is refused."""
     m = field.metadata
     if "help" not in m:
         raise TypeError(f"TrainConfig.{field.name} has no help: declare it with config.setting(...)")
