@@ -16,7 +16,6 @@ from cyclegan_keras.config import DIRECTIONS, IMAGE_EXTENSIONS, LEGACY_DIRECTION
 FID_WEIGHTS_URL = (  # cyclegan_keras.fid_inception.FID_WEIGHTS_URL
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 )
-# Any case of a2b/b2a or the reference's AtoB/BtoA.
 _SPELLINGS = {**{d: d for d in DIRECTIONS}, **{name.lower(): d for name, d in LEGACY_DIRECTIONS.items()}}
 
 

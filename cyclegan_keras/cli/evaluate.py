@@ -86,22 +86,15 @@ def main(argv=None):
             print(f"error: argument --json: {error}", file=sys.stderr)
             return 2
     _env.import_tensorflow()
-    from cyclegan_keras import data, fid_inception, inference, metrics, pth
+    from cyclegan_keras import inference, metrics, pth
 
     try:
         scores, notes = run(args)
     except inference.MemoryBudgetError as error:
         print(f"error: argument --max-memory: {error}", file=sys.stderr)
         return 2
-    except (
-        data.DataError,
-        metrics.MetricError,
-        fid_inception.WeightsNotFound,
-        pth.ConversionError,
-        pth.UnsafePickleError,
-        FileNotFoundError,
-        ValueError,
-    ) as error:
+    # Also data.DataError, metrics.MetricError, pth.ConversionError (ValueErrors) and WeightsNotFound.
+    except (pth.UnsafePickleError, FileNotFoundError, ValueError) as error:
         flag = _flag_holding(getattr(error, "path", None), args)
         print(f"error: {f'argument {flag}: ' if flag else ''}{error}", file=sys.stderr)
         return 2

@@ -19,7 +19,6 @@ from cyclegan_keras.cli import args as cli_args
 from cyclegan_keras.cli import full_disk_exits_1
 
 INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)
-# The checks of `setting(kind=...)`.
 KIND_TYPES = {
     "dataroot": cli_args.dataroot,
     "inception_weights": cli_args.inception_weights_file,
