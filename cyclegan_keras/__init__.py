@@ -1,10 +1,8 @@
 """CycleGAN for Keras 3 on TensorFlow.
 
-Importing the package checks the Keras backend and loads nothing else: the
-public names (and any module, `cyclegan_keras.data`) load on first use, so
-`--help` never starts TensorFlow. The Keras classes are registered for
-`keras.models.load_model` once their module loads: by `from cyclegan_keras
-import CycleGAN`, or by `import cyclegan_keras` after `import keras`.
+Importing the package checks the Keras backend and loads nothing else: public names and modules load
+on first use, so `--help` never starts TensorFlow. The Keras classes are registered for `load_model`
+once their module loads (`from cyclegan_keras import CycleGAN`, or `import cyclegan_keras` after keras).
 """
 
 import importlib

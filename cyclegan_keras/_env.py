@@ -1,13 +1,8 @@
-"""Process settings of the command-line tools: quiet TensorFlow logging, imported after parsing.
+"""Quiet TensorFlow logging for the command-line tools: `TF_CPP_MIN_LOG_LEVEL=2` unless the user set one.
 
-Importing this sets `TF_CPP_MIN_LOG_LEVEL=2` unless the user set it. That
-does not hide what TensorFlow 2.21 logs before absl is initialized (which
-its wheels never do; abseil-cpp PR #1957): a banner, oneDNN and cudart
-notes, and on a machine without an NVIDIA driver an ERROR `failed call to
-cuInit` that only level 3 hides, with every real error (measured on a
-CPU-only machine). So `import_tensorflow()` captures fd 2 and writes back
-all but: absl lines below the level, the banner, and that cuInit line when
-`/proc/driver/nvidia/version` is missing. `TF_CPP_MIN_LOG_LEVEL=0` shows all.
+That level does not hide what TensorFlow 2.21 logs before absl is initialized (abseil-cpp PR #1957),
+nor, without an NVIDIA driver, an ERROR `failed call to cuInit` only level 3 hides (with every real
+error). So `import_tensorflow()` filters fd 2: absl lines below the level, the banner, that cuInit line.
 """
 
 import contextlib
@@ -26,7 +21,7 @@ NVIDIA_DRIVER = "/proc/driver/nvidia/version"
 
 
 def import_tensorflow():
-    """Imports TensorFlow and initializes its devices, without the noise described above; returns the module."""
+    """Imports TensorFlow and initializes its devices without that noise; returns the module."""
     with filtered_stderr(_keep):
         import tensorflow as tf
 
@@ -45,7 +40,7 @@ def _keep(line, min_log_level=None, has_nvidia_driver=None):
     """Whether a captured stderr line is shown."""
     level = _min_log_level() if min_log_level is None else min_log_level
     driver = os.path.exists(NVIDIA_DRIVER) if has_nvidia_driver is None else has_nvidia_driver
-    if level <= 0:  # the user asked for everything
+    if level <= 0:
         return True
     if line.rstrip("\n") == _BANNER:
         return False

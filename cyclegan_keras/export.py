@@ -1,36 +1,9 @@
 """Ship a generator: SavedModel for TF Serving, TFLite/LiteRT for phones, verified.
 
-`export(generator, out_dir, ...)` writes
-
-    OUT/saved_model/1/                 TF Serving layout (version 1), with its warmup requests
-    OUT/generator_<variant>.tflite     float32, float16, dynamic, int8
-    OUT/reference.npz                  sample inputs and the Keras outputs
-    OUT/export_report.json             parity, size, ops and latency of each
-
-and `verify(out_dir)`, run in a fresh process, reloads every artifact and
-measures it against the Keras outputs.
-
-SavedModel signatures (any batch, any height and width up to `max_pixels`
-in a request; sides that are not multiples of what the generator needs are
-reflect-padded and cropped back inside the graph; image inputs are declared
-with unknown rank so that a wrong rank or channel count gets a message
-naming the expected layout). A request holding more than `max_pixels`
-pixels (height x width summed over its images; `bytes` reads them from each
-header before decoding) is refused with INVALID_ARGUMENT naming its size and
-the limit, before any memory is spent on it:
-- `serving_default`: `images` float32 (n, h, w, c) in [-1, 1] -> `translated`.
-- `uint8`: `images` uint8 (n, h, w, c) 0..255 -> `translated` uint8.
-- `bytes`: `encoded_images` string (n,) of JPEG/PNG/BMP/GIF ->
-  `translated_png_bytes` string (n,) of PNGs. TF Serving's REST API decodes
-  `{"b64": ...}` inputs into any string tensor, but base64-encodes a string
-  output only when its name ends in `_bytes` (otherwise it writes the raw PNG
-  into the JSON).
-
-TFLite files take float32 (1, h, w, c) in [-1, 1], resized at run time with
-`resize_tensor_input`; they carry no size limit (LiteRT runs in the app's
-process, so the app checks the size before resizing). The int8 variant quantizes weights and activations
-with a representative dataset; ops without an int8 kernel stay float (the
-report lists them), and its interface stays float32.
+`export(generator, out_dir, ...)` writes OUT/saved_model/1/ (with warmup requests),
+OUT/generator_<variant>.tflite, OUT/reference.npz and OUT/export_report.json; `verify(out_dir)`,
+run in a fresh process, reloads every artifact and measures it against the Keras outputs.
+The signatures, the size limit and the TFLite interface: README "Ship the generator".
 """
 
 import json
@@ -49,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan_keras import files, networks
+from cyclegan_keras.cli.args import existing_ancestor
 from cyclegan_keras.config import EXPORT_ALIASES, EXPORT_PRECISIONS, SERVING_MAX_PIXELS, TFLITE_VARIANTS
 from cyclegan_keras.inference import padded_call
 
@@ -56,15 +30,9 @@ FLOAT32_TOLERANCE = 1e-4
 
 
 def _checked(images, channels, max_pixels):
-    """`images` after checks that fail with a message naming the expected layout or the size limit.
-
-    The signatures declare an unknown rank so that these run: with a static
-    rank TensorFlow folds the rank check away (measured: an (h, w, c) input
-    then passes unchecked).
-    """
+    """`images` after checks naming the expected layout or the size limit."""
     expected = f"images must be NHWC: (batch, height, width, {channels})"
     shape = tf.shape(images)
-    # The rank first: the other checks index the shape.
     with tf.control_dependencies(
         [tf.debugging.assert_equal(tf.size(shape), 4, message=f"{expected}; got another rank")]
     ):
@@ -103,12 +71,7 @@ HEADER_BYTES = 26  # every format's size is within the first 26 bytes (BMP's end
 
 
 def _declared_size(encoded):
-    """`[height, width, length]` a JPEG, PNG, GIF or BMP header declares (0 x 0 if none), and the bytes to decode.
-
-    Nothing is decoded: each size is read where its decoder reads it (told
-    apart by `tf.io.decode_image`'s magic bytes); `length` is where a GIF's
-    first image ends, the whole string otherwise.
-    """
+    """`[height, width, bytes to decode]` a JPEG, PNG, GIF or BMP header declares (0 x 0 if none)."""
     length = tf.strings.length(encoded, unit="BYTE")
     padded = tf.strings.join([tf.strings.substr(encoded, 0, HEADER_BYTES), b"\0" * HEADER_BYTES])
     head = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, HEADER_BYTES), tf.uint8), tf.int64)
@@ -152,11 +115,7 @@ def _declared_size(encoded):
 
 
 def _first_gif_image(encoded):
-    """`(end, height, width)`: where a GIF's first image ends, and the size its image descriptor declares.
-
-    giflib reads every frame into memory before TensorFlow keeps the first,
-    so the `bytes` signature decodes only `encoded[:end]` (and a trailer).
-    """
+    """`(end, height, width)` of a GIF's first image: giflib would read every frame into memory."""
     data = tf.cast(tf.io.decode_raw(encoded, tf.uint8), tf.int64)
     length = tf.size(data, out_type=tf.int64)
 
@@ -205,11 +164,7 @@ def _decoded(encoded, length, channels):
 
 
 def _checked_encoded(encoded_images, max_pixels):
-    """`(encoded_images, lengths)` after checks of their headers: known formats, pixels within `max_pixels`.
-
-    This runs before any image is decoded: a small file can declare a huge
-    image, and decoding allocates what it declares.
-    """
+    """`(encoded_images, lengths)` once the headers are known formats within `max_pixels`, before decoding."""
     declared = tf.map_fn(_declared_size, encoded_images, fn_output_signature=tf.TensorSpec((3,), tf.int64))
     sizes = declared[:, :2]
     unknown = tf.where(tf.reduce_any(sizes <= 0, axis=1))[:, 0]
@@ -245,11 +200,7 @@ def export_saved_model(generator, path, max_pixels=SERVING_MAX_PIXELS):
     """Writes a SavedModel with the three signatures to `path` (e.g. OUT/saved_model/1).
 
     Args:
-        max_pixels: int. The most pixels (height x width, summed over the
-            batch) one request may hold; larger requests are refused with
-            INVALID_ARGUMENT before anything is decoded or translated. The
-            SavedModel keeps it as `loaded.max_pixels[0]`. Defaults to
-            2048 x 2048.
+        max_pixels: the most pixels (height x width, summed over the batch) one request may hold.
     """
     if not (isinstance(max_pixels, int) and max_pixels >= 1):
         raise ValueError(f"max_pixels must be an integer >= 1. Received: max_pixels={max_pixels!r}")
@@ -274,9 +225,9 @@ def export_saved_model(generator, path, max_pixels=SERVING_MAX_PIXELS):
 
     archive = keras.export.ExportArchive()
     archive.track(generator)
-    # What clients may send, readable without a request: tf.saved_model.load(path).max_pixels[0].
     archive.add_variable_collection("max_pixels", [tf.Variable(max_pixels, dtype=tf.int64, trainable=False)])
-    # Unknown rank, so that a wrong input meets `_checked`'s message.
+    # Unknown rank, so that `_checked` runs: with a static rank TensorFlow folds its rank check away
+    # (measured: an (h, w, c) input then passes unchecked).
     archive.add_endpoint("serving_default", serve_float, [tf.TensorSpec(None, tf.float32, name="images")])
     archive.add_endpoint("uint8", serve_uint8, [tf.TensorSpec(None, tf.uint8, name="images")])
     archive.add_endpoint("bytes", serve_bytes, [tf.TensorSpec((None,), tf.string, name="encoded_images")])
@@ -291,15 +242,7 @@ WARMUP_SIZE = 256
 
 
 def write_warmup_requests(saved_model_dir, channels, size=WARMUP_SIZE):
-    """Writes TF Serving's warmup file: one `PredictRequest` of a `size` x `size` image per signature.
-
-    TF Serving runs them when it loads the model, so the first real request
-    does not pay for graph optimization. The protos are written from their
-    field numbers: no tensorflow-serving-api, which pins TensorFlow's version.
-
-    Returns:
-        The path of the file.
-    """
+    """Writes TF Serving's warmup file (one `size` x `size` request per signature); returns its path."""
     rows, columns = np.mgrid[0:size, 0:size]
     image = np.stack([(rows + columns + 85 * c) % 256 for c in range(channels)], axis=-1).astype(np.uint8)
     requests = {
@@ -314,16 +257,14 @@ def write_warmup_requests(saved_model_dir, channels, size=WARMUP_SIZE):
             model_spec = _proto_field(3, signature.encode())  # ModelSpec.signature_name
             request = _proto_field(1, model_spec)  # PredictRequest.model_spec
             for name, value in inputs.items():  # PredictRequest.inputs: map entries (key 1, value 2)
-                entry = _proto_field(1, name.encode()) + _proto_field(
-                    2, tf.make_tensor_proto(value).SerializeToString()
-                )
-                request += _proto_field(2, entry)
+                tensor = tf.make_tensor_proto(value).SerializeToString()
+                request += _proto_field(2, _proto_field(1, name.encode()) + _proto_field(2, tensor))
             writer.write(_proto_field(6, _proto_field(1, request)))  # PredictionLog.predict_log.request
     return path
 
 
 def _proto_field(number, payload):
-    """A length-delimited protobuf field (wire type 2): tag, length, bytes."""
+    """A length-delimited protobuf field (wire type 2), so that no tensorflow-serving-api pins TensorFlow."""
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
@@ -344,11 +285,8 @@ def export_tflite(generator, path, variant="float32", representative_images=None
     """Writes a `.tflite` file of `generator` (padding included).
 
     Args:
-        variant: `"float32"`, `"float16"` (weights in float16), `"dynamic"`
-            (int8 weights, float activations) or `"int8"` (int8 weights and
-            activations, calibrated on `representative_images`).
-        representative_images: float images (h, w, c) in [-1, 1] from the
-            user's domain (sizes may differ), needed for `"int8"`.
+        variant: `"float32"`, `"float16"`, `"dynamic"` (int8 weights) or `"int8"` (calibrated).
+        representative_images: float images (h, w, c) in [-1, 1] of the input domain, for `"int8"`.
     """
     variant = _check_variant(variant, representative_images)
     with tempfile.TemporaryDirectory() as source:
@@ -357,7 +295,7 @@ def export_tflite(generator, path, variant="float32", representative_images=None
 
 
 def _check_variant(variant, representative_images):
-    """`variant` in its current spelling, once it can be converted."""
+    """`variant` in its current spelling, once checked."""
     variant = EXPORT_ALIASES.get(variant, variant)
     if variant not in TFLITE_VARIANTS:
         raise ValueError(f"variant must be one of {TFLITE_VARIANTS}. Received: {variant!r}")
@@ -388,7 +326,6 @@ def _convert_tflite(source, path, variant, representative_images):
     if variant == "int8":
         samples = [np.asarray(image, "float32") for image in representative_images]
         converter.representative_dataset = lambda: ([sample[None]] for sample in samples)
-        # Integer kernels where they exist, float builtins where they do not.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_bytes(converter.convert())
@@ -421,49 +358,27 @@ def export(
     precision="float32",
     max_pixels=SERVING_MAX_PIXELS,
 ):
-    """Exports `generator` and verifies every artifact in a fresh process.
+    """Exports `generator` (checked against its float32 copy) and verifies every artifact in a fresh process.
 
-    Whatever precision the generator was trained in, the artifacts take and
-    give float32 and are checked against its float32 copy
-    (`networks.with_precision`); `precision="mixed_bfloat16"` makes the
-    SavedModel compute in bfloat16 (for GPUs, TPUs, CPUs with AMX or
-    AVX512-BF16), and the report gives its PSNR against float32.
-
-    Everything is written to a hidden folder beside `out_dir` and moved into
-    `out_dir` only once verified, so a failure (a full disk included)
-    leaves `out_dir` as it was (absent if it was). Into an existing
-    `out_dir` only this function's own files are replaced (`saved_model/1`,
-    not other versions beside it), and only those an earlier export wrote
-    and nobody changed since (`files.Manifest`): a user's own
-    `export_report.json` there stops the export before any work. One export
-    writes an `out_dir` at a time (a lock beside the hidden folder).
+    Everything is staged in a hidden folder and moved into `out_dir` only once verified; only files
+    an earlier export wrote and nobody changed since (`files.Manifest`) are replaced.
 
     Args:
         generator: `keras.Model`, e.g. `CycleGAN.generator("a2b")`.
-        out_dir: output folder.
         formats: any of `"saved_model"`, `"tflite"`.
-        variants: TFLite variants (see `export_tflite`; `"none"` means
-            `"float32"`).
-        representative: list of float images in [-1, 1] for int8 calibration
-            (defaults to `samples`).
-        samples: list of float images (h, w, c) in [-1, 1] for the parity
-            check. Defaults to `sample_images(generator)`.
-        save_generator: bool. Also write the Keras generator as
-            `OUT/generator.keras`. Defaults to `False`.
-        precision: `"float32"` or `"mixed_bfloat16"` (`"bfloat16"` too):
-            what the SavedModel computes in. TFLite files are float32 (or
-            quantized) models. Defaults to `"float32"`.
-        max_pixels: int. The most pixels one SavedModel request may hold
-            (see `export_saved_model`). Defaults to 2048 x 2048.
+        variants: TFLite variants (see `export_tflite`; `"none"` means `"float32"`).
+        representative: float images in [-1, 1] for int8 calibration (default: `samples`).
+        samples: float images (h, w, c) in [-1, 1] for the parity check (default: `sample_images(generator)`).
+        save_generator: also write the Keras generator as `OUT/generator.keras`.
+        precision: what the SavedModel computes in: `"float32"` or `"mixed_bfloat16"` (`"bfloat16"`).
+        max_pixels: the most pixels one SavedModel request may hold (see `export_saved_model`).
 
     Returns:
         The report (also `OUT/export_report.json`).
 
     Raises:
-        ExportError: a float32 export differs from Keras by more than 1e-4,
-            or an artifact does not load and run.
-        files.ForeignFile: an output name is taken by a file this package
-            did not write.
+        ExportError: a float32 export differs from Keras by more than 1e-4, or an artifact does not run.
+        files.ForeignFile: an output name is taken by a file this package did not write.
         files.FolderInUse: another export is writing `out_dir`.
         files.DiskFull: the disk filled (the hidden folder is removed).
     """
@@ -482,7 +397,7 @@ def export(
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"out_dir must be a folder. Received a file: {out_dir}")
     # Beside or inside out_dir, so the final moves stay on one file system.
-    parent = out_dir if out_dir.is_dir() else _existing_ancestor(out_dir)
+    parent = out_dir if out_dir.is_dir() else existing_ancestor(out_dir)
     with files.exclusive(parent, f".{out_dir.name}.lock"):
         if out_dir.is_dir():
             files.Manifest(out_dir).check(_outputs(formats, variants, save_generator))
@@ -506,13 +421,6 @@ def _outputs(formats, variants, save_generator):
     names += ["saved_model/1"] if "saved_model" in formats else []
     names += [f"generator_{variant}.tflite" for variant in variants] if "tflite" in formats else []
     return names
-
-
-def _existing_ancestor(path):
-    path = Path(os.path.abspath(path)).parent
-    while not path.exists():
-        path = path.parent
-    return path
 
 
 def _publish(stage, out_dir, written):
@@ -599,35 +507,21 @@ def _export_into(out_dir, generator, formats, variants, representative, samples,
 def evaluate_artifacts(
     generator, out_dir, report, input_paths, real_paths=None, features=None, settings=None, verbose=True
 ):
-    """What each exported artifact's translations are worth: FID/KID, and PSNR/SSIM/MAE against Keras.
-
-    Every artifact of `report` is reloaded from `out_dir` with
-    `inference.load_translator` and translates `input_paths` at their own
-    sizes (as `evaluate.py --model` does); the translations, rounded to
-    uint8 as translate.py writes them, are scored with FID and KID against
-    `real_paths` (when `features` is given) and with PSNR, SSIM and MAE
-    against the Keras model's own translations (kept on disk batch by batch,
-    so memory does not grow with the number of images). The Keras model and
-    the inputs themselves (the identity baseline) get FID and KID too.
+    """Scores each artifact's uint8 translations: FID/KID against `real_paths`, PSNR/SSIM/MAE against Keras.
 
     Args:
         generator: the exported `keras.Model`.
-        out_dir: the export's folder.
-        report: the export's report (`export` returns it); each artifact
-            gains `"evaluation"`, and the report `"evaluation"` (the Keras
-            and identity scores, the settings). It is not written here.
+        report: `export`'s report; each artifact gains `"evaluation"`, and so does the report (not written).
         input_paths: input-domain image files (at least 2 with FID).
         real_paths: target-domain image files for FID/KID, or None.
         features: `fid_inception.InceptionFeatures` or None (no FID/KID).
-        settings: `metrics.EvalSettings`. Defaults to its defaults.
-        verbose: progress bars. Defaults to `True`.
+        settings: `metrics.EvalSettings` (default: its defaults).
 
     Returns:
         `report`, updated.
 
     Raises:
-        metrics.MetricError, data.UnreadableImage: images that cannot be
-            scored or read.
+        metrics.MetricError, data.UnreadableImage: images that cannot be scored or read.
     """
     from cyclegan_keras import inference, metrics
 
@@ -637,10 +531,6 @@ def evaluate_artifacts(
     if features is not None and real_paths:
         real_features = metrics.extract_features(real_paths, features, settings.batch_size, verbose, "real")
 
-    def inputs():
-        for _, images in metrics.batches(input_paths, settings.batch_size, channels):
-            yield images
-
     keras_fn = tf.function(padded_call(generator), reduce_retracing=True)
     with tempfile.TemporaryDirectory() as keras_outputs:
 
@@ -649,7 +539,7 @@ def evaluate_artifacts(
                 print(f"Scoring {name}")
 
             def batches():
-                for i, images in enumerate(inputs()):
+                for i, (_, images) in enumerate(metrics.batches(input_paths, settings.batch_size, channels)):
                     outputs = images if translate is None else metrics.to_uint8(translate(images / 127.5 - 1.0))
                     path = Path(keras_outputs) / f"{i}.npy"
                     if not against_keras:
@@ -699,9 +589,6 @@ def _renamed(scores):
 
 class ExportError(RuntimeError):
     """An exported artifact does not compute what the Keras model computes."""
-
-
-# -- Verification, in a fresh process --------------------------------------------------
 
 
 def verify(out_dir):

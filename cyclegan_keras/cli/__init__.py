@@ -1,8 +1,6 @@
-"""The command-line tools, one module each, with `main(argv=None) -> int`.
+"""The command-line tools, one module each with `main(argv=None) -> int`: console scripts and top-level shims.
 
-Installed as console scripts (`cyclegan-train`, `-translate`, `-export`,
-`-evaluate`); the top-level `train.py` etc. of a checkout are shims that call
-the same `main`. Each imports TensorFlow only after parsing its arguments.
+Each imports TensorFlow only after parsing its arguments.
 """
 
 import functools

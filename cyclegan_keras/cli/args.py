@@ -1,9 +1,6 @@
-"""Argument types shared by the command-line scripts, and their parser.
+"""Argument types of the command-line tools, and their parser: a bad value stops the command before any work.
 
-Each type checks one flag's value while argparse parses, so a bad value stops
-the command before any work with one line `error: argument --flag: ...` and
-exit code 2. Nothing here imports TensorFlow, so `--help` and these checks
-are instant; the vocabularies come from `cyclegan_keras.config`.
+Nothing here imports TensorFlow, so `--help` and these checks are instant.
 """
 
 import argparse
@@ -19,16 +16,11 @@ from cyclegan_keras.config import DIRECTIONS, IMAGE_EXTENSIONS, LEGACY_DIRECTION
 FID_WEIGHTS_URL = (  # cyclegan_keras.fid_inception.FID_WEIGHTS_URL
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 )
-# Any case of a2b/b2a or the reference's AtoB/BtoA.
 _SPELLINGS = {**{d: d for d in DIRECTIONS}, **{name.lower(): d for name, d in LEGACY_DIRECTIONS.items()}}
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose refusals are one line, `error: argument --flag: ...`, exit code 2.
-
-    The description's `python NAME.py` examples name the program run
-    instead when it is an installed console script (`cyclegan-train`).
-    """
+    """argparse whose refusals are one line, exit code 2; examples name the console script run (`cyclegan-train`)."""
 
     def __init__(self, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
@@ -41,11 +33,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def parse_direction(value):
-    """`"a2b"` or `"b2a"` from this package's names or the reference's `AtoB`/`BtoA`, in any case.
-
-    Raises:
-        ValueError: naming the accepted values.
-    """
+    """`"a2b"` or `"b2a"` from this package's names or the reference's `AtoB`/`BtoA`, in any case."""
     direction = _SPELLINGS.get(str(value).strip().lower())
     if direction is None:
         raise ValueError(f"must be a2b or b2a (the reference's AtoB, BtoA also work). Received: {value!r}")
@@ -61,7 +49,7 @@ def direction(text):
 
 
 def _existing(text, folder, what):
-    """`Path(text)` if it exists and is a folder (`folder=True`) or a file; else the error, naming `what` it must be."""
+    """`Path(text)` if it exists and is a folder (`folder=True`) or a file, else the error naming `what`."""
     path = Path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text} not found")
@@ -93,7 +81,7 @@ def output_folder(text):
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
-    ancestor = _existing_ancestor(path)
+    ancestor = existing_ancestor(path)
     if not ancestor.is_dir():
         raise argparse.ArgumentTypeError(f"{text} cannot be created: {ancestor} is a file")
     if not os.access(ancestor, os.W_OK | os.X_OK):
@@ -101,7 +89,7 @@ def output_folder(text):
     return text
 
 
-def _existing_ancestor(path):
+def existing_ancestor(path):
     path = Path(os.path.abspath(path))
     while not path.exists():
         path = path.parent
@@ -203,7 +191,7 @@ def output_file(text):
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
-    ancestor = _existing_ancestor(path.parent)
+    ancestor = existing_ancestor(path.parent)
     if not ancestor.is_dir():
         raise argparse.ArgumentTypeError(f"{text} cannot be created: {ancestor} is a file")
     return text

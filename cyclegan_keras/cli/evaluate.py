@@ -7,11 +7,9 @@
     # paired ground truth and the paper's Cityscapes label scores
     python evaluate.py --model photo2label.keras --input testA/ --truth testB/ --labels cityscapes
 
---model takes a .keras CycleGAN or generator, a training work directory, an
-exported SavedModel directory or a .tflite file. FID/KID need the FID
-Inception weights (pt_inception-2015-12-05-6726825d.pth): --inception-weights,
-the CYCLEGAN_INCEPTION_WEIGHTS variable, or the cache folder
-~/.cache/cyclegan_keras/. Without them the other scores are still computed.
+FID/KID need the FID Inception weights (pt_inception-2015-12-05-6726825d.pth):
+--inception-weights, $CYCLEGAN_INCEPTION_WEIGHTS or ~/.cache/cyclegan_keras/;
+without them the other scores are still computed.
 """
 
 import json
@@ -88,22 +86,15 @@ def main(argv=None):
             print(f"error: argument --json: {error}", file=sys.stderr)
             return 2
     _env.import_tensorflow()
-    from cyclegan_keras import data, fid_inception, inference, metrics, pth
+    from cyclegan_keras import inference, metrics, pth
 
     try:
         scores, notes = run(args)
     except inference.MemoryBudgetError as error:
         print(f"error: argument --max-memory: {error}", file=sys.stderr)
         return 2
-    except (
-        data.DataError,
-        metrics.MetricError,
-        fid_inception.WeightsNotFound,
-        pth.ConversionError,
-        pth.UnsafePickleError,
-        FileNotFoundError,
-        ValueError,
-    ) as error:
+    # Also data.DataError, metrics.MetricError, pth.ConversionError (ValueErrors) and WeightsNotFound.
+    except (pth.UnsafePickleError, FileNotFoundError, ValueError) as error:
         flag = _flag_holding(getattr(error, "path", None), args)
         print(f"error: {f'argument {flag}: ' if flag else ''}{error}", file=sys.stderr)
         return 2

@@ -5,21 +5,12 @@
         --tflite-quantization int8 --representative datasets/horse2zebra/testB --out exported/
     python export.py --from-torch horse2zebra.pth --out horse2zebra/
 
-Writes OUT/saved_model/1/ (TF Serving: signatures serving_default, uint8,
-bytes), OUT/generator_<variant>.tflite, and OUT/export_report.json: every
-artifact reloaded in a fresh process and compared with the Keras model (max
-abs error, PSNR, size, ops, latency). With --from-torch also
-OUT/generator.keras. Every flag is checked before any work, and OUT is
-written only once everything is verified. The SavedModel refuses a request
-of more than --max-pixels pixels (INVALID_ARGUMENT, before decoding).
-
-With --eval-real DIR, every artifact (and the Keras model) then translates
-the --eval-input images (default: --representative) and the report gains
-their FID and KID against DIR and their PSNR/SSIM/MAE against the Keras
-translations: what float16 or int8 costs. FID/KID need the FID Inception
-weights (--inception-weights, $CYCLEGAN_INCEPTION_WEIGHTS or
-~/.cache/cyclegan_keras/); without them only the scores against Keras are
-computed.
+Writes OUT/saved_model/1/ (TF Serving), OUT/generator_<variant>.tflite (and
+OUT/generator.keras with --from-torch) once every artifact, reloaded in a fresh
+process, matches the Keras model; OUT/export_report.json has the figures. With
+--eval-real DIR the report also scores each artifact's translations: FID/KID
+against DIR (weights: --inception-weights, $CYCLEGAN_INCEPTION_WEIGHTS or
+~/.cache/cyclegan_keras/) and PSNR/SSIM/MAE against Keras.
 """
 
 import os
@@ -52,16 +43,15 @@ def parser():
         default="float32",
         type=_current_name,
         choices=EXPORT_PRECISIONS,
-        help="what the SavedModel computes in; mixed_bfloat16 (or bfloat16: float32 in and out) is for GPUs, "
-        "TPUs and CPUs with AMX or AVX512-BF16, its PSNR against float32 is in the report (default: float32)",
+        help="what the SavedModel computes in (float32 in and out); mixed_bfloat16 (or bfloat16) is for GPUs, "
+        "TPUs and CPUs with AMX or AVX512-BF16 (default: float32)",
     )
     result.add_argument(
         "--max-pixels",
         type=cli_args.Range(1),
         default=SERVING_MAX_PIXELS,
-        help="the most pixels (height x width, summed over its images) one SavedModel request may hold; "
-        "larger requests get INVALID_ARGUMENT before anything is decoded (the README gives the memory "
-        f"one request needs) (default: {SERVING_MAX_PIXELS} = 2048x2048)",
+        help="the most pixels (height x width, summed over its images) one SavedModel request may hold; larger "
+        f"ones get INVALID_ARGUMENT before decoding (default: {SERVING_MAX_PIXELS} = 2048x2048)",
     )
     result.add_argument(
         "--tflite-quantization",
@@ -193,7 +183,7 @@ def main(argv=None):
 
 
 def prepare_evaluation(cli, args, generator):
-    """The images and the FID network of --eval-real, checked before any export; prints what will be scored."""
+    """The images and the FID network of --eval-real, checked before any export."""
     from cyclegan_keras import data, fid_inception, metrics, pth
 
     input_folder = args.eval_input or args.representative

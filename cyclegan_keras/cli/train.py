@@ -19,7 +19,6 @@ from cyclegan_keras.cli import args as cli_args
 from cyclegan_keras.cli import full_disk_exits_1
 
 INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)
-# The checks of `setting(kind=...)`.
 KIND_TYPES = {
     "dataroot": cli_args.dataroot,
     "inception_weights": cli_args.inception_weights_file,
@@ -30,11 +29,7 @@ KIND_TYPES = {
 
 
 def argument(field):
-    """`add_argument` keyword arguments for a `TrainConfig` field, from its metadata.
-
-    A field without help, or without choices, bounds or a kind to check its
-    value by, is refused, so no setting reaches the command line unchecked.
-    """
+    """`add_argument` keyword arguments for a `TrainConfig` field; one without help or a check is refused."""
     m = field.metadata
     if "help" not in m:
         raise TypeError(f"TrainConfig.{field.name} has no help: declare it with config.setting(...)")

@@ -4,15 +4,11 @@
     python translate.py --model runs/horse2zebra --direction BtoA --input 'zebras/*.jpg' --out horses/
     python translate.py --model horse2zebra/generator.keras --input horses/ --out zebras/ --preprocess resize
 
-Each image is translated at its own size and aspect ratio (--preprocess
-none), or resized to a --load-size square (256) as the reference's test.py
-(--preprocess resize). OUT/index.html shows input | output. --out never
-overwrites an input: it may not be inside an --input folder, and clashing
-names get _1, _2, ... suffixes. Nor does it replace a file in --out that it
-did not write (OUT/.cyclegan_keras_manifest.json lists what it wrote).
-Images that do not fit --max-memory (default: half the memory available)
-are translated in overlapping tiles with the whole image's normalization
-statistics; --tile-size 0 refuses them instead.
+Each image keeps its own size (--preprocess none) or is resized to a
+--load-size square as the reference's test.py (--preprocess resize);
+OUT/index.html shows input | output. It never replaces a file in --out that
+it did not write, and clashing names get _1, _2, ... suffixes. Images that
+do not fit --max-memory are translated in overlapping tiles.
 """
 
 import os
@@ -22,7 +18,7 @@ from pathlib import Path
 from cyclegan_keras import _env, files
 from cyclegan_keras.cli import args as cli_args
 from cyclegan_keras.cli import full_disk_exits_1
-from cyclegan_keras.config import DEFAULT_LOAD_SIZE, DIRECTIONS, INFERENCE_PREPROCESS
+from cyclegan_keras.config import DEFAULT_LOAD_SIZE, INFERENCE_PREPROCESS
 
 
 def parser():
@@ -39,13 +35,7 @@ def parser():
     result.add_argument(
         "--out", required=True, type=cli_args.output_folder, help="output folder, outside any --input folder"
     )
-    result.add_argument(
-        "--direction",
-        default="a2b",
-        type=cli_args.direction,
-        choices=DIRECTIONS,
-        help="which generator of a CycleGAN; the reference's AtoB/BtoA also work (default: a2b)",
-    )
+    cli_args.add_direction_argument(result)
     result.add_argument(
         "--batch-size",
         type=cli_args.Range(1),
@@ -57,8 +47,7 @@ def parser():
         default="none",
         choices=INFERENCE_PREPROCESS,
         help="none: native size and aspect ratio, the output has the input's size; resize: the reference's "
-        "test.py, a square --load-size resize (default: none, since a photo of any shape should come back "
-        "in its own shape; use resize to compare with the reference's results)",
+        "test.py, a square --load-size resize (default: none; use resize to compare with the reference's results)",
     )
     result.add_argument(
         "--load-size",
@@ -83,35 +72,27 @@ def main(argv=None):
             "the originals and be read as inputs next time; choose a folder outside it"
         )
     _env.import_tensorflow()
+    from cyclegan_keras import inference
     from cyclegan_keras.data import DataError
-    from cyclegan_keras.inference import (
-        MemoryBudgetError,
-        ModelLoadError,
-        OutputConflict,
-        check_tiling,
-        load_generator,
-        plan_outputs,
-        translate_files,
-    )
 
     try:
-        plan_outputs(args.input, args.out)
-    except OutputConflict as error:
+        inference.plan_outputs(args.input, args.out)
+    except inference.OutputConflict as error:
         cli.error(f"argument --out: {error}")
     except DataError as error:
         cli.error(f"argument --input: {error}")
     try:
-        generator = load_generator(args.model, args.direction)
-    except ModelLoadError as error:
+        generator = inference.load_generator(args.model, args.direction)
+    except inference.ModelLoadError as error:
         cli.error(f"argument --model: {error}")
     except ValueError as error:
         cli.error(f"argument --direction: {error}")
     try:
-        check_tiling(generator, args.tile_size, args.tile_overlap)
+        inference.check_tiling(generator, args.tile_size, args.tile_overlap)
     except ValueError as error:
         cli.error(f"argument --tile-size: {error}")
     try:
-        written, bad = translate_files(
+        written, bad = inference.translate_files(
             generator,
             args.input,
             args.out,
@@ -123,11 +104,11 @@ def main(argv=None):
             tile_size=args.tile_size,
             overlap=args.tile_overlap,
         )
-    except MemoryBudgetError as error:
+    except inference.MemoryBudgetError as error:
         cli.error(f"argument --max-memory: {error}")
     except DataError as error:
         cli.error(f"argument --input: {error}")
-    except (OutputConflict, files.FolderInUse) as error:  # found again once --out is locked
+    except (inference.OutputConflict, files.FolderInUse) as error:  # found again once --out is locked
         cli.error(f"argument --out: {error}")
     for path, reason in bad:
         print(f"skipped {path}: {reason}", file=sys.stderr)
