@@ -135,7 +135,7 @@ def precision_policy(name):
 
 
 def replica_share():
-    """1 / replicas in sync: a replica's mean loss times it is its share, as the optimizer sums gradients."""
+    """1 / replicas in sync: scales a replica's mean loss to its share of the global one (gradients are summed)."""
     context = tf.distribute.get_replica_context()
     return 1.0 / context.num_replicas_in_sync if context is not None else 1.0
 
