@@ -1,10 +1,6 @@
 """Where training runs: `tf.distribute` strategies, mixed-precision policies, replica arithmetic.
 
-`make_strategy` and `precision_policy` check the request against the
-machine first, so a wrong choice fails with one line naming the flag.
-Multi-worker training follows TensorFlow's protocol: each worker gets
-`TF_CONFIG` (see the README), runs the same program, and only the chief
-writes into the work directory (`is_chief`).
+Requests are checked against the machine first, so a wrong choice fails with one line naming the flag.
 """
 
 import contextlib
@@ -50,10 +46,7 @@ def resolve(name):
 
 
 def make_strategy(name="auto"):
-    """The `tf.distribute.Strategy` for `--strategy name` (see `resolve`).
-
-    `one_device` is TensorFlow's default strategy. Make a `multi_worker` one
-    before any other TensorFlow op runs in the process.
+    """The `tf.distribute.Strategy` for `--strategy name`; make a `multi_worker` one before any other op.
 
     Raises:
         DistributeError: the machine lacks what `name` needs.
@@ -93,11 +86,7 @@ def is_chief(strategy):
 
 
 def check_precision(name):
-    """Checks `--precision name`; returns a warning for a slow choice, or None.
-
-    float16 is fast on GPUs only; bfloat16 on GPUs, TPUs and CPUs with AMX or
-    AVX512-BF16. Elsewhere they are emulated, slower than float32.
-    """
+    """Checks `--precision name`; returns a warning for a choice slower than float32 here, or None."""
     if name not in PRECISIONS:
         raise DistributeError(f"--precision must be one of {', '.join(PRECISIONS)}. Received: {name!r}")
     if name == "float32" or tf.config.list_physical_devices("GPU") or tf.config.list_logical_devices("TPU"):
@@ -135,11 +124,7 @@ def cpu_flags():
 
 @contextlib.contextmanager
 def precision_policy(name):
-    """Sets Keras's global dtype policy to `name` inside the block (then restores the previous one).
-
-    Networks built inside compute in `name`'s dtype with float32 weights;
-    instance-norm statistics, network outputs, losses and pools stay float32.
-    """
+    """Sets Keras's global dtype policy to `name` inside the block (then restores the previous one)."""
     check_precision(name)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(name)
@@ -150,11 +135,7 @@ def precision_policy(name):
 
 
 def replica_share():
-    """1 / replicas in sync: turns a replica's mean loss into its share of the global mean.
-
-    The optimizer sums the replicas' gradients, so with this N replicas of
-    batch b step as one device with batch N * b (the data drop remainders).
-    """
+    """1 / replicas in sync: scales a replica's mean loss to its share of the global one (gradients are summed)."""
     context = tf.distribute.get_replica_context()
     return 1.0 / context.num_replicas_in_sync if context is not None else 1.0
 

@@ -6,26 +6,14 @@ import tensorflow as tf
 
 @keras.saving.register_keras_serializable(package="cyclegan_keras")
 class ImagePool(keras.layers.Layer):
-    """A buffer of previously generated images (Shrivastava et al., 2017).
+    """A buffer of previously generated images for the discriminators (Shrivastava et al., 2017).
 
-    The discriminator sees a mix of the newest fakes and older ones, which
-    damps oscillation. For each image of the batch, in order (the
-    reference's `ImagePool.query`): while not full, store and return it;
-    once full, with probability 0.5 return a random stored image and store
-    the new one in its slot, else return the new image.
-
-    The pool lives in variables (images, fill count, draw counter), so it
-    works inside `tf.function` and XLA, is saved with the model and resumes
-    exactly. Draws are stateless from `(seed, draw counter)` (XLA's Philox
-    stream differs from TensorFlow's). Returned images carry no gradient.
+    Per image, as the reference's `ImagePool.query`: until full, store and return it; then with
+    probability 0.5 swap it for a random stored one. In variables, so it is saved and resumes exactly;
+    draws are stateless from `(seed, draw counter)` (XLA's Philox stream differs from TensorFlow's).
 
     Args:
-        pool_size: int. Images stored; 0 disables the pool (images are
-            returned as they are). Defaults to `50`.
-        seed: int. Seed of the pool's random draws. Defaults to `0`.
-
-    Input shape: `(batch, height, width, channels)`, height, width and
-    channels known when the layer is built.
+        pool_size: images stored; 0 returns images as they are.
     """
 
     def __init__(self, pool_size: int = 50, seed: int = 0, **kwargs):
@@ -43,8 +31,7 @@ class ImagePool(keras.layers.Layer):
                 f"channels must be known. Received: input_shape={input_shape}"
             )
 
-        # Under tf.distribute each replica keeps its own pool of its own fakes
-        # (on-read variables, which add_weight cannot make); a checkpoint
+        # Each replica keeps its own pool (on-read variables, which add_weight cannot make); a checkpoint
         # stores the first replica's, which every replica restores.
         def state(name, shape, dtype):
             return keras.Variable(
@@ -85,8 +72,7 @@ class ImagePool(keras.layers.Layer):
             slot = tf.where(full, random_slot, count)
             stored = stored_images[slot]
             keep = tf.logical_and(full, tf.logical_not(swap))
-            # A whole-variable assign (distributed variables lack
-            # scatter_nd_update); measured 6 ms per 256x256 query, full pool.
+            # Distributed variables lack scatter_nd_update; this costs 6 ms per 256x256 query, full pool.
             stored_images.assign(tf.tensor_scatter_nd_update(stored_images, [[slot]], [tf.where(keep, stored, image)]))
             self.count.assign(tf.minimum(count + 1, self.pool_size))
             output = tf.where(swap, stored, image)

@@ -1,9 +1,7 @@
-"""Translating image files with a trained model, as the reference's test.py.
+"""Translating image files with a trained model (the reference's test.py), at any size within a memory budget.
 
-`translate_files` streams: it reads, translates and writes a batch at a time,
-so memory does not grow with the number of files. It never writes over an
-input, nor over another output of the same run, nor over a file in the
-output folder that it did not write (`files.Manifest`).
+`translate_files` streams batches to PNGs, never over an input or a user's file; `translate_images`
+runs a generator on arrays, in tiles when an image does not fit; `load_translator` wraps exported forms.
 """
 
 import dataclasses
@@ -40,17 +38,12 @@ LOCK = ".cyclegan_keras.lock"
 
 
 def load_generator(path, direction="a2b"):
-    """The generator for `direction` from a `.keras` file or a training work directory.
-
-    Accepts a saved `CycleGAN` (either direction) or a saved generator alone
-    (e.g. one converted from PyTorch), which translates its own direction
-    only: asking it for `"b2a"` is refused rather than ignored.
+    """The generator for `direction` from a `.keras` file (a CycleGAN or a lone generator) or a work directory.
 
     Raises:
         FileNotFoundError: no model file at `path`.
         ModelLoadError: the file is not a readable Keras model.
-        ValueError: `direction` is not `"a2b"` or `"b2a"`, or is `"b2a"` for
-            a lone generator.
+        ValueError: a bad `direction`, or `"b2a"` for a lone generator (it has its own direction only).
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}. Received: direction={direction!r}")
@@ -77,19 +70,11 @@ def load_generator(path, direction="a2b"):
 
 
 def preprocess_for_inference(image, preprocess="none", load_size=DEFAULT_LOAD_SIZE):
-    """Test-time preprocessing of one uint8 image `(height, width, channels)`.
-
-    - `"resize"`: the reference's test.py (`load_size = crop_size`): a square
-      antialiased bicubic resize to `load_size`, no crop, no flip.
-    - `"none"`: the image as it is; outputs keep its size and aspect ratio.
+    """Test-time preprocessing of one uint8 image `(height, width, channels)`, as a uint8 tensor.
 
     Args:
-        image: uint8 tensor or array `(height, width, channels)`.
-        preprocess: one of `INFERENCE_PREPROCESS`. Defaults to `"none"`.
-        load_size: int. Side of the square for `"resize"`. Defaults to `256`.
-
-    Returns:
-        uint8 tensor `(height, width, channels)`.
+        preprocess: `"none"` (as it is) or `"resize"` (the reference's test.py: a square antialiased
+            bicubic resize to `load_size`, no crop, no flip).
     """
     check_preprocess(preprocess, load_size)
     image = tf.convert_to_tensor(image, tf.uint8)
@@ -133,9 +118,8 @@ def resolve_inputs(spec):
 def output_names(paths, root):
     """One distinct output name per input: its path under `root`, `/` as `__`.
 
-    Clashing names (`a.jpg` and `a.png`; `a/b.png` and `a__b.png`; names
-    differing only in case) get the first free `_1`, `_2`, ... suffix that no
-    other input's own name takes: `a.jpg`, `a.png`, `a_1.png` give `a`, `a_2`, `a_1`.
+    Clashes (also by case) get the first `_1`, `_2`, ... no other input's own name takes:
+    `a.jpg`, `a.png`, `a_1.png` give `a`, `a_2`, `a_1`.
     """
     stems = []
     for path in paths:
@@ -163,11 +147,8 @@ def output_names(paths, root):
 def plan_outputs(spec, out_dir):
     """`[(input path, output name)]` for `spec`, after checking no output overwrites an input.
 
-    Refused (`OutputConflict`): `out_dir` equal to or inside a folder given
-    as `spec`; an output path that is an input; an output path that exists
-    but is not an unchanged earlier translation into `out_dir`
-    (`files.Manifest`): it is the user's. So `--input 'photos/*.jpg' --out
-    photos/` adds PNGs beside the JPEGs, and a rerun replaces its own.
+    Raises `OutputConflict` for `out_dir` in a folder given as `spec`, an output that is an input, or
+    one that exists and is not an unchanged earlier translation (`files.Manifest`): the user's file.
     """
     paths, root = resolve_inputs(spec)
     out = Path(os.path.realpath(out_dir))
@@ -213,42 +194,27 @@ def translate_files(
     tile_size=None,
     overlap=None,
 ):
-    """Translates every image of `spec` and writes one PNG per readable input.
+    """Translates every image of `spec`, a batch at a time, into `OUT/<name>.png` and `OUT/inputs/<name>.png`.
 
-    Streams: images of one size are batched (at most `batch_size`, or as many
-    as the memory budget lets translate together) and each batch is written
-    once translated; an image too large for the budget is translated alone,
-    in tiles (see `translate_images`). Writes `OUT/<name>.png` (see
-    `output_names`), `OUT/inputs/<name>.png` (the preprocessed input) and an
-    `OUT/index.html` gallery, each atomically, listed in
-    `OUT/.cyclegan_keras_manifest.json`, holding `OUT/.cyclegan_keras.lock`
-    meanwhile. Nothing is written before the first image is translated;
-    unreadable files are skipped and returned.
+    Also writes an `OUT/index.html` gallery; each file atomically, listed in the manifest, under
+    `LOCK`. Nothing is written before the first image is translated; unreadable files are skipped.
 
     Args:
-        generator: `keras.Model`, e.g. from `load_generator`.
         spec: an image file, a folder (recursive) or a glob pattern.
-        out_dir: output folder (see `plan_outputs` for what is refused).
-        batch_size: int >= 1. Defaults to `4`.
-        preprocess: `"none"` or `"resize"` (see `preprocess_for_inference`).
-            Defaults to `"none"`.
-        load_size: int. Side for `"resize"`. Defaults to `256`.
-        verbose: bool. Show a progress bar. Defaults to `True`.
-        max_memory: int. Bytes a translation may allocate. Defaults to
-            `default_memory_budget()`, taken once at the start.
+        preprocess, load_size: see `preprocess_for_inference`.
+        verbose: show a progress bar.
+        max_memory: bytes a translation may allocate; `default_memory_budget()`, taken once, if None.
         tile_size, overlap: see `translate_images`.
 
     Returns:
-        `(written, bad)`: the output paths written, and `(path, reason)` of
-        the files skipped.
+        `(written, bad)`: the output paths written, and `(path, reason)` of the files skipped.
 
     Raises:
         OutputConflict: an output would overwrite an input or a user's file.
         files.FolderInUse: another process is writing `out_dir`.
         files.DiskFull: the disk filled (the file being written is removed).
         data.DataError: no input image could be decoded (nothing is written).
-        MemoryBudgetError: an image does not fit the budget with
-            `tile_size=0` (the images before it are written).
+        MemoryBudgetError: an image does not fit with `tile_size=0` (the images before it are written).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
@@ -333,20 +299,14 @@ def _write_gallery(out_dir, names):
     )
 
 
-# -- Running a generator at any size, within a memory budget ----------------------------------
-
 DEFAULT_MEMORY_FRACTION = 0.5
-# Peak allocation per byte of the largest set of tensors alive at once in the generator's
-# graph: measured 1.87-1.99 for resnet_9blocks (bench/tiled_inference.py --calibrate), tiled
-# runs up to 13% past 2.0; 2.3 leaves that margin.
+# Peak allocation per byte of the graph's largest live set: measured 1.87-1.99 for resnet_9blocks,
+# tiled runs up to 13% past 2.0 (bench/tiled_inference.py --calibrate); 2.3 leaves that margin.
 ALLOCATION_FACTOR = 2.3
-# Whole-image float32 (input + output) buffers beside the generator's tensors: decoded,
-# batched, padded, blended, PNG (a tiled 24 MP photo in translate_files held about 3.3).
+# Whole-image float32 (input + output) copies beside the graph's: a tiled 24 MP photo held about 3.3.
 IMAGE_BUFFERS = 4
-# Leading instance norms whose statistics a tiled translation gathers exactly, tile by tile;
-# the others come from a reduced whole image, which lacks the finest detail. Tiled vs untiled
-# PSNR on a 2048x1536 photo: 32.7 dB with none, 37.7 with one, 39.3 with two, for 5% more
-# compute (bench/tiled_inference.py).
+# Leading instance norms gathered exactly tile by tile (the rest from a reduced image): tiled vs untiled
+# PSNR at 2048x1536 was 32.7 dB with none, 37.7 with one, 39.3 with two, for 5% more compute.
 EXACT_NORMS = 2
 
 
@@ -355,12 +315,7 @@ class MemoryBudgetError(ValueError):
 
 
 def available_memory():
-    """Bytes this process can still allocate where the generator runs.
-
-    On a GPU, what TensorFlow may use there minus what it holds; on the CPU,
-    `MemAvailable` of `/proc/meminfo`, or a memory cgroup's (v1 or v2) limit
-    minus its usage where that is less.
-    """
+    """Bytes this process can still allocate where the generator runs (GPU, else RAM within its cgroups)."""
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
         free = _free_gpu_memory(gpus[0].name)
@@ -428,13 +383,7 @@ def _free_gpu_memory(device):
 
 
 def padded_call(generator):
-    """`generator` in inference mode on any image size, as a function of tensors, for exporters to trace.
-
-    Reflect-pads height and width up to what the generator's strides and
-    paddings need (`networks.size_multiple`, `networks.min_size`) and crops
-    the output back to the input's size. `translate_images` is the numpy
-    form, within a memory budget.
-    """
+    """`generator` in inference mode on any image size (reflect-padded, output cropped back), for exporters."""
     multiple, smallest = size_multiple(generator), min_size(generator)
 
     def call(images):
@@ -472,9 +421,8 @@ def default_overlap(generator):
 class _Runner:
     """A generator's compiled functions: the whole-image call and, with instance norm, the tiled ones.
 
-    `record` keeps a (reduced) whole image's norm statistics, `leading[i]`
-    runs a tile up to norm `i`, `apply` runs tiles with the statistics: clones
-    sharing the generator's layers, which stay unchanged.
+    `record` keeps an image's norm statistics, `leading[i]` runs a tile up to norm `i`, `apply` runs
+    tiles with the statistics: clones sharing the generator's layers.
     """
 
     def __init__(self, generator):
@@ -567,8 +515,7 @@ def _runner(generator):
     runner = getattr(generator, "_inference_runner", None)
     if runner is None:
         runner = _Runner(generator)
-        # Kept on the generator, untracked by Keras (not saved), and freed with it: a
-        # module-level cache would keep every generator alive, as the runner refers to it.
+        # On the generator, untracked (not saved) and freed with it: a module cache would keep it alive.
         object.__setattr__(generator, "_inference_runner", runner)
     return runner
 
@@ -582,12 +529,7 @@ def _padded_size(runner, height, width):
 
 
 def memory_needed(generator, batch, height, width):
-    """Estimated peak bytes that translating `batch` images `height` x `width` whole allocates.
-
-    `ALLOCATION_FACTOR` times the largest sum of tensors alive at once in
-    the generator's graph at the padded size (`_peak_live_bytes`), plus
-    `IMAGE_BUFFERS` float32 copies of the input and output images.
-    """
+    """Estimated peak bytes that translating `batch` images `height` x `width` whole allocates."""
     runner = _runner(generator)
     padded_height, padded_width = _padded_size(runner, height, width)
     channels = generator.input_shape[-1] + generator.output_shape[-1]
@@ -597,26 +539,14 @@ def memory_needed(generator, batch, height, width):
 
 
 def images_per_call(generator, height, width, max_memory, batch_size=None):
-    """How many images `height` x `width` can be translated whole together within `max_memory`.
-
-    At most `batch_size` (if given); 0 when not even one fits whole.
-    """
+    """How many images `height` x `width` fit `max_memory` whole together (at most `batch_size`), maybe 0."""
     count = int(max_memory // memory_needed(generator, 1, height, width))
     return min(count, batch_size) if batch_size else count
 
 
 @dataclasses.dataclass(frozen=True)
 class Tiling:
-    """How one image is translated in tiles (from `plan_tiles`).
-
-    Attributes:
-        tile: `(height, width)` of every tile, on the padded image.
-        rows, columns: offsets of the tiles' top and left sides.
-        overlap: the fewest pixels two neighbours share.
-        statistics_size: `(height, width)` of the reduced whole image for the
-            norms after the first `EXACT_NORMS`, or None (no instance norm).
-        memory: estimated peak bytes.
-    """
+    """How `plan_tiles` tiles one padded image; `statistics_size` is the reduced image's (None without norms)."""
 
     tile: tuple
     rows: tuple
@@ -646,10 +576,9 @@ def _smallest_tile(runner, overlap):
 
 
 def plan_tiles(generator, height, width, max_memory, tile_size=None, overlap=None):
-    """The tiling of one `height` x `width` image with the least computed area that fits `max_memory`.
+    """The `Tiling` of a `height` x `width` image with the least computed area that fits `max_memory`.
 
-    Tiles are at most `tile_size` a side, multiples of what the generator
-    needs and placed at multiples of it, so they see the whole image's grid.
+    Tiles are sized and placed at multiples of `size_multiple`, so they see the whole image's grid.
 
     Raises:
         MemoryBudgetError: not even the smallest tiles fit.
@@ -711,10 +640,7 @@ def _axis_tiles(length, count, overlap, multiple):
 
 
 def _axis_weights(length, tile, offsets, overlap):
-    """Per tile, its weights along one axis: 0 over the outer `overlap / 4` of a shared side, then a linear ramp.
-
-    Normalized so that at every pixel they sum to 1.
-    """
+    """Per tile, its blend weights along one axis (0 over the outer `overlap / 4`, then a ramp), summing to 1."""
     position = np.arange(tile) + 0.5
     profiles = []
     for i, start in enumerate(offsets):
@@ -760,11 +686,9 @@ def _translate_tiled(generator, image, tiling, statistics=None):
 
 
 def _exact_leading_statistics(runner, padded, tiling):
-    """Gives the first `EXACT_NORMS` norms the statistics of the whole padded image at full resolution.
+    """The first `EXACT_NORMS` norms' statistics of the whole padded image, from each tile's owned pixels.
 
-    Each tile runs up to the norm and counts only the pixels it owns (up to
-    the middles of its overlaps, far from its border); the parts' moments
-    are combined exactly (Chan et al.), in float64.
+    The parts' moments are combined exactly (Chan et al.), in float64.
     """
     (tile_y, tile_x), multiple = tiling.tile, runner.multiple
     owned_y = _owned_parts(tiling.rows, tile_y, padded.shape[1], multiple)
@@ -786,10 +710,7 @@ def _exact_leading_statistics(runner, padded, tiling):
 
 
 def _moments_over_box(features_of):
-    """`(tile, box) -> (mean, variance, count)` of `features_of(tile)` per channel over `box`, in tile pixels.
-
-    In one graph, so that only the moments leave it (a tile's full-size features are the largest tensors).
-    """
+    """`(tile, box) -> (mean, variance, count)` of `features_of(tile)` over `box`; one graph, so only moments leave."""
 
     def moments(tile, box):
         features = features_of(tile)[0]
@@ -820,26 +741,14 @@ def recorded_statistics(generator, image):
 def translate_images(generator, images, batch_size=8, max_memory=None, tile_size=None, overlap=None):
     """Runs an image-to-image generator on images of any size, within a memory budget.
 
-    The one entry point for translating with a Keras generator. Images that
-    fit the budget are translated whole, as many together as fit (at most
-    `batch_size`); others in overlapping tiles (`plan_tiles`) normalized
-    with the whole image's instance-norm statistics, blended where they meet.
+    Images that fit are translated whole, up to `batch_size` together; others in overlapping tiles
+    (`plan_tiles`) normalized with the whole image's instance-norm statistics, blended where they meet.
 
     Args:
-        generator: `keras.Model`, e.g. `CycleGAN.generator("a2b")`.
-        images: array `(n, height, width, channels)` or one image
-            `(height, width, channels)`, float values in [-1, 1].
-        batch_size: int. Most images per generator call. Defaults to `8`.
-        max_memory: int. Bytes the translation may allocate. Defaults to
-            `default_memory_budget()`, half of what is available.
-        tile_size: int or None. `None`: tile only what does not fit, with
-            the largest tiles that fit. `0`: never tile; an image that does
-            not fit raises `MemoryBudgetError`. `N`: tiles of at most `N`
-            pixels a side for images larger than that. Defaults to `None`.
-        overlap: int. Fewest pixels neighbouring tiles share. Defaults to
-            `default_overlap(generator)`. Tiles give exactly the whole
-            image's result under the same statistics once
-            `overlap >= 4 * receptive_radius(generator)`.
+        images: `(n, height, width, channels)` or one image `(height, width, channels)`, in [-1, 1].
+        max_memory: bytes it may allocate; `default_memory_budget()` if None.
+        tile_size: `None` tiles only what does not fit; `0` never tiles; `N` tiles larger images by `N`.
+        overlap: fewest pixels neighbouring tiles share; exact from `4 * receptive_radius(generator)`.
 
     Returns:
         float32 numpy array with the input's height and width.
@@ -880,20 +789,8 @@ def translate_images(generator, images, batch_size=8, max_memory=None, tile_size
     return outputs[0] if single else outputs
 
 
-# -- Any exported form of a generator, as one callable ---------------------------------------
-
-
 class Translator:
-    """A generator in any of its forms, as `images -> translated images`.
-
-    Call it with float32 `(n, h, w, input_channels)` in [-1, 1]; it returns a
-    numpy array of the same height and width in [-1, 1].
-
-    Attributes:
-        kind: `"keras"`, `"saved_model"` or `"tflite"`.
-        input_channels, output_channels: ints.
-        path: what it was loaded from.
-    """
+    """A generator in any of its forms (`kind`: keras, saved_model, tflite), as images -> images in [-1, 1]."""
 
     def __init__(self, fn, kind, input_channels, output_channels, path):
         self._fn = fn
@@ -907,16 +804,10 @@ class Translator:
 
 
 def load_translator(path, direction="a2b", max_memory=None, tile_size=None, overlap=None):
-    """A `Translator` for a `.keras` file or work directory, a SavedModel or a `.tflite` file.
+    """A `Translator` for a `.keras` file or work directory, a SavedModel (or export folder) or a `.tflite` file.
 
-    A `.keras` CycleGAN gives its generator for `direction`; a saved
-    generator, a SavedModel (from `export.py`: the directory holding
-    `saved_model.pb`, or the export's OUT folder) and a `.tflite` file have
-    one direction, their own. Every form translates within `max_memory`
-    (default: `default_memory_budget()` when loaded). A Keras generator tiles
-    what does not fit; an exported one cannot (its instance norms are fixed
-    in its graph), so an image that does not fit whole raises
-    `MemoryBudgetError` (estimated with its widest layer at full resolution).
+    Only a CycleGAN has two directions. All translate within `max_memory`; exported forms cannot tile
+    (their norms are fixed in the graph), so an image too large for them raises `MemoryBudgetError`.
 
     Raises:
         FileNotFoundError: nothing at `path`.
@@ -983,8 +874,7 @@ def _saved_model_translator(path, max_memory):
     loaded = tf.saved_model.load(str(path))
     signature = loaded.signatures["serving_default"]
     widest = max(max(v.shape[2:]) for v in loaded.variables if v.shape.rank == 4)
-    # The export declares images of unknown rank and checks the channels in
-    # the graph: probe which count it accepts.
+    # The export declares images of unknown rank and checks channels in the graph: probe them.
     for channels in (3, 1, 4):
         try:
             probe = signature(images=tf.zeros((1, 8, 8, channels)))["translated"]

@@ -11,38 +11,20 @@ from cyclegan_keras import ops
 def _spatial_mean(x):
     """Mean over H and W, one axis at a time.
 
-    TFLite accumulates sequentially in float32: with one reduction over
-    256x256 values a small generator's TFLite output was 1e-3 away from
-    TensorFlow's; reducing each axis apart (hundreds of values), 8e-6.
+    TFLite sums sequentially in float32: one 256x256 reduction put its output 1e-3 from TensorFlow's, two 8e-6.
     """
     return tf.reduce_mean(tf.reduce_mean(x, axis=1, keepdims=True), axis=2, keepdims=True)
 
 
 @keras.saving.register_keras_serializable(package="cyclegan_keras")
 class InstanceNormalization(keras.layers.Layer):
-    """Instance normalization: each sample and channel normalized over H and W.
+    """Instance normalization (Ulyanov et al.), by default PyTorch's `nn.InstanceNorm2d()` as the reference uses it.
 
-    Equal to PyTorch's `nn.InstanceNorm2d(affine=False,
-    track_running_stats=False)` by default, as the CycleGAN reference uses it:
-    no learned scale or offset, no running statistics, the same computation in
-    training and inference. The variance is the biased one.
-
-    Why not `keras.layers.GroupNormalization(groups=-1)`, which computes the
-    same as fast (bench/results/instance_norm.json): exported to TFLite this
-    layer drifts less from TensorFlow (max abs 9e-6 vs 3e-5 at 256x256, see
-    `_spatial_mean`), keeps its statistics in float32 under mixed precision,
-    and has PyTorch's `InstanceNorm2d` defaults, which the converter uses.
+    Not `GroupNormalization(groups=-1)`, as fast: exported to TFLite this drifts less (max abs 9e-6 vs
+    3e-5 at 256x256), and it keeps its statistics in float32 under mixed precision.
 
     Args:
-        epsilon: float. Added to the variance. Defaults to `1e-5`.
-        center: bool. Learn a per-channel offset (PyTorch `affine=True`).
-            Defaults to `False`.
-        scale: bool. Learn a per-channel scale (PyTorch `affine=True`).
-            Defaults to `False`.
-
-    Reference:
-        Ulyanov et al., "Instance Normalization: The Missing Ingredient for
-        Fast Stylization", arXiv 1607.08022.
+        center, scale: learn a per-channel offset and scale (PyTorch `affine=True`).
     """
 
     def __init__(self, epsilon: float = 1e-5, center: bool = False, scale: bool = False, **kwargs):
@@ -66,8 +48,7 @@ class InstanceNormalization(keras.layers.Layer):
 
     def moments(self, inputs):
         """`(mean, variance)` of each sample and channel over H and W, float32 `(n, 1, 1, c)`."""
-        # Statistics in float32 even under mixed precision: a float16 variance
-        # of a large feature map underflows.
+        # In float32 even under mixed precision: a float16 variance of a large feature map underflows.
         x = tf.cast(inputs, "float32")
         mean = _spatial_mean(x)
         return mean, _spatial_mean(tf.math.squared_difference(x, mean))
@@ -95,15 +76,9 @@ class InstanceNormalization(keras.layers.Layer):
 class ReflectionPadding2D(keras.layers.Layer):
     """Pads height and width by reflection or replication, as `keras.layers.ZeroPadding2D` pads with zeros.
 
-    The networks pad with zeros by `ZeroPadding2D`; `mode="zero"` is
-    accepted so that models saved before that still load.
-
     Args:
-        padding: int, `(height_pad, width_pad)` or
-            `((top, bottom), (left, right))`. Defaults to `1`.
-        mode: `"reflect"` (PyTorch `ReflectionPad2d`: the edge pixel is not
-            repeated) or `"replicate"` (`ReplicationPad2d`). Defaults to
-            `"reflect"`.
+        padding: int, `(height_pad, width_pad)` or `((top, bottom), (left, right))`.
+        mode: `"reflect"` (PyTorch `ReflectionPad2d`) or `"replicate"`; `"zero"` loads older models.
     """
 
     def __init__(
@@ -147,23 +122,13 @@ class ReflectionPadding2D(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="cyclegan_keras")
 class MaxLeakyReLU(keras.layers.LeakyReLU):
-    """`keras.layers.LeakyReLU` computed as `maximum(x, negative_slope * x)`.
+    """`keras.layers.LeakyReLU` as `maximum(x, negative_slope * x)`: the same values; gradient 1 at exactly 0.
 
-    The same function for `0 <= negative_slope <= 1`, and the same values to
-    the last bit (both round `negative_slope * x` once); the gradient differs
-    only at exactly 0 (1 instead of the slope), as subgradients may.
-
-    Why not Keras's layer: in a training step TensorFlow's grappler
-    remapper fuses Conv2D + BiasAdd + LeakyRelu (tensorflow/tensorflow#42551)
-    though `LeakyReluGrad` still reads the BiasAdd, so the whole pass fails
-    (`remapper failed: ... fanout '.../LeakyReluGrad' exist for missing node
-    '.../BiasAdd'`) and drops every other fusion of the graph. The
-    discriminators' first convolution and the U-Net's encoder have this
-    pattern; `Maximum` and `Mul` match no fusion.
+    Grappler's remapper fuses Conv2D + BiasAdd + LeakyRelu though `LeakyReluGrad` reads the BiasAdd, so
+    the pass fails and drops every fusion of the graph (tensorflow/tensorflow#42551); `Maximum` fuses none.
 
     Args:
-        negative_slope: float in [0, 1]. Slope for `x < 0`. Defaults to `0.3`
-            (Keras's default; the CycleGAN networks use `0.2`).
+        negative_slope: in [0, 1].
     """
 
     def __init__(self, negative_slope: float = 0.3, **kwargs):

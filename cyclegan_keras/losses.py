@@ -5,19 +5,9 @@ import tensorflow as tf
 
 
 def gan_loss(logits: tf.Tensor, target_is_real: bool, gan_mode: str) -> tf.Tensor:
-    """The reference's `GANLoss` on a map of discriminator logits.
+    """The reference's `GANLoss` on a map of discriminator logits, a float32 scalar.
 
-    - `lsgan`: mean squared error to 1 (real) or 0 (fake), no sigmoid.
-    - `vanilla`: binary cross-entropy with logits (the original GAN).
-    - `wgangp`: the Wasserstein critic loss, `-mean` for real, `mean` for fake.
-
-    Args:
-        logits: tensor of the discriminator's outputs, any shape.
-        target_is_real: bool. Whether the images were real.
-        gan_mode: one of `config.GAN_MODES`.
-
-    Returns:
-        A float32 scalar.
+    `lsgan`: squared error to 1 or 0, no sigmoid; `vanilla`: cross-entropy with logits; `wgangp`: -/+ mean.
     """
     logits = tf.cast(logits, "float32")
     if gan_mode == "wgangp":
@@ -34,19 +24,7 @@ def l1_loss(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
 
 
 def gradient_penalty(discriminator, real, fake, seed=None):
-    """WGAN-GP's `E[(||grad D(x_hat)||_2 - 1)^2]` on random interpolates of `real` and `fake`.
-
-    Args:
-        discriminator: `keras.Model`.
-        real, fake: image batches of one shape.
-        seed: a `keras.random.SeedGenerator` (or int) for the interpolation weights.
-
-    Returns:
-        A float32 scalar.
-
-    Reference:
-        Gulrajani et al., "Improved Training of Wasserstein GANs", NeurIPS 2017.
-    """
+    """WGAN-GP's `E[(||grad D(x_hat)||_2 - 1)^2]` on random interpolates of `real` and `fake` (Gulrajani et al.)."""
     real = tf.cast(real, "float32")
     alpha = keras.random.uniform((tf.shape(real)[0], 1, 1, 1), seed=seed)
     interpolated = alpha * real + (1.0 - alpha) * tf.cast(fake, "float32")

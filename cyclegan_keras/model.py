@@ -13,22 +13,14 @@ from cyclegan_keras.image_pool import ImagePool
 from cyclegan_keras.losses import gan_loss, gradient_penalty, l1_loss
 from cyclegan_keras.networks import min_size, size_multiple
 
-# Arguments of keras.Model.compile that a GAN objective has no use for.
 _UNUSED_COMPILE_ARGUMENTS = ("optimizer", "loss", "loss_weights", "metrics", "weighted_metrics")
 
 
 class OptimizerPair:
-    """`model.optimizer`: the generators' and the discriminators' optimizers, as one.
+    """`model.optimizer`: the generators' and the discriminators' optimizers, as one view with no state.
 
-    Keras's `LearningRateScheduler`, `ReduceLROnPlateau` and `TensorBoard`
-    treat a `model.optimizer` with an `optimizers` list as several (the
-    `keras.optimizers.MultiOptimizer` protocol): they set, reduce and log
-    each rate. A view: no gradients, no state of its own (each optimizer is
-    saved under its own name), no single `learning_rate`.
-
-    Args:
-        generator_optimizer: the optimizer of the generators.
-        discriminator_optimizer: the optimizer of the discriminators.
+    Keras's stock callbacks treat an `optimizers` list as several (the `MultiOptimizer` protocol): they
+    set, reduce and log each rate.
     """
 
     def __init__(
@@ -78,11 +70,8 @@ class OptimizerPair:
 class GANModel(keras.Model):
     """The parts of a GAN method that are not the method's own.
 
-    A subclass defines `generators`, `discriminators`, `_network_arguments`
-    (its constructor's networks, for `get_config`), a `train_step` and
-    `test_step` returning `self._update_trackers(losses)`, and a `compile`
-    that checks its objective and calls this one. Calling the model
-    translates A -> B.
+    A subclass defines `generators`, `discriminators`, `_network_arguments` (its networks, for
+    `get_config`), steps returning `self._update_trackers(losses)`, and a `compile` calling this one.
     """
 
     _network_arguments: tuple[str, ...] = ()
@@ -119,16 +108,11 @@ class GANModel(keras.Model):
         return self.generators[direction]
 
     def translate(self, images: np.ndarray, direction: str = "a2b", **kwargs) -> np.ndarray:
-        """Translates images of any size with the generator for `direction`.
+        """Translates images of any size in [-1, 1] with the generator for `direction`.
 
         Args:
-            images: array `(n, height, width, channels)` or one image, in [-1, 1].
-            direction: `"a2b"` or `"b2a"`. Defaults to `"a2b"`.
-            **kwargs: `batch_size`, `max_memory`, `tile_size`, `overlap` of
-                `inference.translate_images`.
-
-        Returns:
-            A float32 numpy array of the input's height and width, in [-1, 1].
+            images: array `(n, height, width, channels)` or one image.
+            **kwargs: `batch_size`, `max_memory`, `tile_size`, `overlap` of `inference.translate_images`.
         """
         from cyclegan_keras import inference  # inference builds on this module
 
@@ -146,11 +130,9 @@ class GANModel(keras.Model):
         losses: list[str],
         **kwargs,
     ) -> None:
-        """Sets the optimizers (default: the paper's Adam), `model.optimizer` and the loss trackers.
+        """Sets the optimizers (default: the paper's Adam), `model.optimizer` and the trackers of `losses`.
 
-        `objective` (the subclass's compile arguments) goes into the compile
-        config; `losses` names what the steps report; `kwargs` go to
-        `keras.Model.compile`, less the arguments a GAN has no use for.
+        `objective` (the subclass's compile arguments) goes into the compile config.
         """
         refused = sorted(set(kwargs) & set(_UNUSED_COMPILE_ARGUMENTS))
         if refused:
@@ -160,15 +142,12 @@ class GANModel(keras.Model):
                 "generators) and discriminator_optimizer (its discriminators). Its losses are reported as "
                 "metrics already. Received: " + ", ".join(f"{name}={kwargs[name]!r}" for name in refused)
             )
-        # No optimizer for Keras's own train_step: its default would be an
-        # RMSprop that trains nothing (and is saved in every .keras file).
+        # Keras's default optimizer would be an RMSprop that trains nothing (and is saved in every file).
         super().compile(optimizer=None, **kwargs)
         self.objective = dict(objective)
         self.generator_optimizer = self._loss_scaled(generator_optimizer or _adam("generator"))
         self.discriminator_optimizer = self._loss_scaled(discriminator_optimizer or _adam("discriminator"))
-        # Build the optimizer state now, not lazily inside the first step:
-        # lazy creation fails under tf.distribute, and loading a saved model
-        # needs the variables to exist before their values are restored.
+        # Now, not in the first step: lazy creation fails under tf.distribute, and loading needs them.
         self.generator_optimizer.build(self.generator_variables)
         self.discriminator_optimizer.build(self.discriminator_variables)
         self.optimizer = OptimizerPair(self.generator_optimizer, self.discriminator_optimizer)
@@ -192,12 +171,10 @@ class GANModel(keras.Model):
         """Adds a step's `{name: loss}` to the trackers; returns the logs."""
         for name, value in losses.items():
             self.loss_trackers[name].update_state(value)
-        # Each replica's trackers hold its own running means (on-read
-        # variables, read locally); the logs are their mean over replicas.
+        # Each replica's trackers hold its own running means (on-read variables): log their mean.
         logs = {tracker.name: mean_over_replicas(tracker.result()) for tracker in self.metrics}
         if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-            # fit() reduces each log along axis 0 there, which fails on scalars
-            # (tensorflow/tensorflow#72388): give it one-element vectors.
+            # fit() reduces logs along axis 0 there, failing on scalars (tensorflow/tensorflow#72388).
             logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
         return logs
 
@@ -230,8 +207,7 @@ class GANModel(keras.Model):
                 ) from None
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Under MultiWorkerMirroredStrategy Keras 3.15 builds from
-        # `strategy.reduce("MEAN", batch)`, which fails on PerReplica tuples
+        # Keras 3.15 builds from `strategy.reduce("MEAN", batch)`, failing on PerReplica tuples
         # (keras-team/keras#20585): building needs only the first replica's.
         strategy = self._distribute_strategy
         if iterator is not None and strategy is not None:
@@ -288,57 +264,18 @@ def _adam(networks):
 
 @keras.saving.register_keras_serializable(package="cyclegan_keras")
 class CycleGAN(GANModel):
-    """CycleGAN: unpaired image-to-image translation between domains A and B.
+    """CycleGAN: unpaired image-to-image translation between domains A (the paper's X) and B.
 
-    Names map to the paper's as: `generator_ab` = G: X -> Y,
-    `generator_ba` = F: Y -> X, `discriminator_b` = D_Y (real B vs
-    `fake_b = G(real_a)`), `discriminator_a` = D_X. Domain A is X.
-
-    One `train_step` is one iteration of the reference
-    (`CycleGANModel.optimize_parameters`):
-    1. `fake_b = G(real_a)`, `cycled_a = F(fake_b)`, `fake_a = F(real_b)`,
-       `cycled_b = G(fake_a)` (and `same_b = G(real_b)`, `same_a = F(real_a)`
-       for the identity loss).
-    2. One optimizer step over both generators on
-       `lambda_gan * (L_GAN(G) + L_GAN(F)) + cycle + identity (+ baselines)`,
-       the discriminators untouched.
-    3. One optimizer step over both discriminators, each on real images
-       (target real) and on fakes drawn through its `ImagePool` (target
-       fake), each loss times 0.5.
-
-    The data are `(real_a, real_b)` batches, unpaired. Calling the model
-    translates A -> B; `translate()` does either direction on any size.
-    The pools are built for the training image size when the model is built
-    (by `fit()`, or `model.build((None, height, width, channels))`).
+    Zhu et al., ICCV 2017. Trains on `(real_a, real_b)` batches; one `train_step` is one iteration of the
+    reference (`optimize_parameters`): a step over both generators, then one over both discriminators
+    on real images and on fakes drawn through their `ImagePool`s, each loss times 0.5.
 
     Args:
-        generator_ab: `keras.Model`, A -> B (G).
-        generator_ba: `keras.Model`, B -> A (F).
-        discriminator_a: `keras.Model`, logits for domain A images (D_X).
-        discriminator_b: `keras.Model`, logits for domain B images (D_Y).
-        pool_size: int. Image pool size per direction; 0 disables the pools.
-            Defaults to `50`.
-        feature_extractor: optional `keras.Model` for the "feature loss + GAN"
-            baseline (e.g. `networks.vgg16_features`). Defaults to `None`.
-        seed: int. Seed of the image pools and the gradient penalty.
-            Defaults to `0`.
-
-    Example:
-    >>> from cyclegan_keras import networks
-    >>> model = CycleGAN(
-    ...     networks.resnet_generator(n_blocks=1, filters=8),
-    ...     networks.resnet_generator(n_blocks=1, filters=8),
-    ...     networks.patchgan_discriminator(filters=8),
-    ...     networks.patchgan_discriminator(filters=8))
-    >>> model.compile()
-    >>> images = np.zeros((2, 32, 32, 3), "float32")
-    >>> history = model.fit(images, images, epochs=1, verbose=0)  # x = real_a, y = real_b
-    >>> sorted(history.history)[:2]
-    ['cycle_loss', 'disc_a_loss']
-
-    Reference:
-        Zhu, Park, Isola, Efros, "Unpaired Image-to-Image Translation using
-        Cycle-Consistent Adversarial Networks", ICCV 2017.
+        generator_ab, generator_ba: G: A -> B and F: B -> A.
+        discriminator_a, discriminator_b: D_X (logits for A images) and D_Y.
+        pool_size: images per direction's pool; 0 disables the pools.
+        feature_extractor: for the "feature loss + GAN" baseline (e.g. `networks.vgg16_features`).
+        seed: of the image pools and the gradient penalty.
     """
 
     _network_arguments = ("generator_ab", "generator_ba", "discriminator_a", "discriminator_b", "feature_extractor")
@@ -384,8 +321,7 @@ class CycleGAN(GANModel):
         self.pool_a.build((None, height, width, self.generator_ba.output_shape[-1]))
 
     def get_build_config(self):
-        # The pools' image size is what a loaded model must rebuild, even if
-        # the model was first built for inference on images of any size.
+        # A loaded model must rebuild the pools' size, even if first built for inference at any size.
         if self.pool_b.built:
             height, width = self.pool_b.images.shape[1:3]
             return {"input_shape": (None, height, width, self.generator_ab.input_shape[-1])}
@@ -405,51 +341,23 @@ class CycleGAN(GANModel):
         lambda_gp: float = 10.0,
         **kwargs,
     ) -> None:
-        """Configures the objective and the optimizers.
-
-        The defaults are the paper's. The paper's ablations are settings:
-        cycle alone `lambda_gan=0`; GAN alone `lambda_a=lambda_b=0,
-        lambda_identity=0`; GAN + forward cycle `lambda_b=0`; GAN + backward
-        cycle `lambda_a=0`; the baselines "pixel loss + GAN"
-        (`lambda_a=lambda_b=lambda_identity=0, lambda_pixel=10`) and "feature
-        loss + GAN" (the same with `lambda_feature` and a `feature_extractor`).
+        """Configures the objective (the paper's by default; its ablations are settings) and the optimizers.
 
         Args:
-            generator_optimizer: one optimizer over both generators. Defaults
-                to `Adam(2e-4, beta_1=0.5, beta_2=0.999)`.
-            discriminator_optimizer: one optimizer over both discriminators.
-                Defaults to the same Adam.
-            gan_mode: `"lsgan"`, `"vanilla"` or `"wgangp"`. Defaults to
-                `"lsgan"`.
-            lambda_a: float. Weight of the forward cycle |F(G(a)) - a|.
-                Defaults to `10.0`.
-            lambda_b: float. Weight of the backward cycle |G(F(b)) - b|.
-                Defaults to `10.0`.
-            lambda_identity: float. Identity loss |G(b) - b| + |F(a) - a|,
-                relative to lambda_a/lambda_b (0.5 means weight 5). Needs
-                generators with equal input and output channels. Defaults to
-                `0.5`.
-            lambda_gan: float. Weight of the generators' adversarial losses.
-                Defaults to `1.0`.
-            lambda_pixel: float. Weight of |G(a) - a| + |F(b) - b| (the
-                "pixel loss" baseline). Defaults to `0.0`.
-            lambda_feature: float. Weight of the L1 distance between features
-                of x and of its translation. Defaults to `0.0`.
-            lambda_gp: float. Gradient-penalty weight for `"wgangp"`.
-                Defaults to `10.0`.
-            **kwargs: passed to `keras.Model.compile` (`jit_compile`,
-                `steps_per_execution`, `run_eagerly`, ...). Its `optimizer`,
-                `loss`, `loss_weights`, `metrics` and `weighted_metrics` are
-                refused: the objective and the optimizers are the arguments
-                above.
-
-        After `compile()`, `model.optimizer` is an `OptimizerPair` of both.
+            generator_optimizer: over both generators; `Adam(2e-4, beta_1=0.5, beta_2=0.999)` if None.
+            discriminator_optimizer: over both discriminators; the same Adam if None.
+            gan_mode: `"lsgan"`, `"vanilla"` or `"wgangp"`.
+            lambda_a, lambda_b: weights of the cycles |F(G(a)) - a| and |G(F(b)) - b|.
+            lambda_identity: |G(b) - b| + |F(a) - a| relative to lambda_a/lambda_b (0.5 means weight 5).
+            lambda_pixel: weight of |G(a) - a| + |F(b) - b| (the "pixel loss" baseline).
+            lambda_feature: weight of the L1 distance between features of x and of its translation.
+            lambda_gp: gradient-penalty weight for `"wgangp"`.
+            **kwargs: to `keras.Model.compile`, which refuses its `optimizer`, `loss` and `*metrics` here.
 
         Raises:
-            ValueError: on a setting out of range, or on an argument of
-                `keras.Model.compile` that CycleGAN does not use.
+            ValueError: on a setting out of range, or on an argument of `keras.Model.compile` it does not use.
         """
-        # The lambda_* arguments, in the signature's order (first, while they are all the locals).
+        # First, while the lambda_* arguments are all the locals, in the signature's order.
         weights = {name: value for name, value in locals().items() if name.startswith("lambda_")}
         if gan_mode not in GAN_MODES:
             raise ValueError(f"gan_mode must be one of {GAN_MODES}. Received: gan_mode={gan_mode!r}")
@@ -524,12 +432,9 @@ class CycleGAN(GANModel):
     def train_step(self, data):
         real_a, real_b = self._unpack(data)
         if not self.built:
-            # Without a strategy the TF trainer builds nothing before the
-            # first trace; the pools' variables are created here, once.
+            # Without a strategy the TF trainer builds nothing before the first trace.
             self.build(real_a.shape)
-        # Under tf.distribute each replica's loss is its share of the global
-        # batch's (see `replica_share`); a LossScaleOptimizer (mixed_float16)
-        # scales it further and skips steps whose gradients overflow.
+        # Each replica's loss is its share of the global batch's; a LossScaleOptimizer scales it further.
         share = replica_share()
         with tf.GradientTape() as tape:
             generator_loss, losses, fake_a, fake_b = self._generator_losses(real_a, real_b, True)

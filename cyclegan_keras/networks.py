@@ -1,17 +1,8 @@
-"""The CycleGAN networks, layer for layer as in the authors' PyTorch code.
+"""The CycleGAN networks, layer for layer as in the authors' PyTorch code (models/networks.py).
 
-Every builder returns a functional `keras.Model` taking `(None, None,
-channels)` with stable layer names (checkpoints and converted PyTorch weights
-are matched by them). Geometry follows the reference: stride-2 convolutions
-pad one pixel on every side (Keras `"same"` pads `(0, 1)` on even sizes); a
-`ConvTranspose2d(k, 2, padding=p, output_padding=o)` is a valid
-`Conv2DTranspose` cropped by `p` at the start and `p - o` at the end.
-Convolutions have a bias only before an instance norm or at the ends.
-
-Reference:
-    Zhu, Park, Isola, Efros, "Unpaired Image-to-Image Translation using
-    Cycle-Consistent Adversarial Networks", ICCV 2017.
-    https://github.com/junyanz/pytorch-CycleGAN-and-pix2pix (models/networks.py)
+Builders return functional models on `(None, None, channels)` with stable layer names (checkpoints
+and converted weights match by them). Padding is PyTorch's: explicit pads, then valid convolutions
+(Keras `"same"` pads `(0, 1)` on even sizes); a `ConvTranspose2d` is a cropped valid `Conv2DTranspose`.
 """
 
 from __future__ import annotations
@@ -35,8 +26,7 @@ def _norm(norm, name):
     if norm == "instance":
         return InstanceNormalization(name=name)
     if norm == "batch":
-        # PyTorch's momentum 0.1 is Keras's 0.9; gamma ~ N(1, 0.02) as the
-        # reference's init_weights sets it.
+        # PyTorch's momentum 0.1 is Keras's 0.9; gamma ~ N(1, 0.02) as the reference's init_weights.
         return keras.layers.BatchNormalization(
             momentum=0.9,
             epsilon=1e-5,
@@ -105,32 +95,17 @@ def resnet_generator(
     padding: str = "reflect",
     name: str | None = None,
 ) -> keras.Model:
-    """ResNet generator: c7s1-64, d128, d256, R256 x n_blocks, u128, u64, c7s1-3.
+    """ResNet generator: c7s1-64, d128, d256, R256 x n_blocks, u128, u64, c7s1-3, on [-1, 1] images.
 
     Args:
-        n_blocks: int. Residual blocks; 9 for 256x256 images, 6 for 128x128.
-            Defaults to `9`.
-        filters: int. Filters of the first layer (the reference's `ngf`).
-            Defaults to `64`.
-        input_channels: int. Channels of the input images. Defaults to `3`.
-        output_channels: int. Channels of the output images. Defaults to `3`.
-        norm: `"instance"`, `"batch"` or `"none"`. Defaults to `"instance"`.
-        dropout: bool. Dropout(0.5) inside each residual block. Defaults to
-            `False` (the reference's CycleGAN default, `--no_dropout`).
-        padding: `"reflect"`, `"replicate"` or `"zero"` padding inside the
-            residual blocks and around the 7x7 convolutions. Defaults to
-            `"reflect"`.
-        name: str. Model name. Defaults to `f"resnet_{n_blocks}blocks"`.
+        n_blocks: 9 for 256x256 images, 6 for 128x128.
+        filters: of the first layer (the reference's `ngf`).
+        norm: `"instance"`, `"batch"` or `"none"`.
+        dropout: Dropout(0.5) in each residual block (off: the reference's `--no_dropout`).
+        padding: `"reflect"`, `"replicate"` or `"zero"` in the residual blocks and the 7x7 convolutions.
 
     Returns:
-        A `keras.Model` mapping `(batch, H, W, input_channels)` in [-1, 1] to
-        `(batch, H, W, output_channels)` in [-1, 1]; H and W must be
-        multiples of 4.
-
-    Example:
-    >>> generator = resnet_generator(n_blocks=1, filters=8)
-    >>> generator(keras.ops.zeros((1, 32, 32, 3))).shape
-    TensorShape([1, 32, 32, 3])
+        A `keras.Model` whose input height and width must be multiples of 4.
     """
     _check_norm(norm)
     if n_blocks < 0:
@@ -167,26 +142,13 @@ def unet_generator(
     dropout: bool = False,
     name: str | None = None,
 ) -> keras.Model:
-    """U-Net generator with skip connections (the reference's `UnetGenerator`).
-
-    Level k (0 = outermost) downsamples by a 4x4 stride-2 conv to
-    `filters * min(2**k, 8)` channels; the decoder mirrors it with 4x4
-    stride-2 transposed convs and concatenates each level's input. The
-    reference's `unet_256` is `num_downs=8`, `unet_128` is `num_downs=7`.
+    """U-Net generator with skip connections (the reference's `UnetGenerator`; `unet_256` has 8 downs).
 
     Args:
-        num_downs: int. Downsamplings; H and W must be multiples of
-            `2**num_downs`. Defaults to `8`.
-        filters: int. Filters of the outermost layer (`ngf`). Defaults to `64`.
-        input_channels: int. Defaults to `3`.
-        output_channels: int. Defaults to `3`.
-        norm: `"instance"`, `"batch"` or `"none"`. Defaults to `"instance"`.
-        dropout: bool. Dropout(0.5) in the decoder of the `num_downs - 5`
-            innermost-but-one levels, as the reference. Defaults to `False`.
-        name: str. Defaults to `f"unet_{2**num_downs}"`.
-
-    Returns:
-        A `keras.Model` with input and output `(batch, H, W, channels)`.
+        num_downs: downsamplings; height and width must be multiples of `2**num_downs`.
+        filters: of the outermost layer (`ngf`).
+        norm: `"instance"`, `"batch"` or `"none"`.
+        dropout: Dropout(0.5) in the decoder of the `num_downs - 5` innermost-but-one levels.
     """
     _check_norm(norm)
     if num_downs < 5:
@@ -225,21 +187,9 @@ def patchgan_discriminator(
     norm: str = "instance",
     name: str | None = None,
 ) -> keras.Model:
-    """PatchGAN discriminator: one real/fake logit per overlapping patch.
+    """PatchGAN discriminator: one real/fake logit (no sigmoid) per overlapping patch, `(batch, H', W', 1)`.
 
-    With `n_layers=3` this is the reference's `basic` 70x70 PatchGAN: a
-    256x256 input gives a 30x30 map of logits (no sigmoid).
-
-    Args:
-        n_layers: int. Stride-2 convolutions. Defaults to `3`.
-        filters: int. Filters of the first layer (`ndf`). Defaults to `64`.
-        input_channels: int. Defaults to `3`.
-        norm: `"instance"`, `"batch"` or `"none"`. Defaults to `"instance"`.
-        name: str. Defaults to `f"patchgan_{n_layers}layers"`.
-
-    Returns:
-        A `keras.Model` from `(batch, H, W, input_channels)` to
-        `(batch, H', W', 1)` logits.
+    With `n_layers=3` (stride-2 convolutions) it is the reference's `basic` 70x70 PatchGAN.
     """
     _check_norm(norm)
     if n_layers < 1:
@@ -259,14 +209,7 @@ def patchgan_discriminator(
 def pixel_discriminator(
     filters: int = 64, input_channels: int = 3, norm: str = "instance", name: str = "pixelgan"
 ) -> keras.Model:
-    """1x1 PatchGAN (`pixel` in the reference): a real/fake logit per pixel.
-
-    Args:
-        filters: int. Defaults to `64`.
-        input_channels: int. Defaults to `3`.
-        norm: `"instance"`, `"batch"` or `"none"`. Defaults to `"instance"`.
-        name: str. Defaults to `"pixelgan"`.
-    """
+    """1x1 PatchGAN (`pixel` in the reference): a real/fake logit per pixel."""
     _check_norm(norm)
     use_bias = norm == "instance"
     inputs = keras.Input((None, None, input_channels), name="image")
@@ -309,11 +252,7 @@ def build_discriminator(name: str, **kwargs) -> keras.Model:
 
 
 def size_multiple(network: keras.Model) -> int:
-    """The number the input height and width must be a multiple of.
-
-    The product of the strides of the downsampling convolutions: 4 for the
-    ResNet generators, `2**num_downs` for a U-Net.
-    """
+    """The number the input height and width must be a multiple of: the product of the strides."""
     multiple = 1
     for layer in network.layers:
         if isinstance(layer, keras.layers.Conv2D):
@@ -322,12 +261,7 @@ def size_multiple(network: keras.Model) -> int:
 
 
 def min_size(network: keras.Model) -> int:
-    """The smallest input height and width `network` accepts.
-
-    A multiple of `size_multiple(network)` at which every reflection pad is
-    smaller than the feature map it pads: 8 for the ResNet generators,
-    whose residual blocks pad the 1/4-size map by 1.
-    """
+    """The smallest input side `network` accepts: every reflection pad below the map it pads (8 for ResNets)."""
     multiple = size_multiple(network)
     scale, needed = 1, 1
     for layer in network.layers:
@@ -341,24 +275,14 @@ def min_size(network: keras.Model) -> int:
 
 
 def vgg16_features(weights: str | None = None, layer: str = "block4_conv2", input_channels: int = 3) -> keras.Model:
-    """VGG16 features for the paper's "feature loss + GAN" baseline.
+    """A non-trainable VGG16 feature model on [-1, 1] RGB images, for the "feature loss + GAN" baseline.
 
-    Takes images in [-1, 1] (RGB) and applies VGG's own preprocessing (BGR,
-    ImageNet mean subtracted, 0..255) inside the model as a fixed 1x1
-    convolution, so the model serializes without custom code. The paper
-    compares features at relu4_2 (`block4_conv2`, whose ReLU is built in).
+    VGG's preprocessing is a fixed 1x1 convolution inside, so the model serializes without custom code.
 
     Args:
-        weights: `None` (random, for tests), `"imagenet"` (downloads
-            `vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5` from the
-            Keras applications storage into `~/.keras/models`) or a path to
-            that file. Defaults to `None`.
-        layer: str. The VGG16 layer whose output is compared. Defaults to
-            `"block4_conv2"`.
-        input_channels: int. Must be 3. Defaults to `3`.
-
-    Returns:
-        A non-trainable `keras.Model` from images to features.
+        weights: `None` (random, for tests), `"imagenet"` (downloaded by Keras) or a path to that file.
+        layer: compared layer; the paper's relu4_2 is `block4_conv2` (its ReLU is built in).
+        input_channels: must be 3.
     """
     if input_channels != 3:
         raise ValueError(f"The VGG16 feature loss needs RGB images. Received: input_channels={input_channels}")
@@ -396,19 +320,7 @@ def receptive_field(network: keras.Model) -> int:
 
 
 def with_precision(network, policy="float32"):
-    """`network` computing in `policy`, with the same weights (a copy; `network` is unchanged).
-
-    Every layer takes `policy` except those whose outputs are the network's
-    outputs, which stay float32 (the generators' tanh, the discriminators'
-    logits). Converts a model trained under mixed precision back to float32
-    for export, or a float32 one to `"mixed_bfloat16"` for serving on bfloat16
-    hardware. Returns `network` itself when nothing would change.
-
-    Args:
-        network: a functional `keras.Model` from this module.
-        policy: a Keras dtype policy name: `"float32"`, `"mixed_bfloat16"`
-            or `"mixed_float16"`. Defaults to `"float32"`.
-    """
+    """A copy of `network` computing in the dtype `policy` (output layers stay float32), or `network` if unchanged."""
     config = network.get_config()
     outputs = {tensor._keras_history.operation.name for tensor in network.outputs}
     changed = False
@@ -427,24 +339,10 @@ def with_precision(network, policy="float32"):
 
 
 def init_weights(network, init_type="normal", gain=0.02, seed=None):
-    """Re-initializes `network` in place as the reference's `init_weights` does.
+    """Re-initializes `network` in place as the reference's `init_weights` does (the builders use `normal`).
 
-    Conv and transposed-conv kernels: `normal` N(0, gain), `xavier`
-    N(0, gain * sqrt(2 / (fan_in + fan_out))), `kaiming` N(0, sqrt(2 / fan_in))
-    (gain unused, as PyTorch's `kaiming_normal_(a=0, mode="fan_in")`), or
-    `orthogonal` (times gain); their biases 0. Batch-norm gamma N(1, gain)
-    and beta 0 whatever `init_type` is. Untruncated normals, as PyTorch's.
-    Keras's fans of a `Conv2DTranspose` kernel `(kh, kw, out, in)` equal
-    PyTorch's of its `(in, out, kh, kw)` weight, so the scales match.
-
-    The builders already use `normal` with gain 0.02 (the reference's
-    default), so this is needed only for other choices.
-
-    Args:
-        network: a `keras.Model` from this module.
-        init_type: one of `config.INIT_TYPES`. Defaults to `"normal"`.
-        gain: float. Defaults to `0.02`.
-        seed: int or None. Defaults to `None`.
+    Untruncated normals as PyTorch's; `kaiming` ignores `gain`; biases 0, batch-norm gamma N(1, gain).
+    Keras's fans of a `Conv2DTranspose` kernel `(kh, kw, out, in)` equal PyTorch's, so the scales match.
     """
     kernels = {
         "normal": lambda s: keras.initializers.RandomNormal(0.0, gain, seed=s),

@@ -10,29 +10,17 @@ PAD_MODES = ("reflect", "replicate", "zero")
 
 
 def _source_indices(size, before, after, mode):
-    """Indices into an axis of length `size` that produce the padded axis."""
     index = tf.range(-before, size + after)
     if mode == "replicate":
         return tf.clip_by_value(index, 0, size - 1)
-    # Reflect without repeating the edge (PyTorch's ReflectionPad2d), folded
-    # as often as needed so any pad width is valid.
+    # Reflect without repeating the edge (PyTorch's), folded as often as any pad width needs.
     period = tf.maximum(2 * size - 2, 1)
     folded = tf.math.floormod(index, period)
     return tf.where(folded < size, folded, period - folded)
 
 
 def pad_spatial(images, padding, mode="reflect"):
-    """Pads the height and width axes of an NHWC batch.
-
-    Args:
-        images: tensor of shape `(batch, height, width, channels)`.
-        padding: `((top, bottom), (left, right))` of Python ints or scalar
-            int tensors.
-        mode: one of `"reflect"`, `"replicate"`, `"zero"`.
-
-    Returns:
-        The padded batch.
-    """
+    """Pads the height and width of an NHWC batch by `((top, bottom), (left, right))`, ints or int tensors."""
     if mode not in PAD_MODES:
         raise ValueError(f"mode must be one of {PAD_MODES}. Received: mode={mode!r}")
     (top, bottom), (left, right) = padding
@@ -41,8 +29,7 @@ def pad_spatial(images, padding, mode="reflect"):
         return tf.pad(images, paddings)
     height, width = _spatial_size(images)
     if mode == "reflect" and _fits_mirror_pad((top, bottom), height) and _fits_mirror_pad((left, right), width):
-        # The networks' own small fixed pads: MirrorPad is faster than a
-        # gather, forward and backward, but needs each pad below the side.
+        # MirrorPad is faster than a gather, forward and backward, but needs each pad below the side.
         return tf.pad(images, paddings, mode="REFLECT")
     images = tf.gather(images, _source_indices(height, top, bottom, mode), axis=1)
     return tf.gather(images, _source_indices(width, left, right, mode), axis=2)
@@ -61,14 +48,10 @@ def _spatial_size(images):
 
 
 def pad_to_multiple(images, multiple, min_size=1):
-    """Reflect-pads an NHWC batch so height and width are multiples of `multiple`.
-
-    Sides are also padded up to at least `min_size`. The pad is split as
-    evenly as possible between both sides so the content stays centred.
+    """Reflect-pads an NHWC batch, centred, to sides that are multiples of `multiple` and at least `min_size`.
 
     Returns:
-        `(padded, crop)` where `crop = ((top, bottom), (left, right))`, to
-        undo the padding with `crop_spatial`.
+        `(padded, crop)`, `crop` undoing the padding with `crop_spatial`.
     """
     pads = []
     for size in _spatial_size(images):
