@@ -1,7 +1,5 @@
-"""Callbacks for `fit()` of a model with generators (anything with `generator(direction)`, such
-as `model.CycleGAN`): the reference's learning-rate policies, step timing, a CSV log and its
-loss curve, image snapshots, non-finite loss detection, crash-proof checkpoints and test-set
-evaluation (FID, KID, PSNR) keeping the best model. Each takes its inputs as arguments."""
+"""Callbacks for `fit()` of a model with `generator(direction)` (such as `model.CycleGAN`):
+learning-rate policies, timing, CSV log and loss curve, snapshots, NaN stop, checkpoints, evaluation."""
 
 from __future__ import annotations
 
@@ -21,22 +19,12 @@ from cyclegan_keras.config import LR_POLICIES
 
 
 def linear_decay_factor(epoch, n_epochs, n_epochs_decay, epoch_count=1):
-    """The reference's `linear` policy: 1 for n_epochs, then linear decay.
-
-    `1 - max(0, epoch + epoch_count - n_epochs) / (n_epochs_decay + 1)`, with
-    `epoch` counted from 0. The last epoch trains at `1 / (n_epochs_decay + 1)`
-    of the base rate.
-    """
+    """The reference's `linear` policy for 0-based `epoch`: 1 for n_epochs, then linear decay."""
     return 1.0 - max(0, epoch + epoch_count - n_epochs) / float(n_epochs_decay + 1)
 
 
 class PlateauState:
-    """PyTorch's `ReduceLROnPlateau(mode="min")` with the reference's factor, threshold and patience.
-
-    A value is better when below `best * (1 - threshold)`; after more than
-    `patience` epochs that are not, the rate is multiplied by `factor`
-    (PyTorch's other defaults: no cooldown, min_lr 0, eps 1e-8).
-    """
+    """PyTorch's `ReduceLROnPlateau(mode="min")` with the reference's factor, threshold and patience."""
 
     def __init__(self, factor=0.2, threshold=0.01, patience=5):
         self.factor, self.threshold, self.patience = factor, threshold, patience
@@ -56,31 +44,17 @@ class PlateauState:
 
 
 class LearningRateSchedule(keras.callbacks.Callback):
-    """Sets every optimizer's rate at each epoch start, by one of the reference's policies.
+    """Sets every optimizer's rate at each epoch start by a policy of the reference's `get_scheduler`.
 
-    The policies of the authors' `networks.py get_scheduler`, the rate of
-    0-based epoch `e` being the PyTorch scheduler's after `e` steps:
-    - `linear`: `base_lr * linear_decay_factor(e, n_epochs, n_epochs_decay, epoch_count)`;
-    - `step`: `base_lr * 0.1 ** (e // lr_decay_iters)` (`StepLR(step_size=lr_decay_iters, gamma=0.1)`);
-    - `cosine`: `base_lr * (1 + cos(pi * e / n_epochs)) / 2` (`CosineAnnealingLR(T_max=n_epochs)`:
-      0 at epoch n_epochs and, as PyTorch's, rising again after it);
-    - `plateau`: `PlateauState` on the epoch mean of `monitor`. (The reference steps it on a
-      metric its CycleGAN never sets, a constant 0.)
-
-    The rate depends on the epoch number alone, so `fit(initial_epoch=e)` continues the
-    schedule; `plateau` replays the epochs before `e` from `history_csv`. The model's optimizers
-    are `model.optimizer.optimizers` when it has several (`keras.optimizers.MultiOptimizer`'s
-    protocol), else `model.optimizer`. The rate is logged as `lr`.
+    The rate of 0-based epoch `e` is the PyTorch scheduler's after `e` steps, so
+    `fit(initial_epoch=e)` continues the schedule; it is logged as `lr`. (The reference steps
+    `plateau` on a metric its CycleGAN never sets; here it watches `monitor`.)
 
     Args:
-        base_lr: float. The initial rate.
-        policy: one of `config.LR_POLICIES`. Defaults to `"linear"`.
-        n_epochs: int. Epochs at the base rate (linear), or the cosine's half period.
-        n_epochs_decay: int. Epochs of linear decay.
-        epoch_count: int. The reference's starting epoch count (linear). Defaults to `1`.
-        lr_decay_iters: int. Epochs between steps (step). Defaults to `50`.
-        monitor: str. The log key `plateau` watches. Defaults to `"cycle_loss"`.
-        history_csv: path or None. The run's `CSVLog` file, read to resume `plateau`.
+        policy: one of `config.LR_POLICIES`.
+        n_epochs: epochs at the base rate (linear), or the cosine's half period.
+        lr_decay_iters: epochs between the x0.1 steps of `step`.
+        history_csv: the run's `CSVLog` file, read to resume `plateau`.
     """
 
     def __init__(
@@ -143,12 +117,7 @@ class LearningRateSchedule(keras.callbacks.Callback):
 
 
 class StepTimer(keras.callbacks.Callback):
-    """Adds `seconds_per_step` to the epoch logs: the mean wall time of the epoch's steps.
-
-    A step is timed from `on_train_batch_begin` to `on_train_batch_end`: the
-    next batch and the training step, not the other callbacks. The first
-    epoch's mean includes the step's compilation.
-    """
+    """Adds `seconds_per_step` to the epoch logs: the mean time from batch begin to batch end."""
 
     def on_epoch_begin(self, epoch, logs=None):
         self.total, self.count, self.start = 0.0, 0, None
@@ -167,18 +136,10 @@ class StepTimer(keras.callbacks.Callback):
 
 
 class CSVLog(keras.callbacks.Callback):
-    """The epoch logs as a CSV file, one row appended at each epoch end, epochs counted from 1.
-
-    Keras's `CSVLogger` (columns `epoch` and the first epoch's log keys,
-    sorted) without the empty `val_*` columns it adds when there is no
-    validation. A row is appended whole or not at all (`files.append_text`),
-    so a full disk never leaves half a row. Appending to a log of an earlier
-    version, which counted epochs from 0, renumbers it first.
+    """Keras's `CSVLogger` without empty `val_*` columns, epochs from 1, each row appended whole or not at all.
 
     Args:
-        filename: the CSV file.
-        append: bool. Whether to append to an existing file rather than
-            replace it. Defaults to `False`.
+        append: append to an existing file (renumbered if an earlier version counted from 0).
     """
 
     def __init__(self, filename, append=False):
@@ -204,10 +165,7 @@ class CSVLog(keras.callbacks.Callback):
 
 
 def read_log(csv_path):
-    """The rows of a `CSVLog` file as dicts, `epoch` an int counted from 1 ([] without the file).
-
-    Earlier versions counted epochs from 0: a log whose first epoch is 0 is read shifted by one.
-    """
+    """The rows of a `CSVLog` file as dicts, `epoch` an int from 1 (also in earlier versions' logs)."""
     if csv_path is None or not Path(csv_path).exists():
         return []
     with open(csv_path, newline="") as file:
@@ -223,12 +181,7 @@ def _csv_text(rows):
 
 
 class StopOnNonFinite(keras.callbacks.Callback):
-    """Stops training when any loss becomes NaN or infinite.
-
-    The message names the loss, the epoch and the step; `self.error` keeps it
-    for the caller. Put it before `Checkpoint`, which then does not save the
-    broken state: the last good checkpoint is kept.
-    """
+    """Stops training at a NaN or infinite loss, named in `self.error`. Put it before `Checkpoint`."""
 
     def __init__(self):
         super().__init__()
@@ -247,24 +200,13 @@ class StopOnNonFinite(keras.callbacks.Callback):
 
 
 class ImageSnapshot(keras.callbacks.Callback):
-    """Saves a grid of translations of fixed images by the model's generators.
-
-    One row per image pair: real_a | fake_b | cycled_a | real_b | fake_a |
-    cycled_b, titled with the epoch and the losses, drawn with matplotlib to
-    `out_dir/epoch_XXX.png` (or `step_XXXXXXX.png` with `every_n_steps`), and
-    written to TensorBoard too when `tensorboard_dir` is given and
-    tensorboard is installed. The model needs `generator("a2b")` and
-    `generator("b2a")`.
+    """Saves `out_dir/epoch_XXX.png` (and TensorBoard images): a row of `COLUMNS` per fixed image pair.
 
     Args:
-        images_a: float array `(n, h, w, c)` in [-1, 1], domain A.
-        images_b: float array `(n, h, w, c)` in [-1, 1], domain B (same n).
-        out_dir: folder for the PNGs.
-        every_n_steps: int or None. Also snapshot every this many steps.
-        cell_size: int. Pixels per image cell. Defaults to `128`.
-        tensorboard_dir: folder or None. Defaults to `None`.
-        every_n_epochs: int. Snapshot at the end of every this many epochs;
-            0: never at epoch ends. Defaults to `1`.
+        images_a, images_b: float arrays `(n, h, w, c)` in [-1, 1], the same n.
+        every_n_steps: also snapshot every this many steps (`step_XXXXXXX.png`).
+        cell_size: pixels per image cell.
+        every_n_epochs: 0: never at epoch ends.
     """
 
     COLUMNS = ("real_a", "fake_b", "cycled_a", "real_b", "fake_a", "cycled_b")
@@ -289,7 +231,6 @@ class ImageSnapshot(keras.callbacks.Callback):
         self.epoch, self.step = 0, 0
 
     def grid(self) -> list[tuple[np.ndarray, ...]]:
-        """The rows of translated images, as a list of 6-tuples of arrays."""
 
         def translate(images, direction):
             return inference.translate_images(self.model.generator(direction), images)
@@ -356,44 +297,19 @@ class ImageSnapshot(keras.callbacks.Callback):
 
 
 class Evaluation(keras.callbacks.Callback):
-    """FID, KID and paired scores of the model's A -> B translations of test images, every N epochs.
+    """Scores the model's A -> B translations of test images every N epochs and keeps the best model.
 
-    At the end of every `every_n_epochs`-th epoch (and of the last one) the
-    test inputs are translated by `model.translate(images, "a2b")`, rounded
-    to uint8 as translate.py writes them, and scored by
-    `metrics.score_batches`: FID and KID against the real test images of
-    domain B when `features` is given, PSNR, SSIM and MAE against the
-    ground truth of `truth_fn` when given. The scores go into the epoch logs
-    under `KEYS`, so that the CSVLogger and the progress bar record them.
-    Every key is present at every epoch end, NaN when that epoch is not
-    evaluated or the score is not computable, because the CSVLogger fixes
-    its columns at the first epoch end: put this callback before it. With
-    `tensorboard_dir`, the scores are also written as TensorBoard scalars
-    `eval/<key>` at step `epoch + 1`.
-
-    The best model so far is kept at `best_path` (the whole model, as
-    model.keras; atomic writes), with `best.json` beside it recording its
-    epoch and scores: the lowest FID when FID is computed, else the highest
-    PSNR when there is ground truth, else none is kept. A resumed run goes
-    on from the recorded best when it was measured the same way.
-
-    The inputs themselves are scored once, at the start, as the baseline
-    (when the model keeps the channel count).
+    Every key of `KEYS` is in every epoch's logs (NaN when not evaluated), as the CSV log fixes
+    its columns at the first epoch end: put this callback before it. The best model (lowest FID,
+    else highest PSNR) is kept at `best_path` with `best.json` beside it; a resumed run goes on
+    from that record when it was measured the same way.
 
     Args:
-        every_n_epochs: int >= 1.
-        inputs: callable returning an iterable of float batches in [-1, 1]
-            of the model's domain A (e.g. `data.domain_batches`), or None
-            when there is no test split: nothing is computed then.
-        reals: the same for the real images of domain B (FID/KID), or None.
-        features: `fid_inception.InceptionFeatures` (or any uint8 RGB batch
-            -> features callable), or None: no FID/KID.
-        truth_fn: callable, float input batch -> uint8 ground truth of its
-            translation, or None: no PSNR/SSIM/MAE.
-        best_path: where to keep the best model, or None.
-        final_epoch: int or None. The run's number of epochs: the last one
-            is always evaluated.
-        tensorboard_dir: folder or None.
+        inputs: callable -> float batches in [-1, 1] of domain A, or None: nothing is computed.
+        reals: the same for domain B's real images (FID/KID), or None.
+        features: uint8 RGB batch -> Inception features (`fid_inception`), or None: no FID/KID.
+        truth_fn: float input batch -> uint8 ground truth, or None: no PSNR/SSIM/MAE.
+        final_epoch: the run's last epoch, always evaluated.
         settings: `metrics.EvalSettings` (KID subsets and seed).
     """
 
@@ -434,11 +350,9 @@ class Evaluation(keras.callbacks.Callback):
 
     @property
     def computes(self):
-        """Whether any score can be computed."""
         return self.monitor is not None
 
     def due(self, epoch):
-        """Whether epoch `epoch` (from 0) is evaluated."""
         return (epoch + 1) % self.every_n_epochs == 0 or epoch + 1 == self.final_epoch
 
     def _basis(self):
@@ -450,7 +364,6 @@ class Evaluation(keras.callbacks.Callback):
         return {"metric": "fid", **{k: settings.get(k) for k in keep}}
 
     def _read_record(self):
-        """The recorded best of an earlier run, if measured the same way."""
         if self.best_path is None or self.monitor is None:
             return None
         path = self.best_path.with_name(self.RECORD)
@@ -524,7 +437,6 @@ class Evaluation(keras.callbacks.Callback):
         writer.close()
 
     def _keep_if_best(self, epoch, scores):
-        """Saves the model (atomically) and `best.json` when `scores` beat the recorded best."""
         lower = self.monitor == "fid"
         value = float(scores.get(self.monitor, math.nan))
         best = float(self.best["value"]) if self.best is not None else (math.inf if lower else -math.inf)
@@ -587,20 +499,11 @@ class LossCurve(keras.callbacks.Callback):
 
 
 class Checkpoint(keras.callbacks.Callback):
-    """Crash-proof checkpoints for resuming exactly where training stopped.
+    """Saves the whole model every `every_n_steps` steps and at epoch ends, for an exact resume.
 
-    Saves the whole model (`.keras`: weights, optimizer state, image pools,
-    compile settings) every `every_n_steps` steps and at each epoch end, with
-    `{"epoch", "step", "file"}` in `checkpoint.json`: `step` steps of 0-based
-    `epoch` are done. The model goes to a new file, then `checkpoint.json`
-    is replaced atomically, and only then is the previous file deleted, so a
-    kill at any moment leaves a complete checkpoint. A step whose losses are
-    not finite is never saved.
-
-    Args:
-        directory: folder for the checkpoints.
-        steps_per_epoch: int. Steps in one epoch.
-        every_n_steps: int or None. Defaults to `None` (epoch ends only).
+    The model goes to a new file, then `checkpoint.json` (`step` steps of 0-based `epoch` done)
+    is replaced atomically, then the previous file is deleted: a kill leaves a complete
+    checkpoint. Steps with non-finite losses are never saved.
     """
 
     STATE = "checkpoint.json"

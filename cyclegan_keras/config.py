@@ -1,42 +1,31 @@
 """The settings of a training run and the package's vocabularies, importable without TensorFlow.
 
-`TrainConfig` is a frozen dataclass whose fields are the reference's options
-(`train.py` flags, with `-` for `_`). Each field carries its help text and
-the values it accepts (`choices`, a `Range` or a path `kind`): the command
-line (`cyclegan_keras.cli.train`) is generated from the fields and checks
-every flag while parsing, and `TrainConfig.__post_init__` applies the same
-checks to settings given in Python.
+Each `TrainConfig` field carries its flag's help and accepted values: `cli.train` builds the
+command line from them, and `TrainConfig.__post_init__` applies the same checks in Python.
 """
 
 import argparse
 import dataclasses
 import math
 
-# Every vocabulary is defined here once; the modules that import TensorFlow
-# take theirs from here, so the TF-free parsers and the library agree.
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 DIRECTIONS = ("a2b", "b2a")
-# The reference's spellings: the command line takes them in any case, and
-# config.json of runs made before directions were a2b/b2a holds them.
+# The reference's spellings, in the command line (any case) and older runs' config.json.
 LEGACY_DIRECTIONS = {"AtoB": "a2b", "BtoA": "b2a"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-# The reference's `init_weights` and `get_scheduler` choices.
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 LR_POLICIES = ("linear", "step", "plateau", "cosine")
 CHANNELS = (1, 3, 4)
 # The names of the registries in `networks` (tests/test_train_cli.py keeps them equal).
 GENERATORS = ("resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128")
 DISCRIMINATORS = ("basic", "n_layers", "pixel")
-# What each generator's strides and reflection pads need of an input side:
-# (a multiple of, at least); `networks.size_multiple`/`min_size` of the built
-# network, which tests/test_networks.py checks against this table.
+# What each generator needs of an input side: (a multiple of, at least); see tests/test_networks.py.
 GENERATOR_SIZES = {"resnet_9blocks": (4, 8), "resnet_6blocks": (4, 8), "unet_256": (256, 256), "unet_128": (128, 128)}
 NORMS = ("instance", "batch", "none")
 GAN_MODES = ("lsgan", "vanilla", "wgangp")
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
-# translate.py --preprocess: native size, or the reference's test.py square resize
-# to DEFAULT_LOAD_SIZE (its test-time load_size, equal to the crop size).
+# translate.py --preprocess: native size, or the reference's test.py resize to DEFAULT_LOAD_SIZE.
 INFERENCE_PREPROCESS = ("none", "resize")
 DEFAULT_LOAD_SIZE = 256
 # evaluate.py --resize-mode: the Inception input pipelines of pytorch-fid and clean-fid.
@@ -55,19 +44,15 @@ TFDS_CONFIGS = (
     "iphone2dslr_flower",
 )
 DATASETS = ("synthetic", *TFDS_CONFIGS)
-# export.py --max-pixels: the most pixels (height x width, summed over the
-# batch) one SavedModel request may hold; measured in bench/serving_memory.py.
+# export.py --max-pixels: pixels summed over one SavedModel request; see bench/serving_memory.py.
 SERVING_MAX_PIXELS = 2048 * 2048
 # config.json keys of earlier versions -> today's names.
 RENAMED_SETTINGS = {"jit_compile": "xla"}
-# What an exported SavedModel computes in (training's policy names) and the
-# TFLite variants; the older spellings `bfloat16` and `none` stay accepted.
 EXPORT_PRECISIONS = ("float32", "mixed_bfloat16")
 TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
 EXPORT_ALIASES = {"bfloat16": "mixed_bfloat16", "none": "float32"}
 
-# `python train.py` with no arguments: the synthetic dataset, small enough to
-# train in a few minutes on a laptop CPU. Used only for settings not given.
+# `python train.py` on the synthetic dataset: minutes on a laptop CPU. Only for settings not given.
 SYNTHETIC_DEFAULTS = dict(
     generator="resnet_6blocks", ngf=32, ndf=32, load_size=72, crop_size=64, n_epochs=3, n_epochs_decay=2
 )
@@ -79,13 +64,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Range:
-    """The numbers a setting or flag accepts; also the flag's argparse type.
-
-    Args:
-        minimum, maximum: inclusive bounds, or None.
-        above, below: exclusive bounds, or None.
-        integer: bool. Integers; else finite floats. Defaults to `True`.
-    """
+    """The numbers a setting accepts (`minimum`/`maximum` inclusive, `above`/`below` exclusive); an argparse type."""
 
     minimum: float | None = None
     maximum: float | None = None
@@ -119,15 +98,7 @@ class Range:
 
 
 def setting(default, help, choices=None, minimum=None, maximum=None, above=None, below=None, kind=None):
-    """A `TrainConfig` field with its help text and the values it accepts.
-
-    Args:
-        default: the paper's value (None: not set).
-        help: the flag's help text.
-        choices: the accepted values, or None.
-        minimum, maximum, above, below: the bounds of a number (see `Range`), or None.
-        kind: the command line's check of a path or word, a key of `cli.train.KIND_TYPES`, or None.
-    """
+    """A `TrainConfig` field with its flag's help and accepted values (`kind`: a key of `cli.train.KIND_TYPES`)."""
     bounds = dict(minimum=minimum, maximum=maximum, above=above, below=below)
     bounds = {key: value for key, value in bounds.items() if value is not None}
     return dataclasses.field(default=default, metadata=dict(help=help, choices=choices, bounds=bounds, kind=kind))
@@ -160,21 +131,10 @@ def check_value(field, value):
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
-    """How images become training tensors (the reference's `--preprocess`).
+    """How images become training tensors: the reference's `--preprocess` modes (`PREPROCESS_MODES`).
 
-    Modes: `resize_and_crop` (resize to load_size x load_size, crop
-    crop_size), `crop` (crop only), `scale_width` (width to load_size,
-    aspect kept), `scale_width_and_crop`, `none` (sides rounded to a multiple
-    of 4). Crops are random in training and centred at test time; images
-    smaller than the crop are first scaled up. Resizing is bicubic
-    (antialiased, as PIL's). Values end in [-1, 1], float32.
-
-    Args:
-        mode: one of `PREPROCESS_MODES`. Defaults to `"resize_and_crop"`.
-        load_size: int. Defaults to `286`.
-        crop_size: int. Defaults to `256`.
-        flip: bool. Random horizontal flips in training. Defaults to `True`.
-        channels: int. 3 (RGB), 1 (grayscale) or 4 (RGBA). Defaults to `3`.
+    Crops are random in training, centred at test time; images smaller than the crop are scaled
+    up; `none` rounds the sides to a multiple of 4. Resizing is bicubic, antialiased as PIL's.
     """
 
     mode: str = "resize_and_crop"
@@ -205,14 +165,8 @@ class Preprocessing:
 class TrainConfig:
     """Every setting of a training run; defaults are the paper's, each field's help says what it does.
 
-    `dataset` is ignored when `dataroot` or `train_a`/`train_b` are given.
-    As in the reference, `direction="b2a"` makes the dataset's B images the
-    model's domain A (what `generator_ab` translates from), and `input_nc`
-    is always the channels of the model's domain A, `output_nc` of its B.
-
     Raises:
-        ConfigError: a setting out of range, or settings that contradict
-            each other; the message names the flag.
+        ConfigError: a setting out of range, or settings that contradict each other.
     """
 
     dataset: str = setting(
@@ -391,12 +345,7 @@ class TrainConfig:
 
 
 def make_config(**given):
-    """A `TrainConfig` from the settings a user gave (None means not given).
-
-    On the synthetic dataset the settings of `SYNTHETIC_DEFAULTS` replace the
-    paper's when not given, so `python train.py` finishes in minutes. Names
-    of `RENAMED_SETTINGS` are accepted for today's.
-    """
+    """A `TrainConfig` from the settings given (None: not given), `SYNTHETIC_DEFAULTS` on the synthetic data."""
     given = {RENAMED_SETTINGS.get(key, key): value for key, value in given.items() if value is not None}
     folders = given.get("dataroot") or given.get("train_a")
     if given.get("dataset", "synthetic") == "synthetic" and not folders:
@@ -405,12 +354,7 @@ def make_config(**given):
 
 
 def upgrade_settings(found):
-    """The settings of an earlier version's config.json in today's terms.
-
-    Renamed keys take today's names, settings added since take their
-    defaults (which reproduce what earlier versions did), and directions
-    `AtoB`/`BtoA` become `a2b`/`b2a`.
-    """
+    """The settings of an earlier version's config.json in today's names, with defaults for those added since."""
     found = {RENAMED_SETTINGS.get(key, key): value for key, value in found.items()}
     found = {**{field.name: field.default for field in dataclasses.fields(TrainConfig)}, **found}
     found["direction"] = LEGACY_DIRECTIONS.get(found["direction"], found["direction"])

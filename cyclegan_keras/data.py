@@ -1,12 +1,8 @@
 """Unpaired image data for CycleGAN as `tf.data` pipelines.
 
-Each source (a folder in the reference layout, any two folders, tfds
-`cycle_gan`, the built-in synthetic set) becomes a `Domain`: images decoded
-as viewers show them (EXIF applied) and resized once, kept in memory or, when
-they do not fit, decoded again from their paths; unreadable files are
-reported by path and left out. Then pairing -> random crop/flip -> batch ->
-prefetch, with all randomness stateless in `(seed, epoch, position)`, so a
-restart rebuilds epoch e, step s exactly (`unpaired_dataset(start_epoch=e).skip(s)`).
+Each source (folders, tfds `cycle_gan`, the synthetic set) becomes a `Domain` of images decoded
+(EXIF applied) and resized once; `unpaired_dataset` pairs, crops, flips and batches them with
+randomness stateless in `(seed, epoch, position)`, so a restart rebuilds any epoch and step.
 """
 
 import concurrent.futures
@@ -23,12 +19,8 @@ import tensorflow as tf
 from cyclegan_keras.config import IMAGE_EXTENSIONS, PREPROCESS_MODES, TFDS_CONFIGS, Preprocessing  # noqa: F401
 
 DEFAULT_CACHE_BYTES = 4 * 2**30
-# Pixels an image file may declare (width x height x GIF frames), checked in
-# its header before decoding. Decoded, a pixel is 3 bytes (a 16-bit PNG
-# passes through float32 on the way); resizing for training holds it as 12
-# bytes of float32, in up to 8 threads. So: any photo for translation (a
-# 200 MP phone photo is 0.6 GB decoded), which tiles the rest; 8192x8192 for
-# training, which shrinks every image to load_size anyway.
+# Pixels a file may declare (width x height x GIF frames): any photo for translation (200 MP is
+# 0.6 GB decoded); 8192x8192 for training, whose resize holds 12 bytes a pixel in up to 8 threads.
 MAX_DECODE_PIXELS = 2**28
 MAX_TRAINING_PIXELS = 2**26
 
@@ -48,12 +40,8 @@ class UnreadableImage(DataError):
 
 @dataclasses.dataclass
 class Domain:
-    """The images of one domain, after decoding and deterministic resizing.
-
-    Exactly one of `images` (the in-memory cache) and `paths` (decode on the
-    fly) is set; `orientations` holds each path's EXIF orientation (see
-    `orient`; all 1 when None). `bad` lists `(path, reason)` for files left out.
-    """
+    """One domain's images: `images` (in memory) or `paths` (decoded on the fly, with EXIF
+    `orientations`, all 1 when None); `bad` lists `(path, reason)` for files left out."""
 
     name: str
     images: list = None
@@ -65,16 +53,9 @@ class Domain:
         return len(self.images if self.images is not None else self.paths)
 
 
-# -- Decoding and the deterministic part of preprocessing ------------------------
-
-
 def decode_image(data, channels=3):
-    """Decodes JPEG/PNG/BMP/GIF bytes to uint8 `(height, width, channels)`, as stored.
-
-    Grayscale, RGBA and palette images are converted; 16-bit PNGs are scaled
-    to 8 bits (rounded); a GIF gives its first frame. EXIF orientation is not
-    applied here (see `read_image` and `orient`).
-    """
+    """Decodes JPEG/PNG/BMP/GIF bytes to uint8 `(height, width, channels)` as stored (no EXIF
+    orientation); 16-bit PNGs are rounded to 8 bits, a GIF gives its first frame."""
     bit_depth = tf.strings.substr(data, tf.minimum(24, tf.strings.length(data)), 1)  # in a PNG's IHDR
     sixteen_bit_png = tf.logical_and(tf.strings.substr(data, 0, 8) == _PNG_SIGNATURE, bit_depth == b"\x10")
     return tf.cond(
@@ -94,9 +75,8 @@ def _decode_16_bit_png(data, channels):
     return tf.cast(tf.round(tf.cast(image, tf.float32) / 257.0), tf.uint8)
 
 
-# EXIF orientation o -> the stored image as viewers show it: _ORIENTED[o - 1],
-# PIL.ImageOps.exif_transpose's transposition for each value. (tf.reverse, as
-# a [::-1] slice is ten times slower.)
+# EXIF orientation o -> PIL.ImageOps.exif_transpose's transposition, _ORIENTED[o - 1]
+# (tf.reverse: a [::-1] slice is ten times slower).
 _ORIENTED = (
     lambda image: image,
     lambda image: tf.reverse(image, [1]),  # 2: FLIP_LEFT_RIGHT
@@ -110,21 +90,14 @@ _ORIENTED = (
 
 
 def orient(image, orientation):
-    """Turns an image `(height, width, channels)` as stored into the picture its EXIF orientation describes.
-
-    Args:
-        image: tensor, as `decode_image` returns it.
-        orientation: int or int tensor, the EXIF Orientation tag (1..8, as
-            `PIL.ImageOps.exif_transpose` reads it); other values leave the
-            image as it is. Works inside a `tf.data` graph.
-    """
+    """Turns a stored image into the picture its EXIF orientation (1..8; others: as stored) describes."""
     branches = [functools.partial(transposition, image) for transposition in _ORIENTED]
     return tf.switch_case(tf.cast(orientation, tf.int32) - 1, branches, default=branches[0])
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageHeader:
-    """What an image file's header declares: stored size, PIL mode, GIF frames and EXIF orientation."""
+    """What an image file's header declares."""
 
     width: int
     height: int
@@ -134,25 +107,19 @@ class ImageHeader:
 
     @property
     def pixels(self):
-        """Pixels TensorFlow decodes: every frame of a GIF, to return the first."""
+        """Pixels TensorFlow decodes: every frame of a GIF."""
         return self.width * self.height * self.frames
 
 
 def read_header(path):
     """The `ImageHeader` of an image file, read without decoding its pixels.
 
-    The orientation comes from a JPEG's EXIF (or XMP) segment or a PNG's eXIf
-    chunk before the pixels, as PIL's header reading finds them.
-
     Raises:
-        UnreadableImage: naming the file: not a JPEG/PNG/GIF/BMP, or a
-            header that cannot be read.
+        UnreadableImage: not a JPEG/PNG/GIF/BMP, or a header that cannot be read.
     """
     from PIL import BmpImagePlugin, GifImagePlugin, Image, JpegImagePlugin, PngImagePlugin
 
-    # The signatures TensorFlow's decode_image recognizes. Opening with the
-    # format's class, not Image.open, keeps PIL's own pixel limit (a warning,
-    # then DecompressionBombError) out: the limit here is the caller's.
+    # TensorFlow's signatures; the format's class, not Image.open, keeps PIL's pixel limit out.
     formats = (
         (b"\xff\xd8\xff", JpegImagePlugin.JpegImageFile),
         (_PNG_SIGNATURE, PngImagePlugin.PngImageFile),
@@ -183,23 +150,19 @@ def read_header(path):
 
 
 def read_image(path, channels=3, max_pixels=MAX_DECODE_PIXELS):
-    """Reads one image file as viewers show it: decoded (see `decode_image`), then its EXIF orientation applied.
+    """Reads one image file as viewers show it (decoded, EXIF orientation applied).
 
     Args:
-        path: the file.
-        channels: int. 1, 3 or 4. Defaults to `3`.
-        max_pixels: int. Files whose header declares more pixels (width x
-            height x GIF frames) are refused before decoding. Defaults to
-            `MAX_DECODE_PIXELS` (2**28: 16384x16384, 0.8 GB decoded).
+        channels: 1, 3 or 4.
+        max_pixels: files whose header declares more (width x height x GIF frames) are refused.
 
     Raises:
-        UnreadableImage: naming the file and why, without TensorFlow's op names.
+        UnreadableImage: naming the file and why.
     """
     return _read_image(path, channels, max_pixels)[0]
 
 
 def _read_image(path, channels, max_pixels):
-    """`(image, header)`; see `read_image`."""
     header = read_header(path)
     if header.pixels > max_pixels:
         frames = f"{header.frames} frames of " if header.frames > 1 else ""
@@ -217,7 +180,7 @@ def _read_image(path, channels, max_pixels):
 
 
 def resize_for(image, preprocessing):
-    """The deterministic resize of `preprocessing` (everything before the crop)."""
+    """The deterministic resize of `preprocessing` (before the crop)."""
     p = preprocessing
     shape = tf.shape(image)
     height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
@@ -232,7 +195,6 @@ def resize_for(image, preprocessing):
     else:  # crop
         new_height, new_width = height, width
     if p.crops:
-        # Images smaller than the crop are scaled up, aspect kept.
         scale = tf.maximum(1.0, p.crop_size / tf.minimum(new_height, new_width))
         new_height, new_width = tf.math.ceil(new_height * scale), tf.math.ceil(new_width * scale)
     size = tf.cast(tf.stack([new_height, new_width]), tf.int32)
@@ -243,15 +205,10 @@ def resize_for(image, preprocessing):
 
 
 def augment(image, preprocessing, seed, training):
-    """The random part: crop (random in training, centred otherwise) and flip.
+    """Crops (random in training, else centred) and flips a `resize_for` image; float32 in [-1, 1].
 
     Args:
-        image: uint8 `(height, width, channels)` from `resize_for`.
         seed: int32 tensor of shape (2,) for the stateless random ops.
-        training: bool.
-
-    Returns:
-        float32 image in [-1, 1].
     """
     p = preprocessing
     if p.crops:
@@ -267,19 +224,10 @@ def augment(image, preprocessing, seed, training):
     return tf.cast(image, tf.float32) / 127.5 - 1.0
 
 
-# -- The built-in synthetic dataset ---------------------------------------------
-
-
 def synthetic_mapping(images, direction="a2b"):
-    """The true translation between the synthetic domains.
+    """The true translation between the synthetic domains, on uint8 or [-1, 1] float `(..., channels)`.
 
-    A -> B rolls the colour channels by one (R, G, B -> B, R, G); B -> A rolls
-    them back. With one channel it inverts intensities (its own inverse).
-    Works on uint8 (0..255) and on float images in [-1, 1].
-
-    Args:
-        images: array `(..., channels)`.
-        direction: `"a2b"` or `"b2a"`. Defaults to `"a2b"`.
+    A -> B rolls the channels by one (R, G, B -> B, R, G), B -> A back; one channel is inverted.
     """
     images = np.asarray(images)
     if images.shape[-1] == 1:
@@ -289,18 +237,12 @@ def synthetic_mapping(images, direction="a2b"):
 
 
 def synthetic_images(domain, count, size=64, channels=3, seed=0):
-    """Procedural images: 1 to 4 warm rectangles and ellipses on noisy dark blue (A).
-
-    B is `synthetic_mapping` of independently drawn A images: the domains are
-    unpaired, yet the true A -> B mapping is known, so learning can be measured.
+    """Procedural images: A is 1 to 4 warm shapes on noisy dark blue, B `synthetic_mapping` of other A's.
 
     Args:
         domain: `"A"` or `"B"`.
-        count: int. Number of images.
-        size: int or `(height, width)`. Defaults to `64`.
-        channels: 1 or 3 (1: the luminance of the 3-channel image).
-            Defaults to `3`.
-        seed: int. The same seed gives the same images. Defaults to `0`.
+        size: int or `(height, width)`.
+        channels: 1 (the luminance) or 3.
 
     Returns:
         uint8 array `(count, height, width, channels)`.
@@ -332,9 +274,6 @@ def synthetic_images(domain, count, size=64, channels=3, seed=0):
     return synthetic_mapping(images, "a2b") if domain == "B" else images
 
 
-# -- Sources --------------------------------------------------------------------
-
-
 def list_image_files(folder):
     """Image files under `folder`, recursively, sorted; extensions in any case."""
     folder = Path(folder)
@@ -357,16 +296,9 @@ def folder_domain(
     limit=None,
     max_pixels=MAX_TRAINING_PIXELS,
 ):
-    """A domain from every image under `folder` (the first `limit` in file-name order when given).
-
-    Each file is decoded once, in parallel, as viewers show it (see
-    `read_image`): files that fail, or that declare more than `max_pixels`,
-    are listed in `domain.bad` with the reason and left out (or, with
-    `strict_data=True`, a `DataError` lists them all before any training).
-    Decoded, resized images are kept in memory when they fit in
-    `cache_bytes`; otherwise the domain keeps their paths and decodes again
-    on the fly.
-    """
+    """A domain of the images under `folder` (the first `limit` by name), kept in memory within
+    `cache_bytes`, else decoded on the fly. Unreadable files go to `domain.bad` (with
+    `strict_data`, one `DataError` lists them)."""
     paths = list_image_files(folder)[:limit]
 
     def load(path):
@@ -388,7 +320,7 @@ def folder_domain(
             total_bytes += result.nbytes
             if total_bytes <= cache_bytes:  # the total only grows: once past, always past
                 images.append(result)
-            else:  # past the budget: keep no pixels, the domain streams instead
+            else:
                 images = None
     if bad and strict_data:
         listing = "\n".join(f"  {path}: {reason}" for path, reason in bad)
@@ -410,11 +342,7 @@ def reference_folder_domains(
     preprocessing_b=None,
     limit=None,
 ):
-    """Domains A and B from ROOT/{phase}A and ROOT/{phase}B (the reference's layout).
-
-    `preprocessing_b`, when given, is used for B (e.g. other channels);
-    `limit` caps each domain (the reference's `--max_dataset_size`).
-    """
+    """Domains A and B from ROOT/{phase}A and ROOT/{phase}B; `limit` caps each domain."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"Dataset folder not found: {root}")
@@ -448,11 +376,7 @@ def array_domain(images, preprocessing, name):
 
 
 def synthetic_domains(count=256, size=64, phase="train", preprocessing=None, seed=0, preprocessing_b=None):
-    """Domains A and B of the built-in synthetic dataset (see `synthetic_images`).
-
-    Train and test phases draw different images. `preprocessing_b`, when
-    given, is used for B.
-    """
+    """Domains A and B of the synthetic dataset; train and test phases draw different images."""
     pre_a = preprocessing or Preprocessing(load_size=size, crop_size=size)
     pre_b = preprocessing_b or pre_a
     offset = 0 if phase == "train" else 1000
@@ -465,19 +389,14 @@ def synthetic_domains(count=256, size=64, phase="train", preprocessing=None, see
 
 
 def tfds_domains(config, phase="train", preprocessing=None, data_dir=None, download=False, preprocessing_b=None):
-    """Domains A and B from tensorflow-datasets' `cycle_gan/{config}`.
-
-    An unprepared dataset is a `DataError` saying what to do, not minutes of tfds retrying its download.
+    """Domains A and B from tensorflow-datasets' `cycle_gan/{config}` (one of `TFDS_CONFIGS`).
 
     Args:
-        config: one of `TFDS_CONFIGS`.
-        phase: `"train"` or `"test"` (splits trainA/trainB or testA/testB).
-        data_dir: tfds data folder. Defaults to tfds's (`~/tensorflow_datasets`).
-        download: bool. Download and prepare the dataset if needed (needs the
-            internet: tfds fetches the authors' zip from
-            https://people.eecs.berkeley.edu/~taesung_park/CycleGAN/datasets/).
-            Defaults to `False`.
-        preprocessing_b: `Preprocessing` for B, when it differs from A's.
+        data_dir: tfds data folder (None: `~/tensorflow_datasets`).
+        download: download and prepare the dataset if needed (needs the internet).
+
+    Raises:
+        DataError: the dataset is not prepared (rather than tfds retrying its download).
     """
     if config not in TFDS_CONFIGS:
         raise DataError(f"Unknown dataset {config!r}. tfds cycle_gan configs: {', '.join(TFDS_CONFIGS)}")
@@ -504,16 +423,12 @@ def tfds_domains(config, phase="train", preprocessing=None, data_dir=None, downl
     return tuple(domains)
 
 
-# -- Pairing ---------------------------------------------------------------------
-
-
 def steps_per_epoch(domain_a, domain_b, batch_size):
     """Batches in one epoch of `max(|A|, |B|)` pairs (the last partial batch dropped)."""
     return max(len(domain_a), len(domain_b)) // batch_size
 
 
 def _lookup(domain, preprocessing):
-    """A graph function index -> uint8 image of `domain`."""
     if domain.images is not None:
         flat = np.concatenate([image.reshape(-1) for image in domain.images])
         sizes = [image.size for image in domain.images]
@@ -544,38 +459,22 @@ def unpaired_dataset(
     shard=None,
     serial=False,
 ):
-    """Batches of `(real_a, real_b)`, unaligned as the reference pairs them.
+    """Batches of `(real_a, real_b)`, unaligned as the reference's `UnalignedDataset` pairs them.
 
-    As the reference's `UnalignedDataset` with a shuffling loader: an epoch
-    is `max(|A|, |B|)` pairs; A's index is a fresh permutation of that range
-    modulo `|A|` each epoch, B's image is drawn uniformly; batches never
-    straddle two epochs. With `training=False`: pairs `(A[i mod |A|],
-    B[i mod |B|])` in order, centred crops, no flip, one epoch, the last
-    partial batch kept.
+    An epoch is `max(|A|, |B|)` pairs: A by a fresh permutation modulo `|A|`, B drawn uniformly.
+    With `training=False`: `(A[i mod |A|], B[i mod |B|])` in order, centred crops, no flip, one
+    epoch, the last partial batch kept.
 
     Args:
-        domain_a, domain_b: `Domain`s.
-        preprocessing: `Preprocessing`.
-        batch_size: int. Defaults to `1`.
-        seed: int. Defaults to `0`.
-        training: bool. Defaults to `True`.
-        start_epoch: int. First epoch to produce (to resume). Defaults to `0`.
-        epochs: int or None (endless). Defaults to `None` in training.
-        steps_per_epoch: int or None. Cap each epoch at this many batches, so
-            epochs stay aligned with a `fit(steps_per_epoch=...)` that
-            stops early. Defaults to `None` (whole epochs).
-        preprocessing_b: `Preprocessing` for B when it differs from A's
-            (other channels). Defaults to `preprocessing`.
-        shard: `(count, index)` or None. Keep only the pairs at positions
-            `index, index + count, ...` of each epoch, for one of `count`
-            input pipelines (workers) that together make each global batch.
-            Defaults to `None` (all pairs).
-        serial: bool. The reference's `--serial_batches`: in training too,
-            pairs `(A[i mod |A|], B[i mod |B|])` in order, every epoch alike
-            (crops and flips stay random). Defaults to `False`.
+        start_epoch: the first epoch to produce (to resume).
+        epochs: None: endless (in training).
+        steps_per_epoch: cap each epoch at this many batches.
+        preprocessing_b: for B when it differs from A's (None: `preprocessing`).
+        shard: `(count, index)`: only positions `index, index + count, ...` of each epoch.
+        serial: the reference's `--serial_batches`: pairs in order in training too.
 
     Returns:
-        A `tf.data.Dataset`. In training its batch dimension is static.
+        A `tf.data.Dataset`; in training its batch dimension is static.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
@@ -623,7 +522,6 @@ def unpaired_dataset(
 
 
 def _test_images(domain, preprocessing):
-    """The images of `domain`, test-time preprocessed, one at a time."""
     lookup, seed = _lookup(domain, preprocessing), tf.zeros([2], tf.int32)
     return (augment(lookup(i), preprocessing, seed, False).numpy() for i in range(len(domain)))
 
@@ -634,11 +532,7 @@ def domain_images(domain, preprocessing, count=None):
 
 
 def domain_batches(domain, preprocessing, batch_size=16):
-    """The images of `domain`, test-time preprocessed as by `domain_images`, streamed.
-
-    Yields float32 batches `(b, h, w, c)` in [-1, 1], in order; a batch
-    holds images of one size (`--preprocess none` keeps each file's).
-    """
+    """The images of `domain`, test-time preprocessed, as float32 batches in order, one size each."""
     batch = []
     for image in _test_images(domain, preprocessing):
         if batch and (len(batch) == batch_size or image.shape != batch[0].shape):

@@ -1,7 +1,5 @@
 """Writing files safely: atomic replacement, one error for a full disk, folder locks, and a
-record of the files a tool wrote so that a rerun replaces those and nothing else.
-
-No TensorFlow: the CLIs use it before TensorFlow is imported.
+manifest of the files a tool wrote, so that a rerun replaces those and nothing else. No TensorFlow.
 """
 
 from __future__ import annotations
@@ -28,10 +26,8 @@ class DiskFull(OSError):
     """No space was left while writing `path`; what had been written of it is removed.
 
     Attributes:
-        path: the file (or folder) being written.
         needed: bytes it needs (an estimate), or None when unknown.
-        at_least: whether `needed` is only what was written before the
-            disk filled (a lower bound).
+        at_least: whether `needed` is only a lower bound (what was written before the disk filled).
         after: what running the same command again does.
     """
 
@@ -63,7 +59,6 @@ def format_bytes(count):
 
 
 def _size(n):
-    """`"2,206,884 bytes (2.1 MiB)"`, for a DiskFull message."""
     return f"{n:,} bytes ({format_bytes(n)})" if n >= 2**10 else f"{n:,} bytes"
 
 
@@ -75,10 +70,7 @@ def _free(path):
 
 
 def disk_full(error: BaseException, path=None) -> DiskFull | None:
-    """`error` as a `DiskFull` if it, or what caused it, is a full disk or an exceeded quota; else None.
-
-    The path is the error's when it names one, else `path`.
-    """
+    """`error` as a `DiskFull` (naming its path, else `path`) if it or its cause is a full disk or quota; else None."""
     cause = error
     while cause is not None:
         if isinstance(cause, DiskFull):
@@ -109,10 +101,7 @@ def removed_on_error(target, partial, size=None):
     """Removes `partial` (a file or folder) if the block raises; a full disk becomes `DiskFull(target)`.
 
     Args:
-        target: what `partial` becomes once complete (named in the error).
-        partial: the file or folder being written.
-        size: bytes the complete write needs, if known beforehand (e.g.
-            the previous checkpoint's size); else what `partial` reached.
+        size: bytes the complete write needs, if known beforehand; else what `partial` reached.
     """
     try:
         yield partial
@@ -132,12 +121,9 @@ def partial_path(path: str | os.PathLike) -> Path:
 
 
 def replace_atomically(path: str | os.PathLike, write: Callable[[Path], object], size=None) -> Path:
-    """Writes `path` by `write(temporary_path)` and then one `os.replace`.
+    """Writes `path` by `write(partial_path(path))` and one `os.replace`: a kill leaves the old or the new file.
 
-    A kill at any moment leaves either the old file or the new one, never a
-    part of one. The temporary name keeps the suffix (`.keras` files must
-    end in `.keras`). Any error removes the temporary file; a full disk is
-    raised as `DiskFull` (see `removed_on_error` for `size`).
+    Any error removes the partial file; a full disk is raised as `DiskFull` (see `removed_on_error`).
     """
     path = Path(path)
     partial = partial_path(path)
@@ -179,20 +165,13 @@ def append_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def remove_partials(folder: str | os.PathLike) -> list[Path]:
-    """Deletes what killed writers left in `folder` (not recursive): `replace_atomically`'s temporary files.
-
-    Only safe while holding the folder's lock (`exclusive`). Folders are
-    left alone (an export's hidden staging folder has its own lock).
-    """
+    """Deletes the partial files killed writers left in `folder` (not recursive, files only); hold its lock."""
     removed = []
     for path in Path(folder).glob(".*.partial*"):
         if path.is_file() and not path.is_symlink():
             path.unlink()
             removed.append(path)
     return removed
-
-
-# -- One writer per folder ------------------------------------------------------------
 
 
 class FolderInUse(RuntimeError):
@@ -215,9 +194,7 @@ class Lock:
     """A held `exclusive` lock.
 
     Attributes:
-        path: the lock file.
-        stale: the record of a previous holder that ended without releasing
-            it (killed, crashed, power loss) and whose lock was taken over, or None.
+        stale: the record of a previous holder that ended without releasing it, or None.
         unsupported: why the file system could not lock (then nothing is held), or None.
     """
 
@@ -228,18 +205,10 @@ class Lock:
 
 @contextlib.contextmanager
 def exclusive(folder: str | os.PathLike, name: str = ".lock"):
-    """Holds an exclusive lock on `folder` for the block, so that one process writes it at a time.
+    """Holds `fcntl.flock` on `FOLDER/name` (holding pid, host and time) so one process writes `folder`.
 
-    `fcntl.flock` on `FOLDER/name` (created, then removed when the block
-    ends), which records the holder's pid, host and start time. The kernel
-    releases a flock when its process dies, so a killed holder does not
-    block the next one: its record is reported as `Lock.stale` and replaced.
-    Where the file system cannot lock (`ENOLCK`, `EOPNOTSUPP`; e.g. NFS
-    mounted `nolock` locks only within each machine), nothing is held and
-    `Lock.unsupported` says why.
-
-    Returns:
-        A context manager giving the `Lock`.
+    The kernel releases a dead holder's flock: its record becomes `Lock.stale`. Where the file
+    system cannot lock (e.g. NFS mounted `nolock`), nothing is held and `Lock.unsupported` says why.
 
     Raises:
         FolderInUse: a live process holds it.
@@ -283,7 +252,7 @@ def exclusive(folder: str | os.PathLike, name: str = ".lock"):
 
 
 def _read_holder(fd, wait=False):
-    """The record in a lock file; with `wait`, gives its holder a moment to write it."""
+    """The record in a lock file; `wait` gives its holder a moment to write it."""
     for _ in range(20 if wait else 1):
         text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
         if text:
@@ -294,9 +263,6 @@ def _read_holder(fd, wait=False):
         if wait:
             time.sleep(0.05)
     return {}
-
-
-# -- Never replace a file the tool did not write --------------------------------------
 
 
 class ForeignFile(FileExistsError):
@@ -311,14 +277,10 @@ class ForeignFile(FileExistsError):
 
 
 class Manifest:
-    """`FOLDER/.cyclegan_keras_manifest.json`: the files the package wrote in a folder.
+    """`FOLDER/.cyclegan_keras_manifest.json`: the `fingerprint` of each file the package wrote there.
 
-    Each entry, by path relative to the folder, is a fingerprint (size and
-    modification time of the file, or of every file under a folder) taken
-    just after the write. A name is ours to replace when it does not exist,
-    or when its fingerprint is unchanged, or when it is `pending`: named by
-    a run that stopped before it could record the fingerprint (that run
-    checked the name was free or its own).
+    A name is ours to replace when absent, unchanged since, or `pending` (a run that checked it
+    stopped before recording it).
     """
 
     NAME = ".cyclegan_keras_manifest.json"

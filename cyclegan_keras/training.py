@@ -1,24 +1,8 @@
 """The one place that wires configuration, data, model and callbacks.
 
-`train(config, workdir)` is what `python train.py` runs; `build_model` is the
-one function that knows the method (CycleGAN), the rest takes any model with
-generators. The work directory holds everything a run produces and needs to
-resume:
-
-    WORKDIR/config.json        the resolved configuration
-    WORKDIR/checkpoints/       crash-proof checkpoints (see callbacks.Checkpoint)
-    WORKDIR/snapshots/         epoch_XXX.png translation grids
-    WORKDIR/log.csv            epoch-mean losses and the learning rate, epochs from 1
-    WORKDIR/loss_curve.png     the losses, drawn at the end
-    WORKDIR/bad_files.txt      images that could not be read, if any
-    WORKDIR/model.keras        the trained model
-    WORKDIR/best.keras         with --eval-every: the best model by FID (see
-                               callbacks.Evaluation), best.json its scores
-    WORKDIR/.lock              while a run writes it: the lock that keeps a
-                               second run out (see files.exclusive)
-
-Running the same command again after a crash, or after a full disk stopped
-it, resumes from the last checkpoint; a finished run is not trained again.
+`train(config, workdir)` is what `python train.py` runs; `build_model` is the one function
+that knows the method (CycleGAN). The work directory's files are listed in the README; running
+the same command again resumes from the last checkpoint, and a finished run is not retrained.
 """
 
 import contextlib
@@ -43,19 +27,11 @@ from cyclegan_keras.config import (  # noqa: F401  (re-exported: training is whe
 )
 from cyclegan_keras.model import CycleGAN
 
-# Images per domain of the synthetic test split (snapshots show the first
-# --snapshot-count of them; --eval-every scores them all).
-SYNTHETIC_TEST_COUNT = 64
-
-# -- Building blocks ----------------------------------------------------------------
+SYNTHETIC_TEST_COUNT = 64  # images per domain of the synthetic test split
 
 
 def build_model(config):
-    """The compiled `CycleGAN` of `config`: its domain A has input_nc channels, B output_nc.
-
-    Whatever the direction: with `b2a`, `load_domains` already makes the
-    dataset's B images the model's A (read with input_nc channels).
-    """
+    """The compiled `CycleGAN` of `config`: its domain A has input_nc channels, B output_nc."""
     keras.utils.set_random_seed(config.seed)
     a, b = config.input_nc, config.output_nc
     generator = dict(filters=config.ngf, norm=config.norm, dropout=config.dropout)
@@ -85,13 +61,7 @@ def build_model(config):
 
 
 def load_domains(config, phase):
-    """Domains (A, B) of `phase`, in the model's direction; None if the source has no such phase.
-
-    With `--direction b2a` the dataset's B images are the model's domain A,
-    read with input_nc channels (the reference's meaning of input_nc). Each
-    domain keeps at most `max_dataset_size` images. With `strict_data`, one
-    `DataError` lists the unreadable files of both domains.
-    """
+    """Domains (A, B) of `phase` in the model's direction (b2a: the dataset's B is A); None if no such phase."""
     pre_a, pre_b = config.preprocessing("A"), config.preprocessing("B")
     if config.direction == "b2a":
         pre_a, pre_b = pre_b, pre_a
@@ -125,16 +95,12 @@ def load_domains(config, phase):
 
 
 def _first(domain, limit):
-    """`domain` with only its first `limit` images (all when None)."""
     if limit is None or len(domain) <= limit:
         return domain
     if domain.images is not None:
         return dataclasses.replace(domain, images=domain.images[:limit])
     orientations = domain.orientations and domain.orientations[:limit]
     return dataclasses.replace(domain, paths=domain.paths[:limit], orientations=orientations)
-
-
-# -- The run ------------------------------------------------------------------------
 
 
 class TrainingError(RuntimeError):
@@ -145,8 +111,7 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says where it stopped and how to resume."""
 
 
-# Settings that may change when a run is resumed: they change how the rest of
-# the run is done or logged, not what was trained so far. A change is logged.
+# Settings a resumed run may change: how the rest is done or logged, not what was trained.
 RESUMABLE = (
     "lr", "checkpoint_every", "snapshot_every", "snapshot_every_epochs", "snapshot_count", "strict_data",
     "strategy", "xla", "deterministic", "download", "data_dir", "inception_weights",
@@ -154,18 +119,10 @@ RESUMABLE = (
 
 
 def check_workdir(config, workdir, write=True):
-    """Checks that `workdir` holds no other run, then records `config` there.
-
-    A work directory holds a run once training has written a checkpoint or
-    the final model; before that (a first try that failed on its data, say)
-    its config.json is simply replaced. Settings in `RESUMABLE` may differ
-    from the run's; each change is printed.
-
-    Args:
-        write: whether to write config.json (only the chief does).
+    """Checks that `workdir` holds no run with other settings (but `RESUMABLE`), then records `config` there.
 
     Raises:
-        ConfigError: `workdir` holds a run with other settings.
+        ConfigError: `workdir` holds a run (a checkpoint or model.keras) with other settings.
     """
     workdir = Path(workdir)
     path = workdir / "config.json"
@@ -189,35 +146,22 @@ def check_workdir(config, workdir, write=True):
 
 
 def train(config, workdir, verbose=1, strategy=None):
-    """Trains the model of `config`, resuming from `workdir` if it can.
+    """Trains the model of `config`, resuming from `workdir` if it can, holding `WORKDIR/.lock`.
 
-    One process writes a work directory at a time: the run holds
-    `WORKDIR/.lock` throughout (see `files.exclusive`). Under a
-    multi-worker strategy every worker runs this with the same arguments;
-    the chief holds the lock and writes `workdir`, the others write to a
-    temporary folder that they delete, and all resume from the chief's
-    checkpoints (so `workdir` must be on storage that every worker can
-    read).
+    Under a multi-worker strategy every worker runs this alike: the chief writes `workdir`,
+    the others a temporary folder, and all resume from the chief's checkpoints.
 
     Args:
-        config: `TrainConfig`.
-        workdir: the run's folder.
-        verbose: `fit()`'s verbosity. Defaults to `1`.
-        strategy: a `tf.distribute.Strategy`, or None to make the one
-            `config.strategy` names. Defaults to `None`.
+        strategy: a `tf.distribute.Strategy` (None: the one `config.strategy` names).
 
     Returns:
-        The trained model (a `CycleGAN`), also saved as `WORKDIR/model.keras`.
+        The trained `CycleGAN`, also saved as `WORKDIR/model.keras`.
 
     Raises:
         ConfigError, data.DataError: before any training, for bad settings or data.
-        files.FolderInUse: another process is training into `workdir`
-            (nothing is written).
-        files.DiskFull: a write found the disk full (its partial file is
-            removed, the last good checkpoint kept); the message says how
-            to resume.
-        TrainingError: a loss became NaN or infinite (the last good
-            checkpoint is kept).
+        files.FolderInUse: another process is training into `workdir`.
+        files.DiskFull: the disk filled; the message says how to resume.
+        TrainingError: a loss became NaN or infinite (the last good checkpoint is kept).
         TrainingInterrupted: Ctrl-C; the message says how to resume.
     """
     if strategy is None:  # first: a multi-worker strategy must exist before any other TF op
@@ -263,7 +207,6 @@ def _resume_hint(workdir):
 
 
 def _train(config, workdir, run_dir, strategy, verbose):
-    """`train()` once the strategy exists: reads `workdir`, writes `run_dir`."""
     try:
         warning = distribute.check_precision(config.precision)
     except distribute.DistributeError as error:
@@ -335,7 +278,7 @@ def _train(config, workdir, run_dir, strategy, verbose):
     ]
 
     def fit(first_epoch, skip=0):
-        """Trains from `skip` steps into `first_epoch`: to that epoch's end if skipping, else to the last."""
+        """From `skip` steps into `first_epoch`: to that epoch's end if skipping, else to the last."""
         checkpoint.step_offset = position.step_offset = skip
         model.fit(
             _batches(config, domains, steps, strategy, first_epoch, skip),
@@ -382,7 +325,7 @@ def _train(config, workdir, run_dir, strategy, verbose):
 
 
 def _steps_per_epoch(config, domains, strategy):
-    """Steps per epoch (one pass over the data at most), printed with the run's layout."""
+    """Steps per epoch (one pass over the data at most), printed with the replicas and batch."""
     replicas = strategy.num_replicas_in_sync
     global_batch = config.batch_size * replicas
     steps = data.steps_per_epoch(*domains, global_batch)
@@ -408,11 +351,9 @@ def _steps_per_epoch(config, domains, strategy):
 
 
 def _batches(config, domains, steps, strategy, start_epoch, skip_steps=0):
-    """The training batches from `start_epoch`, `skip_steps` into it, split over the replicas."""
 
     def pipeline(context):
-        # One input pipeline per worker, feeding its replicas one batch each per step; the
-        # pipelines' shards of each epoch together make the global batches one device would see.
+        # The pipelines' shards of each epoch together make the global batches one device would see.
         local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
         pipelines = context.num_input_pipelines
         batches = data.unpaired_dataset(
@@ -437,8 +378,7 @@ def eval_features(config):
     """The FID Inception for `--eval-every`, or None (evaluation off, or no weights found).
 
     Raises:
-        ConfigError: `--inception-weights` (or CYCLEGAN_INCEPTION_WEIGHTS)
-            names a missing file or one that is not the FID weights.
+        ConfigError: the weights named are missing or not the FID weights.
     """
     if not config.eval_every:
         return None
@@ -454,13 +394,7 @@ def eval_features(config):
 
 
 def make_evaluation(config, test_split, features, run_dir):
-    """The `callbacks.Evaluation` of `--eval-every`, and one line saying what it will log.
-
-    Scores the test split's domain A, preprocessed as for the snapshots:
-    FID/KID against its domain B with Inception weights; PSNR/SSIM/MAE
-    against the true mapping on the synthetic dataset. The best model is
-    kept by FID, else by PSNR, else not at all.
-    """
+    """The `callbacks.Evaluation` of `--eval-every`, and one line saying what it will log."""
     every = f"--eval-every {config.eval_every}"
     if test_split is None:
         line = (
@@ -507,7 +441,7 @@ def make_evaluation(config, test_split, features, run_dir):
 
 
 class _Position(keras.callbacks.Callback):
-    """Where training is: 0-based `epoch` and `step`, the steps of it done (for the Ctrl-C message)."""
+    """Where training is, for the Ctrl-C message: 0-based `epoch` and the steps of it done."""
 
     def __init__(self, epoch, step):
         super().__init__()
