@@ -111,12 +111,13 @@ def run_cli(module, argv, capsys):
 
 def test_cli_end_to_end_on_a_folder(tmp_path, dataroot, capsys):
     workdir = tmp_path / "run"
-    # A first try that fails on its data after config.json is written (12.3):
-    # the corrected command must not be refused as "another run".
+    # A first try on a folder without trainB is refused while parsing, before
+    # TensorFlow starts, leaving nothing (issue 16); the corrected command
+    # must not be refused as "another run" (12.3).
     not_a_dataset = tmp_path / "typo"
     (not_a_dataset / "trainA").mkdir(parents=True)
     code, output = run_cli(train, ["--dataroot", not_a_dataset, "--workdir", workdir, *TINY_TRAIN_FLAGS], capsys)
-    assert code == 2 and "does not have the layout" in output and (workdir / "config.json").exists()
+    assert code == 2 and "does not have the layout" in output and not workdir.exists()
     code, output = run_cli(
         train,
         ["--dataroot", dataroot, "--workdir", workdir, "--n-epochs", 1, "--n-epochs-decay", 0, *TINY_TRAIN_FLAGS],
