@@ -22,7 +22,6 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan_keras import files, networks
-from cyclegan_keras.cli.args import existing_ancestor
 from cyclegan_keras.config import EXPORT_ALIASES, EXPORT_PRECISIONS, SERVING_MAX_PIXELS, TFLITE_VARIANTS
 from cyclegan_keras.inference import padded_call
 
@@ -397,7 +396,7 @@ def export(
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"out_dir must be a folder. Received a file: {out_dir}")
     # Beside or inside out_dir, so the final moves stay on one file system.
-    parent = out_dir if out_dir.is_dir() else existing_ancestor(out_dir)
+    parent = out_dir if out_dir.is_dir() else files.existing_ancestor(out_dir)
     with files.exclusive(parent, f".{out_dir.name}.lock"):
         if out_dir.is_dir():
             files.Manifest(out_dir).check(_outputs(formats, variants, save_generator))

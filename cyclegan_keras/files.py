@@ -343,3 +343,11 @@ def fingerprint(path: str | os.PathLike) -> str:
         name = file.relative_to(path) if file != path else ""
         digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:32]
+
+
+def existing_ancestor(path):
+    """`path` itself if it exists, else its nearest existing parent (absolute)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists():
+        path = path.parent
+    return path

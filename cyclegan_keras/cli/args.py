@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 from cyclegan_keras.config import DIRECTIONS, IMAGE_EXTENSIONS, LEGACY_DIRECTIONS, Range
+from cyclegan_keras.files import existing_ancestor
 
 FID_WEIGHTS_URL = (  # cyclegan_keras.fid_inception.FID_WEIGHTS_URL
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
@@ -87,13 +88,6 @@ def output_folder(text):
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"{text} cannot be written: no write permission in {ancestor}")
     return text
-
-
-def existing_ancestor(path):
-    path = Path(os.path.abspath(path))
-    while not path.exists():
-        path = path.parent
-    return path
 
 
 def keras_model(text):
