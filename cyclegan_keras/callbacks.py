@@ -480,7 +480,8 @@ def plot_losses(csv_path: str | os.PathLike, png_path: str | os.PathLike) -> str
     for axes, title in ((generator_axes, "generators"), (discriminator_axes, "discriminators")):
         axes.set_title(title)
         axes.set_xlabel("epoch")
-        axes.legend(fontsize=7)
+        if axes.lines:  # a log without that side's losses: an empty panel, no legend warning
+            axes.legend(fontsize=7)
     figure.tight_layout()
     files.replace_atomically(png_path, figure.savefig)
     return png_path

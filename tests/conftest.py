@@ -52,6 +52,7 @@ def model_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "model.keras"
     model = tiny_cyclegan()
     model.compile()
+    model.build((None, 32, 32, 3))
     model.save(path)
     return path
 

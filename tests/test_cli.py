@@ -93,6 +93,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     cyclegan = tiny_cyclegan()
     cyclegan.compile()
+    cyclegan.build((None, 32, 32, 3))
     cyclegan.save(root / "model.keras")
     networks.resnet_generator(n_blocks=1, filters=8).save(root / "generator.keras")
     (root / "images").mkdir()

@@ -165,6 +165,7 @@ def test_cli_exports_a_trained_cyclegan(tmp_path, capsys):
 
     model = tiny_cyclegan()
     model.compile()
+    model.build((None, 32, 32, 3))
     model.save(tmp_path / "model.keras")
     # An existing TF Serving folder: version 2 stays, version 1 is replaced whole.
     (tmp_path / "out" / "saved_model" / "2").mkdir(parents=True)

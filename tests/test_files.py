@@ -230,6 +230,7 @@ def test_callback_writes_on_a_full_disk(disk, rng):
     folder, fill = disk
     model = tiny_cyclegan()
     model.compile()
+    model.build((None, 32, 32, 3))
     checkpoint = cb.Checkpoint(folder / "checkpoints", steps_per_epoch=10)
     checkpoint.set_model(model)
     checkpoint.save(1, 0)

@@ -151,6 +151,7 @@ def test_a_resumed_run_keeps_a_better_recorded_best_and_old_configs_resume(tmp_p
 
     model = tiny_cyclegan()
     model.compile()
+    model.build((None, 32, 32, 3))
     images = data.synthetic_images("A", 3, size=16, seed=0).astype("float32") / 127.5 - 1.0
 
     def evaluation():

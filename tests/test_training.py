@@ -53,6 +53,7 @@ def test_schedule_values():
 def test_non_finite_loss_stops_and_is_not_checkpointed(tmp_path):
     model = tiny_cyclegan()
     model.compile()
+    model.build((None, 32, 32, 3))
     stop = cb.StopOnNonFinite()
     checkpoint = cb.Checkpoint(tmp_path, steps_per_epoch=10, every_n_steps=1)
     for callback in (stop, checkpoint):
@@ -72,6 +73,7 @@ def test_non_finite_loss_stops_and_is_not_checkpointed(tmp_path):
 def test_checkpoint_survives_a_crash_while_saving(tmp_path, monkeypatch):
     model = tiny_cyclegan()
     model.compile()
+    model.build((None, 32, 32, 3))
     checkpoint = cb.Checkpoint(tmp_path, steps_per_epoch=10)
     checkpoint.set_model(model)
     checkpoint.save(1, 0)

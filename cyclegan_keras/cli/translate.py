@@ -46,13 +46,11 @@ def parser():
         "--preprocess",
         default="none",
         choices=INFERENCE_PREPROCESS,
-        help="none: native size and aspect ratio, the output has the input's size; resize: the reference's "
-        "test.py, a square --load-size resize (default: none; use resize to compare with the reference's results)",
+        help="none: the input's own size; resize: a square --load-size, as the reference's test.py (default: none)",
     )
     result.add_argument(
         "--load-size",
         type=cli_args.Range(1),
-        default=None,
         help=f"side of the square with --preprocess resize, >= 1 (default: {DEFAULT_LOAD_SIZE}, the reference's)",
     )
     cli_args.add_memory_arguments(result)
