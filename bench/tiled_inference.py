@@ -109,7 +109,7 @@ def warm_up(network):
 
 
 def speed_case(megapixels, max_memory):
-    from cyclegan_keras import inference
+    from cyclegan_keras import inference, translation
     from cyclegan_keras.cli.args import byte_size
 
     budget = byte_size(max_memory)
@@ -129,7 +129,7 @@ def speed_case(megapixels, max_memory):
             result.update(estimate_tiled=tiling.memory, statistics_size=tiling.statistics_size)
         result["rss_before"] = rss_bytes()
         start = time.perf_counter()
-        inference.translate_files(network, str(path), Path(folder) / "out", max_memory=budget, verbose=False)
+        translation.translate_files(network, str(path), Path(folder) / "out", max_memory=budget, verbose=False)
         seconds = time.perf_counter() - start
     result.update(seconds=round(seconds, 1), seconds_per_mp=round(seconds / (width * height / 1e6), 2))
     result["peak_rss"] = peak_rss_bytes()
@@ -160,10 +160,10 @@ def quality_case(trained=None):
     import numpy as np
     import tensorflow as tf
 
-    from cyclegan_keras import inference, metrics
+    from cyclegan_keras import inference, metrics, translation
 
     width, height = 2048, 1536
-    network = inference.load_generator(trained) if trained else generator()
+    network = translation.load_generator(trained) if trained else generator()
     with tempfile.TemporaryDirectory() as folder:
         path = photo(width, height, Path(folder) / "photo.jpg")
         from cyclegan_keras import data

@@ -522,7 +522,7 @@ def evaluate_artifacts(
     Raises:
         metrics.MetricError, data.UnreadableImage: images that cannot be scored or read.
     """
-    from cyclegan_keras import inference, metrics
+    from cyclegan_keras import metrics, translation
 
     settings = settings or metrics.EvalSettings(verbose=verbose)
     channels = generator.input_shape[-1]
@@ -557,7 +557,7 @@ def evaluate_artifacts(
         for artifact in report["artifacts"]:
             if artifact.get("error"):
                 continue
-            translator = inference.load_translator(Path(out_dir) / artifact["path"])
+            translator = translation.load_translator(Path(out_dir) / artifact["path"])
             scores = scored(artifact["path"], translator, against_keras=True)
             artifact["evaluation"] = _renamed(scores)
     report["evaluation"] = {

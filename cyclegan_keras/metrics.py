@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan_keras import data
-from cyclegan_keras.inference import output_names
+from cyclegan_keras.translation import output_names
 
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
@@ -286,7 +286,7 @@ def to_rgb(images):
 
 
 def named(paths, root):
-    """`{name: path}`, each name as translate.py names the output of `path` (see `inference.output_names`)."""
+    """`{name: path}`, each name as translate.py names the output of `path` (see `translation.output_names`)."""
     return dict(zip(output_names(paths, root), paths))
 
 
@@ -522,7 +522,7 @@ def evaluate_generator(
     """Translates `input_paths` and scores the translations, rounded to uint8 as `translate.py` writes them.
 
     Args:
-        translate_fn: float32 `(b, h, w, input_channels)` in [-1, 1] -> same, e.g. `inference.load_translator`.
+        translate_fn: float32 `(b, h, w, input_channels)` in [-1, 1] -> same, e.g. `translation.load_translator`.
         real_paths: target-domain files for FID/KID, or None.
         truth_paths: ground-truth files (matched by name), or None.
         features: `fid_inception.InceptionFeatures` or any uint8 RGB batch -> features callable; None skips FID/KID.

@@ -10,6 +10,7 @@ from keras.src.utils import tracking
 from cyclegan_keras.config import DIRECTIONS, GAN_MODES
 from cyclegan_keras.distribute import mean_over_replicas, replica_share
 from cyclegan_keras.image_pool import ImagePool
+from cyclegan_keras.inference import translate_images
 from cyclegan_keras.losses import gan_loss, gradient_penalty, l1_loss
 from cyclegan_keras.networks import min_size, size_multiple
 
@@ -114,9 +115,7 @@ class GANModel(keras.Model):
             images: array `(n, height, width, channels)` or one image.
             **kwargs: `batch_size`, `max_memory`, `tile_size`, `overlap` of `inference.translate_images`.
         """
-        from cyclegan_keras import inference  # inference builds on this module
-
-        return inference.translate_images(self.generator(direction), images, **kwargs)
+        return translate_images(self.generator(direction), images, **kwargs)
 
     def call(self, inputs, training=False):
         return self.generator("a2b")(inputs, training=training)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from cyclegan_keras import data, inference, networks
+from cyclegan_keras import data, networks, translation
 from cyclegan_keras.cli.export import load_representative
 from cyclegan_keras.data import DataError, Preprocessing
 
@@ -100,7 +100,7 @@ def test_export_representative_images_are_oriented(oriented_folder):
 def test_translate_writes_portrait_photos_upright(tmp_path):
     photo = save_oriented(tmp_path / "photos" / "portrait.jpg", 6)
     generator = networks.resnet_generator(n_blocks=1, filters=8)
-    written, bad = inference.translate_files(generator, tmp_path / "photos", tmp_path / "out", verbose=False)
+    written, bad = translation.translate_files(generator, tmp_path / "photos", tmp_path / "out", verbose=False)
     assert bad == []
     for path in (written[0], tmp_path / "out" / "inputs" / "portrait.png"):
         with Image.open(path) as image:

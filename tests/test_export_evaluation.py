@@ -13,7 +13,7 @@ from conftest import run_cli
 from PIL import Image
 
 import export as export_cli
-from cyclegan_keras import data, fid_inception, inference, metrics, networks
+from cyclegan_keras import data, fid_inception, metrics, networks, translation
 
 
 def write_images(folder, domain, count, seed):
@@ -60,7 +60,7 @@ def test_every_artifact_is_scored_against_the_real_images_and_the_keras_model(tm
     inputs = np.stack([metrics.read_uint8(p) for p in data.list_image_files(world / "inputs")])
 
     def translations(path):
-        return metrics.to_uint8(inference.load_translator(path)(inputs / 127.5 - 1.0))
+        return metrics.to_uint8(translation.load_translator(path)(inputs / 127.5 - 1.0))
 
     keras_outputs = translations(world / "generator.keras")
     expected = metrics.score_batches([(keras_outputs, None)], features, real)

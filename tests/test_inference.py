@@ -8,7 +8,7 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 
-from cyclegan_keras import data, inference, networks
+from cyclegan_keras import data, inference, networks, translation
 from cyclegan_keras.cli import translate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ def test_output_names_are_distinct_and_stable():
     root = Path("in")
     paths = [root / "a.jpg", root / "a.png", root / "a_1.png", root / "x" / "b.png", root / "x__b.png", root / "B.png"]
     paths.append(root / "b.png")
-    names = inference.output_names([str(p) for p in paths], root)
+    names = translation.output_names([str(p) for p in paths], root)
     assert names == ["a", "a_2", "a_1", "x__b", "x__b_1", "B", "b_1"]
     assert len({n.casefold() for n in names}) == len(names)
 
@@ -122,7 +122,7 @@ def test_translation_streams_with_bounded_memory(tmp_path, monkeypatch, capsys):
     assert sum(h * w * 3 for h, w in sizes) > 5 * limit  # loading every image first would exceed it
 
     held, peak = [], [0]
-    read_image, write_png = data.read_image, inference._write_png
+    read_image, write_png = data.read_image, translation._write_png
 
     def counting_read(path, channels=3):
         image = read_image(path, channels)
@@ -138,7 +138,7 @@ def test_translation_streams_with_bounded_memory(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(data, "read_image", counting_read)
     monkeypatch.setattr(inference, "_write_png", counting_write)
     generator = networks.resnet_generator(n_blocks=1, filters=8)
-    written, bad = inference.translate_files(generator, inputs, tmp_path / "out", batch_size, verbose=False)
+    written, bad = translation.translate_files(generator, inputs, tmp_path / "out", batch_size, verbose=False)
     assert len(written) == len(sizes) and [p for p, _ in bad] == [str(inputs / "07b.png")]
     assert held == [] and 0 < peak[0] <= limit, (peak[0], limit)
     # Streaming changes nothing: each output is the generator's on its own image.
@@ -155,16 +155,16 @@ def test_resize_preprocessing_matches_the_references_pil_bicubic(rng):
     y, x = np.mgrid[0:40, 0:60]
     smooth = np.stack([127 + 100 * np.sin(x / 5.0 + y / 7.0 + c) for c in range(3)], -1).astype(np.uint8)
     for image, size in ((smooth, 24), (smooth[:17, :33], 48)):  # down- and up-scaling, non-square
-        ours = inference.preprocess_for_inference(image, "resize", size).numpy()
+        ours = translation.preprocess_for_inference(image, "resize", size).numpy()
         pil = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
         assert ours.shape == (size, size, 3) and ours.dtype == np.uint8
         assert np.max(np.abs(ours.astype(int) - pil.astype(int))) <= 1
-    unchanged = inference.preprocess_for_inference(smooth[:17, :33], "none").numpy()
+    unchanged = translation.preprocess_for_inference(smooth[:17, :33], "none").numpy()
     np.testing.assert_array_equal(unchanged, smooth[:17, :33])
     with pytest.raises(ValueError, match="preprocess must be one of"):
-        inference.preprocess_for_inference(smooth, "crop")
+        translation.preprocess_for_inference(smooth, "crop")
     with pytest.raises(ValueError, match="load_size must be an integer >= 1"):
-        inference.preprocess_for_inference(smooth, "resize", 0)
+        translation.preprocess_for_inference(smooth, "resize", 0)
 
 
 def test_translate_resize_gives_load_size_squares(tmp_path, model_file, rng, capsys):
@@ -185,16 +185,16 @@ def test_translate_resize_gives_load_size_squares(tmp_path, model_file, rng, cap
 def test_load_generator_refuses_what_it_cannot_honour(tmp_path, model_file):
     generator_file = tmp_path / "generator.keras"
     networks.resnet_generator(n_blocks=1, filters=8).save(generator_file)
-    assert inference.load_generator(generator_file).name == "resnet_1blocks"
+    assert translation.load_generator(generator_file).name == "resnet_1blocks"
     with pytest.raises(ValueError, match="holds one generator .* own direction only"):
-        inference.load_generator(generator_file, "b2a")
-    assert inference.load_generator(model_file, "b2a") is not None
+        translation.load_generator(generator_file, "b2a")
+    assert translation.load_generator(model_file, "b2a") is not None
     garbage = tmp_path / "garbage.keras"
     garbage.write_text("not a model")
-    with pytest.raises(inference.ModelLoadError, match="garbage.keras is not a readable Keras model"):
-        inference.load_generator(garbage)
+    with pytest.raises(translation.ModelLoadError, match="garbage.keras is not a readable Keras model"):
+        translation.load_generator(garbage)
     with pytest.raises(ValueError, match="direction must be one of"):
-        inference.load_generator(model_file, "AtoB")  # Python speaks a2b/b2a; the CLIs translate
+        translation.load_generator(model_file, "AtoB")  # Python speaks a2b/b2a; the CLIs translate
 
 
 LOAD_IN_A_FRESH_PROCESS = r"""

@@ -6,7 +6,7 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 
-from cyclegan_keras import export, inference, networks
+from cyclegan_keras import export, inference, networks, translation
 from cyclegan_keras.cli import translate
 
 
@@ -64,7 +64,7 @@ def test_an_image_over_the_budget_is_tiled_and_no_call_exceeds_it(generator, mon
     whole = inference.memory_needed(generator, 1, 160, 200)
     budget = int(0.7 * whole)
     calls = spy_on_calls(monkeypatch, generator)
-    written, _ = inference.translate_files(generator, tmp_path / "big.png", tmp_path / "out", max_memory=budget)
+    written, _ = translation.translate_files(generator, tmp_path / "big.png", tmp_path / "out", max_memory=budget)
     assert len(calls) > 2  # a statistics pass and at least two tiles
     assert all(inference.memory_needed(generator, n, h, w) <= budget for n, h, w in calls), (calls, budget)
     assert np.asarray(Image.open(written[0])).shape == (160, 200, 3)
@@ -125,7 +125,7 @@ def test_batches_hold_only_what_the_budget_allows(generator, monkeypatch, tmp_pa
     budget = inference.memory_needed(generator, 2, 48, 64) + 1000
     assert inference.images_per_call(generator, 48, 64, budget, batch_size=4) == 2
     calls = spy_on_calls(monkeypatch, generator)
-    inference.translate_files(generator, tmp_path / "in", tmp_path / "out", batch_size=4, max_memory=budget)
+    translation.translate_files(generator, tmp_path / "in", tmp_path / "out", batch_size=4, max_memory=budget)
     assert calls == [(2, 48, 64), (2, 48, 64)]
     calls.clear()
     inference.translate_images(generator, np.zeros((4, 48, 64, 3)), batch_size=4, max_memory=budget)
@@ -167,12 +167,12 @@ def test_a_tile_size_the_generator_cannot_take_is_refused(model_file, tmp_path, 
 
 def test_an_exported_model_refuses_an_image_over_the_budget(generator, tmp_path):
     export.export_saved_model(generator, tmp_path / "saved_model" / "1")
-    translator = inference.load_translator(tmp_path, max_memory=2**20)
+    translator = translation.load_translator(tmp_path, max_memory=2**20)
     assert translator(np.zeros((1, 32, 32, 3))).shape == (1, 32, 32, 3)
     with pytest.raises(inference.MemoryBudgetError, match="a 400x300 image needs .* budget 1.0 MiB.* cannot be tiled"):
         translator(np.zeros((1, 300, 400, 3)))
     with pytest.raises(ValueError, match="cannot be translated in tiles"):
-        inference.load_translator(tmp_path, tile_size=64)
+        translation.load_translator(tmp_path, tile_size=64)
 
 
 def test_the_default_budget_is_half_of_what_is_available():

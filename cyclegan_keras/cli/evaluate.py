@@ -154,7 +154,7 @@ def run(args):
     scored = dict(real_paths=real_paths, truth_paths=truth_paths, features=features, palette=palette)
     scored.update(settings=settings, truth_root=args.truth)
     if args.model:
-        from cyclegan_keras.inference import load_translator
+        from cyclegan_keras.translation import load_translator
 
         translator = load_translator(args.model, args.direction, args.max_memory, args.tile_size, args.tile_overlap)
         scores = metrics.evaluate_generator(

@@ -276,7 +276,7 @@ def load_source(cli, args):
             convert.ConversionError,
         ) as error:
             cli.error(f"argument --from-torch: {error}")
-    from cyclegan_keras.inference import ModelLoadError, load_generator
+    from cyclegan_keras.translation import ModelLoadError, load_generator
 
     try:
         return load_generator(args.model, args.direction)

@@ -64,24 +64,24 @@ def main(argv=None):
     if args.load_size is not None and args.preprocess != "resize":
         cli.error(f"argument --load-size: applies only with --preprocess resize. Received: {args.load_size}")
     out, folder = Path(os.path.realpath(args.out)), Path(os.path.realpath(args.input))
-    if os.path.isdir(args.input) and (out == folder or folder in out.parents):  # inference.plan_outputs' rule
+    if os.path.isdir(args.input) and (out == folder or folder in out.parents):  # translation.plan_outputs' rule
         cli.error(
             f"argument --out: {args.out} is inside the input folder {args.input}: the translations would mix with "
             "the originals and be read as inputs next time; choose a folder outside it"
         )
     _env.import_tensorflow()
-    from cyclegan_keras import inference
+    from cyclegan_keras import inference, translation
     from cyclegan_keras.data import DataError
 
     try:
-        inference.plan_outputs(args.input, args.out)
-    except inference.OutputConflict as error:
+        translation.plan_outputs(args.input, args.out)
+    except translation.OutputConflict as error:
         cli.error(f"argument --out: {error}")
     except DataError as error:
         cli.error(f"argument --input: {error}")
     try:
-        generator = inference.load_generator(args.model, args.direction)
-    except inference.ModelLoadError as error:
+        generator = translation.load_generator(args.model, args.direction)
+    except translation.ModelLoadError as error:
         cli.error(f"argument --model: {error}")
     except ValueError as error:
         cli.error(f"argument --direction: {error}")
@@ -90,7 +90,7 @@ def main(argv=None):
     except ValueError as error:
         cli.error(f"argument --tile-size: {error}")
     try:
-        written, bad = inference.translate_files(
+        written, bad = translation.translate_files(
             generator,
             args.input,
             args.out,
@@ -106,7 +106,7 @@ def main(argv=None):
         cli.error(f"argument --max-memory: {error}")
     except DataError as error:
         cli.error(f"argument --input: {error}")
-    except (inference.OutputConflict, files.FolderInUse) as error:  # found again once --out is locked
+    except (translation.OutputConflict, files.FolderInUse) as error:  # found again once --out is locked
         cli.error(f"argument --out: {error}")
     for path, reason in bad:
         print(f"skipped {path}: {reason}", file=sys.stderr)
