@@ -232,7 +232,7 @@ def test_translate_with_no_readable_image_exits_2_and_writes_nothing(world, tmp_
 def test_vocabularies_match_the_library():
     assert cli_args.DIRECTIONS == model.DIRECTIONS
     assert cli_args.IMAGE_EXTENSIONS == data.IMAGE_EXTENSIONS
-    assert translate.DEFAULT_LOAD_SIZE == __import__("cyclegan_keras.inference").inference.DEFAULT_LOAD_SIZE
+    assert translate.DEFAULT_LOAD_SIZE == __import__("cyclegan_keras.translation").translation.DEFAULT_LOAD_SIZE
     spellings = {"a2b": "a2b", "AtoB": "a2b", "atob": "a2b", "B2A": "b2a", "BtoA": "b2a", " b2a ": "b2a"}
     assert {text: cli_args.parse_direction(text) for text in spellings} == spellings
     with pytest.raises(ValueError, match="must be a2b or b2a .*AtoB, BtoA.*Received: 'AtoC'"):

@@ -136,7 +136,7 @@ def test_translation_streams_with_bounded_memory(tmp_path, monkeypatch, capsys):
         return write_png(path, image)
 
     monkeypatch.setattr(data, "read_image", counting_read)
-    monkeypatch.setattr(inference, "_write_png", counting_write)
+    monkeypatch.setattr(translation, "_write_png", counting_write)
     generator = networks.resnet_generator(n_blocks=1, filters=8)
     written, bad = translation.translate_files(generator, inputs, tmp_path / "out", batch_size, verbose=False)
     assert len(written) == len(sizes) and [p for p, _ in bad] == [str(inputs / "07b.png")]
