@@ -224,6 +224,11 @@ def augment(image, preprocessing, seed, training):
     return tf.cast(image, tf.float32) / 127.5 - 1.0
 
 
+def to_uint8(images):
+    """[-1, 1] floats -> uint8 exactly as translations are written to PNG."""
+    return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
 def synthetic_mapping(images, direction="a2b"):
     """The true translation between the synthetic domains, on uint8 or [-1, 1] float `(..., channels)`.
 

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan_keras import data
+from cyclegan_keras.data import to_uint8  # noqa: F401  (metrics.to_uint8, as users and tests call it)
 from cyclegan_keras.translation import output_names
 
 KID_SUBSETS = 100
@@ -272,11 +273,6 @@ def check_channels(what, channels, other_what, other_channels):
 def read_uint8(path, channels=3):
     """uint8 `(h, w, channels)`; gray is replicated to RGB and alpha dropped, as PIL's convert."""
     return data.read_image(path, channels).numpy()
-
-
-def to_uint8(images):
-    """[-1, 1] floats -> uint8 exactly as translations are written to PNG."""
-    return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def to_rgb(images):

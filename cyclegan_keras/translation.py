@@ -283,8 +283,7 @@ def _translate_files(
 
 
 def _write_png(path, image):
-    pixels = np.clip(np.round((np.asarray(image) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    return files.write_bytes(path, tf.io.encode_png(pixels).numpy())
+    return files.write_bytes(path, tf.io.encode_png(data.to_uint8(image)).numpy())
 
 
 def _url(name):
