@@ -23,6 +23,9 @@ JPEG as a phone would. Every case runs in its own process, so its peak RSS
   quality the statistics pass's size buys, and the PSNR and seconds with
   0-3 leading norms' statistics gathered exactly at full size
   (`inference.EXACT_NORMS`).
+- `cost` (`--cost`): the same tiled 1024x768 translation with no exact
+  norm and with `inference.EXACT_NORMS`, interleaved over three rounds
+  after a warm-up: seconds and their ratio, side by side in one process.
 - `calibrate` (`--calibrate`): untiled translations at three sizes, peak
   RSS growth against `inference.memory_needed`'s graph estimate, which
   gives `inference.ALLOCATION_FACTOR`.
@@ -33,6 +36,7 @@ JPEG as a phone would. Every case runs in its own process, so its peak RSS
 """
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -53,6 +57,7 @@ def parse_args(argv=None):
     parser.add_argument("--max-memory", default="3G", help="budget of the speed cases (default: 3G)")
     parser.add_argument("--no-quality", dest="quality", action="store_false", help="skip the 2048x1536 case")
     parser.add_argument("--calibrate", action="store_true", help="also measure the allocation factor")
+    parser.add_argument("--cost", action="store_true", help="also time the exact norms against none, side by side")
     parser.add_argument(
         "--trained",
         help="also run the quality case with this trained model (.keras CycleGAN or work directory), a2b",
@@ -206,13 +211,11 @@ def quality_case(trained=None):
     # What the exact leading statistics are worth: the same tiles with 0-3 norms gathered at full size.
     result["exact_norms"] = inference.EXACT_NORMS
     result["psnr_db_by_exact_norms"] = {}
-    runner = inference._runner(network)
     for count in (0, 1, 2, 3):
-        inference.EXACT_NORMS = count
-        runner.__dict__.pop("leading", None)  # rebuilt for this count
-        start = time.perf_counter()
-        counted = metrics.to_uint8(inference._translate_tiled(network, image, tiling))
-        seconds = time.perf_counter() - start
+        with exact_norms(network, count):
+            start = time.perf_counter()
+            counted = metrics.to_uint8(inference._translate_tiled(network, image, tiling))
+            seconds = time.perf_counter() - start
         counted_error = counted.astype(np.float64) - untiled.astype(np.float64)
         counted_psnr = 10 * np.log10(255.0**2 / max(np.mean(counted_error**2), 1e-12))
         result["psnr_db_by_exact_norms"][str(count)] = {
@@ -228,6 +231,53 @@ def quality_case(trained=None):
         result[f"interior_jump_max_{name}"] = round(interior, 2)
     result["peak_rss"] = peak_rss_bytes()
     return result
+
+
+@contextlib.contextmanager
+def exact_norms(network, count):
+    """`inference.EXACT_NORMS` set to `count` for `network` inside the block, restored after it."""
+    from cyclegan_keras import inference
+
+    runner, saved = inference._runner(network), inference.EXACT_NORMS
+    inference.EXACT_NORMS = count
+    runner.__dict__.pop("leading", None)  # rebuilt for this count
+    try:
+        yield
+    finally:
+        inference.EXACT_NORMS = saved
+        runner.__dict__.pop("leading", None)
+
+
+def cost_case():
+    """Seconds of one tiled 1024x768 translation with 0 and with EXACT_NORMS exact norms, interleaved, 3 rounds."""
+    import numpy as np
+
+    from cyclegan_keras import data, inference
+
+    width, height = 1024, 768
+    network = generator()
+    with tempfile.TemporaryDirectory() as folder:
+        image = data.read_image(photo(width, height, Path(folder) / "photo.jpg")).numpy().astype(np.float32)
+    image = image / 127.5 - 1.0
+    tiling = inference.plan_tiles(network, height, width, inference.memory_needed(network, 1, height, width) // 3)
+    counts, seconds = (0, inference.EXACT_NORMS), {}
+    for round_ in range(4):  # the first round warms up (traces), the other three count
+        for count in counts:
+            with exact_norms(network, count):
+                start = time.perf_counter()
+                inference._translate_tiled(network, image, tiling)
+                if round_:
+                    seconds.setdefault(str(count), []).append(round(time.perf_counter() - start, 2))
+    median = {count: float(np.median(values)) for count, values in seconds.items()}
+    ratio = median[str(counts[1])] / median[str(counts[0])]
+    tiles = len(tiling.rows) * len(tiling.columns)
+    return {
+        "width": width,
+        "height": height,
+        "tiles": tiles,
+        "seconds": seconds,
+        "ratio_exact_to_none": round(ratio, 3),
+    }
 
 
 def calibrate_case(width, height):
@@ -274,6 +324,8 @@ def main():
             result = speed_case(float(value), args.max_memory)
         elif kind == "quality":
             result = quality_case(args.trained)
+        elif kind == "cost":
+            result = cost_case()
         else:
             result = calibrate_case(*map(int, value.split("x")))
         print(json.dumps(result))
@@ -285,6 +337,8 @@ def main():
         results["quality"] = run_case("quality", args)
         if args.trained:
             results["quality_trained"] = run_case("quality", args, args.trained)
+    if args.cost:
+        results["exact_norms_cost"] = run_case("cost", args)
     if args.calibrate:
         results["calibrate"] = [run_case(f"calibrate:{size}", args) for size in ("512x384", "1024x768", "1536x1152")]
     common.write_json(args.out, results)
