@@ -73,6 +73,8 @@ def finish(processes, timeout):
     return outputs
 
 
+# Three processes (two workers and this one): the fast tier keeps two replicas in one process (test_distribute.py).
+@pytest.mark.slow
 def test_fit_with_two_workers(tmp_path):
     outputs = finish(start_workers([sys.executable, "-c", FIT_ONE_WORKER], log_dir=tmp_path), timeout=300)
     losses = []
