@@ -8,6 +8,8 @@ import argparse
 import dataclasses
 import math
 
+# train.py --model: the methods of the authors' tools, sharing networks, data, loop and export.
+MODELS = ("cyclegan",)
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 DIRECTIONS = ("a2b", "b2a")
@@ -56,6 +58,11 @@ EXPORT_ALIASES = {"bfloat16": "mixed_bfloat16", "none": "float32"}
 SYNTHETIC_DEFAULTS = dict(
     generator="resnet_6blocks", ngf=32, ndf=32, load_size=72, crop_size=64, n_epochs=3, n_epochs_decay=2
 )
+
+# The settings only some methods read, by method; one given to another method is refused.
+MODEL_SETTINGS = {"cyclegan": ("pool_size", "lambda_a", "lambda_b", "lambda_identity")}
+# Each method's own defaults (its reference's) for settings not given; the field defaults are CycleGAN's.
+MODEL_DEFAULTS = {"cyclegan": {}}
 
 
 class ConfigError(ValueError):
@@ -169,6 +176,11 @@ class TrainConfig:
         ConfigError: a setting out of range, or settings that contradict each other.
     """
 
+    model: str = setting(
+        "cyclegan",
+        "the method: cyclegan (unpaired, both directions)",
+        choices=MODELS,
+    )
     dataset: str = setting(
         "synthetic",
         "'synthetic' (built in, no download) or a tfds cycle_gan config: horse2zebra, monet2photo, ...",
@@ -293,6 +305,10 @@ class TrainConfig:
             error = check_value(field, getattr(self, field.name))
             if error:
                 raise ConfigError(error)
+        foreign = [field for field in dataclasses.fields(self) if _refused(field.name, self.model)]
+        for field in foreign:
+            if getattr(self, field.name) != field.default:
+                raise ConfigError(_refusal(field.name, self.model))
         if (self.train_a is None) != (self.train_b is None):
             raise ConfigError("--train-a and --train-b go together: give a folder for each domain")
         if self.n_epochs + self.n_epochs_decay < 1:
@@ -302,7 +318,7 @@ class TrainConfig:
                 f"--epoch-count {self.epoch_count} is past the last epoch (--n-epochs + --n-epochs-decay = "
                 f"{self.n_epochs + self.n_epochs_decay})"
             )
-        if self.lambda_identity > 0 and self.input_nc != self.output_nc:
+        if self.model == "cyclegan" and self.lambda_identity > 0 and self.input_nc != self.output_nc:
             raise ConfigError(
                 f"The identity loss needs --input-nc equal to --output-nc ({self.input_nc} != "
                 f"{self.output_nc}): add --lambda-identity 0"
@@ -344,13 +360,36 @@ class TrainConfig:
         )
 
 
+def _refused(name, model):
+    """Whether setting `name` belongs to methods other than `model` only."""
+    return name not in MODEL_SETTINGS[model] and any(name in names for names in MODEL_SETTINGS.values())
+
+
+def _refusal(name, model):
+    owners = [other for other, names in MODEL_SETTINGS.items() if name in names]
+    flag = "--" + name.replace("_", "-")
+    return f"{flag} means nothing for --model {model}: it is a setting of --model {', '.join(owners)}"
+
+
 def make_config(**given):
-    """A `TrainConfig` from the settings given (None: not given), `SYNTHETIC_DEFAULTS` on the synthetic data."""
+    """A `TrainConfig` from the settings given (None: not given) over the method's defaults.
+
+    Precedence: the settings given, then `SYNTHETIC_DEFAULTS` on the synthetic data, then
+    `MODEL_DEFAULTS` of the method, then the field defaults.
+
+    Raises:
+        ConfigError: a setting of another method was given, or a setting is invalid.
+    """
     given = {RENAMED_SETTINGS.get(key, key): value for key, value in given.items() if value is not None}
+    model = given.get("model", "cyclegan")
+    if model not in MODELS:
+        raise ConfigError(f"--model must be one of {', '.join(MODELS)}. Received: {model!r}")
+    foreign = [name for name in given if _refused(name, model)]
+    if foreign:
+        raise ConfigError(_refusal(foreign[0], model))
     folders = given.get("dataroot") or given.get("train_a")
-    if given.get("dataset", "synthetic") == "synthetic" and not folders:
-        given = {**SYNTHETIC_DEFAULTS, **given}
-    return TrainConfig(**given)
+    synthetic = SYNTHETIC_DEFAULTS if given.get("dataset", "synthetic") == "synthetic" and not folders else {}
+    return TrainConfig(**{**MODEL_DEFAULTS[model], **synthetic, **given})
 
 
 def upgrade_settings(found):

@@ -1,7 +1,7 @@
 """The one place that wires configuration, data, model and callbacks.
 
-`train(config, workdir)` is what `python train.py` runs; `build_model` is the one function
-that knows the method (CycleGAN). The work directory's files are listed in the README; running
+`train(config, workdir)` is what `python train.py` runs; `BUILDERS` holds the one function per
+method (`config.model`) that knows it. The work directory's files are listed in the README; running
 the same command again resumes from the last checkpoint, and a finished run is not retrained.
 """
 
@@ -31,26 +31,45 @@ SYNTHETIC_TEST_COUNT = 64  # images per domain of the synthetic test split
 
 
 def build_model(config):
-    """The compiled `CycleGAN` of `config`: its domain A has input_nc channels, B output_nc."""
+    """The compiled model of `config.model`: its domain A has input_nc channels, B output_nc."""
     keras.utils.set_random_seed(config.seed)
+    return BUILDERS[config.model](config)
+
+
+def _initialized(networks_, config):
+    """`networks_` re-initialized as `config.init_type` asks (the builders' own is normal(0, 0.02))."""
+    if (config.init_type, config.init_gain) != ("normal", 0.02):
+        for index, network in enumerate(networks_):
+            networks.init_weights(network, config.init_type, config.init_gain, seed=config.seed * 4 + index)
+    return networks_
+
+
+def _optimizers(config):
+    """The generators' and the discriminators' Adam, as every method here trains (the paper's betas)."""
+    return dict(
+        generator_optimizer=keras.optimizers.Adam(config.lr, beta_1=config.beta1, beta_2=0.999),
+        discriminator_optimizer=keras.optimizers.Adam(config.lr, beta_1=config.beta1, beta_2=0.999),
+    )
+
+
+def _build_cyclegan(config):
     a, b = config.input_nc, config.output_nc
     generator = dict(filters=config.ngf, norm=config.norm, dropout=config.dropout)
     discriminator = dict(filters=config.ndf, norm=config.norm)
     if config.discriminator == "n_layers":
         discriminator["n_layers"] = config.n_layers_d
-    networks_ = [
-        networks.build_generator(config.generator, input_channels=a, output_channels=b, **generator),
-        networks.build_generator(config.generator, input_channels=b, output_channels=a, **generator),
-        networks.build_discriminator(config.discriminator, input_channels=a, **discriminator),
-        networks.build_discriminator(config.discriminator, input_channels=b, **discriminator),
-    ]
-    if (config.init_type, config.init_gain) != ("normal", 0.02):  # else the builders' own initialization
-        for index, network in enumerate(networks_):
-            networks.init_weights(network, config.init_type, config.init_gain, seed=config.seed * 4 + index)
+    networks_ = _initialized(
+        [
+            networks.build_generator(config.generator, input_channels=a, output_channels=b, **generator),
+            networks.build_generator(config.generator, input_channels=b, output_channels=a, **generator),
+            networks.build_discriminator(config.discriminator, input_channels=a, **discriminator),
+            networks.build_discriminator(config.discriminator, input_channels=b, **discriminator),
+        ],
+        config,
+    )
     model = CycleGAN(*networks_, pool_size=config.pool_size, seed=config.seed)
     model.compile(
-        generator_optimizer=keras.optimizers.Adam(config.lr, beta_1=config.beta1, beta_2=0.999),
-        discriminator_optimizer=keras.optimizers.Adam(config.lr, beta_1=config.beta1, beta_2=0.999),
+        **_optimizers(config),
         gan_mode=config.gan_mode,
         lambda_a=config.lambda_a,
         lambda_b=config.lambda_b,
@@ -58,6 +77,10 @@ def build_model(config):
         jit_compile=config.xla,
     )
     return model
+
+
+# config.model -> the function building its compiled model.
+BUILDERS = {"cyclegan": _build_cyclegan}
 
 
 def load_domains(config, phase):

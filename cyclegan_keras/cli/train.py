@@ -38,6 +38,12 @@ def argument(field):
     shown = f"default: {field.default}"
     if field.name in config_module.SYNTHETIC_DEFAULTS:
         shown += f"; {config_module.SYNTHETIC_DEFAULTS[field.name]} on the synthetic dataset"
+    for model, defaults in config_module.MODEL_DEFAULTS.items():
+        if field.name in defaults:
+            shown += f"; {defaults[field.name]} for --model {model}"
+    owners = [model for model, names in config_module.MODEL_SETTINGS.items() if field.name in names]
+    if owners:
+        shown += f"; --model {', '.join(owners)} only"
     # None means "not given", so make_config can tell defaults from choices.
     check = KIND_TYPES.get(m["kind"]) or config_module.value_range(field)
     if check is None and m["choices"] is None:
