@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cyclegan_keras import files, inference, metrics
+from cyclegan_keras import files, metrics
 from cyclegan_keras.config import LR_POLICIES
 
 
@@ -200,7 +200,9 @@ class StopOnNonFinite(keras.callbacks.Callback):
 
 
 class ImageSnapshot(keras.callbacks.Callback):
-    """Saves `out_dir/epoch_XXX.png` (and TensorBoard images): a row of `COLUMNS` per fixed image pair.
+    """Saves `out_dir/epoch_XXX.png` (and TensorBoard images): a row per fixed image pair.
+
+    The columns are what the model's `snapshot_columns(real_a, real_b)` returns, titled by name.
 
     Args:
         images_a, images_b: float arrays `(n, h, w, c)` in [-1, 1], the same n.
@@ -209,7 +211,6 @@ class ImageSnapshot(keras.callbacks.Callback):
         every_n_epochs: 0: never at epoch ends.
     """
 
-    COLUMNS = ("real_a", "fake_b", "cycled_a", "real_b", "fake_a", "cycled_b")
     TITLE_PIXELS = 40
 
     def __init__(
@@ -230,22 +231,18 @@ class ImageSnapshot(keras.callbacks.Callback):
         self.every_n_epochs = every_n_epochs
         self.epoch, self.step = 0, 0
 
-    def grid(self) -> list[tuple[np.ndarray, ...]]:
-
-        def translate(images, direction):
-            return inference.translate_images(self.model.generator(direction), images)
-
-        fake_b, fake_a = translate(self.images_a, "a2b"), translate(self.images_b, "b2a")
-        cycled_a, cycled_b = translate(fake_b, "b2a"), translate(fake_a, "a2b")
-        return list(zip(self.images_a, fake_b, cycled_a, self.images_b, fake_a, cycled_b))
+    def grid(self) -> tuple[list[str], list[tuple[np.ndarray, ...]]]:
+        """The column names, and a row of images per fixed pair."""
+        columns = self.model.snapshot_columns(self.images_a, self.images_b)
+        return list(columns), list(zip(*columns.values()))
 
     def save(self, name: str, title: str) -> Path:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        rows = self.grid()
+        names, rows = self.grid()
         cell, dpi = self.cell_size, 100
-        width, height = cell * len(self.COLUMNS), cell * len(rows) + self.TITLE_PIXELS
+        width, height = cell * len(names), cell * len(rows) + self.TITLE_PIXELS
         figure = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
         FigureCanvasAgg(figure)
         figure.text(0.5, 1 - 0.5 * self.TITLE_PIXELS / height, title, ha="center", va="center", fontsize=7, wrap=True)
@@ -260,7 +257,7 @@ class ImageSnapshot(keras.callbacks.Callback):
                     axes.imshow(image[..., :3])
                 axes.set_axis_off()
                 if r == 0:
-                    axes.text(2, 10, self.COLUMNS[c], color="white", fontsize=7, backgroundcolor="black")
+                    axes.text(2, 10, names[c], color="white", fontsize=7, backgroundcolor="black")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = files.replace_atomically(self.out_dir / f"{name}.png", lambda partial: figure.savefig(partial, dpi=dpi))
         self._to_tensorboard(rows, name)

@@ -72,7 +72,8 @@ class GANModel(keras.Model):
     """The parts of a GAN method that are not the method's own.
 
     A subclass defines `generators`, `discriminators`, `_network_arguments` (its networks, for
-    `get_config`), steps returning `self._update_trackers(losses)`, and a `compile` calling this one.
+    `get_config`), `snapshot_columns`, steps returning `self._update_trackers(losses)`, and a
+    `compile` calling this one.
     """
 
     _network_arguments: tuple[str, ...] = ()
@@ -119,6 +120,10 @@ class GANModel(keras.Model):
 
     def call(self, inputs, training=False):
         return self.generator("a2b")(inputs, training=training)
+
+    def snapshot_columns(self, real_a: np.ndarray, real_b: np.ndarray) -> dict[str, np.ndarray]:
+        """`{name: images}`, the columns of a training snapshot of these fixed test pairs (in [-1, 1])."""
+        raise NotImplementedError
 
     def compile(
         self,
@@ -309,6 +314,11 @@ class CycleGAN(GANModel):
     @property
     def discriminators(self):
         return [self.discriminator_a, self.discriminator_b]
+
+    def snapshot_columns(self, real_a, real_b):
+        fake_b, fake_a = self.translate(real_a, "a2b"), self.translate(real_b, "b2a")
+        cycled_a, cycled_b = self.translate(fake_b, "b2a"), self.translate(fake_a, "a2b")
+        return dict(real_a=real_a, fake_b=fake_b, cycled_a=cycled_a, real_b=real_b, fake_a=fake_a, cycled_b=cycled_b)
 
     def build(self, input_shape):
         """Builds the image pools for training images of `input_shape` (that of a `real_a` batch)."""
