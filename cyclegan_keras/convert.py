@@ -1,5 +1,9 @@
 """The authors' pretrained PyTorch generators (`latest_net_G.pth`, or the `pretrained_models/{name}.pth` that
-their `scripts/download_cyclegan_model.sh` fetches) as Keras models, read by the safe unpickler of `cyclegan_keras.pth`.
+their `scripts/download_cyclegan_model.sh` fetches, and the pix2pix `models-pytorch/{name}.pth` of
+`download_pix2pix_model.sh`) as Keras models, read by the safe unpickler of `cyclegan_keras.pth`.
+
+CycleGAN's are ResNets with instance norm; pix2pix's are U-Nets with batch norm, whose running
+statistics become the Keras layers' moving mean and variance.
 """
 
 import re
@@ -21,27 +25,36 @@ def _kernel(weight):
     return weight.transpose(2, 3, 1, 0)
 
 
-def _check_norm_keys(state):
-    norm_weights = [k for k in state if re.search(r"\.(running_mean|running_var)$", k)]
-    affine = [k[: -len(".running_mean")] + ".weight" for k in norm_weights if k.endswith("running_mean")]
-    if any(key in state for key in affine):
-        raise ConversionError(
-            "This is a batch-norm generator (found norm weights and running statistics, e.g. "
-            f"{affine[0]}); expected an instance-norm one, as the authors publish (--norm instance)"
-        )
+def _batch_norms(state):
+    """The prefixes of the norms with weights and running statistics: batch norms (instance norms have neither)."""
+    running = [k[: -len(".running_mean")] for k in state if k.endswith(".running_mean")]
+    return [prefix for prefix in running if f"{prefix}.weight" in state]
 
 
 def infer_architecture(state):
     """`(builder name, kwargs)` of the reference generator `state` belongs to; ConversionError says what it found."""
     keys = list(state)
-    _check_norm_keys(state)
+    batch_norms = _batch_norms(state)
     if any(k.startswith("model.model.") for k in keys):
         depth = max(k.count(".model.") for k in keys if k.startswith("model.model."))
         num_downs = depth  # "model.model." + "1.model." / "3.model." per level below the outermost
         outer = state["model.model.0.weight"]
         final = state["model.model.3.weight"]
+        norm = "batch" if batch_norms else "instance"
         return "unet", dict(
-            num_downs=num_downs, filters=outer.shape[0], input_channels=outer.shape[1], output_channels=final.shape[1]
+            num_downs=num_downs,
+            filters=outer.shape[0],
+            input_channels=outer.shape[1],
+            output_channels=final.shape[1],
+            norm=norm,
+            # The keys cannot tell (Dropout has none); pix2pix trains its batch-norm U-Nets with it.
+            dropout=norm == "batch",
+        )
+    if batch_norms:
+        raise ConversionError(
+            "This is a batch-norm generator (found norm weights and running statistics, e.g. "
+            f"{batch_norms[0]}.weight) with the ResNet layout; ResNets convert with instance norm, as the "
+            "authors publish their CycleGAN models, and U-Nets with either (pix2pix's have batch norm)"
         )
     blocks = sorted({int(m.group(1)) for k in keys for m in [re.match(r"model\.(\d+)\.conv_block\.", k)] if m})
     if "model.1.weight" in state and blocks:
@@ -86,46 +99,58 @@ def _resnet_weights(state, n_blocks, dropout):
 
 
 def _unet_weights(num_downs):
+    """The state-dict prefixes of the U-Net's convolutions, transposed convolutions and norms, by layer name."""
     prefixes = ["model.model."]
     for level in range(1, num_downs):
         prefixes.append(prefixes[-1] + ("1.model." if level == 1 else "3.model."))
-    conv_layers, transposed = {}, {}
+    conv_layers, transposed, norms = {}, {}, {}
     innermost = num_downs - 1
     for level, prefix in enumerate(prefixes):
         if level == 0:
             conv_layers["down0_conv"], transposed["up0_conv"] = prefix + "0", prefix + "3"
-        elif level == innermost:
+        elif level == innermost:  # [LeakyReLU, down conv, ReLU, up conv, up norm]
             conv_layers[f"down{level}_conv"], transposed[f"up{level}_conv"] = prefix + "1", prefix + "3"
-        else:
+            norms[f"up{level}_norm"] = prefix + "4"
+        else:  # [LeakyReLU, down conv, down norm, the level below, ReLU, up conv, up norm (, Dropout)]
             conv_layers[f"down{level}_conv"], transposed[f"up{level}_conv"] = prefix + "1", prefix + "5"
-    return conv_layers, transposed
+            norms[f"down{level}_norm"], norms[f"up{level}_norm"] = prefix + "2", prefix + "6"
+    return conv_layers, transposed, norms
 
 
 def state_dict_to_generator(state):
     """A Keras generator (from `cyclegan_keras.networks`) holding `state`'s weights."""
     kind, kwargs = infer_architecture(state)
+    norms = {}
     if kind == "resnet":
         generator = networks.resnet_generator(**kwargs)
         conv_layers, transposed = _resnet_weights(state, kwargs["n_blocks"], kwargs["dropout"])
     else:
         generator = networks.unet_generator(**kwargs)
-        conv_layers, transposed = _unet_weights(kwargs["num_downs"])
+        conv_layers, transposed, norms = _unet_weights(kwargs["num_downs"])
+        if kwargs["norm"] != "batch":
+            norms = {}  # instance norms without affine weights: nothing to carry
     used = set()
+    for layer_name, key in norms.items():
+        # Keras's BatchNormalization weights: gamma, beta, moving mean, moving variance.
+        names = ("weight", "bias", "running_mean", "running_var")
+        _assign(generator.get_layer(layer_name), [_take(state, f"{key}.{name}", used) for name in names], key)
     for layer_name, key in {**conv_layers, **transposed}.items():
         layer = generator.get_layer(layer_name)
         weights = [_kernel(_take(state, f"{key}.weight", used))]
         if layer.use_bias:
             weights.append(_take(state, f"{key}.bias", used))
-        expected = [tuple(w.shape) for w in layer.get_weights()]
-        if [w.shape for w in weights] != expected:
-            raise ConversionError(
-                f"{key}: found shapes {[w.shape for w in weights]}, expected {expected} for {layer_name}"
-            )
-        layer.set_weights(weights)
+        _assign(layer, weights, key)
     leftover = [k for k in state if k not in used and not re.search(r"running_(mean|var)$|num_batches_tracked$", k)]
     if leftover:
         raise ConversionError(f"Keys the inferred {kind} generator has no place for: {', '.join(leftover[:6])}")
     return generator
+
+
+def _assign(layer, weights, key):
+    expected = [tuple(w.shape) for w in layer.get_weights()]
+    if [w.shape for w in weights] != expected:
+        raise ConversionError(f"{key}: found shapes {[w.shape for w in weights]}, expected {expected} for {layer.name}")
+    layer.set_weights(weights)
 
 
 def _take(state, key, used):

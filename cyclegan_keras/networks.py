@@ -165,7 +165,7 @@ def unet_generator(
         skips.append(x)
         if k > 0:
             x = MaxLeakyReLU(0.2, name=f"down{k}_lrelu")(x)
-        x = _padded_conv(x, inner[k], 4, 2, 1, use_bias if k > 0 else True, f"down{k}_conv")
+        x = _padded_conv(x, inner[k], 4, 2, 1, use_bias, f"down{k}_conv")
         if 0 < k < innermost:
             x = _norm_act(x, norm, None, f"down{k}")
     for k in reversed(range(num_downs)):
@@ -226,6 +226,8 @@ GENERATORS: dict[str, Callable[..., keras.Model]] = {
     "resnet_6blocks": functools.partial(resnet_generator, n_blocks=6),
     "unet_256": functools.partial(unet_generator, num_downs=8),
     "unet_128": functools.partial(unet_generator, num_downs=7),
+    # Not the reference's: pix2pix's 1x1 bottleneck at 64x64 crops (the synthetic dataset's).
+    "unet_64": functools.partial(unet_generator, num_downs=6),
 }
 
 DISCRIMINATORS: dict[str, Callable[..., keras.Model]] = {
@@ -335,6 +337,43 @@ def with_precision(network, policy="float32"):
         return network
     copy = network.__class__.from_config(config)
     copy.set_weights(network.get_weights())
+    return copy
+
+
+def with_image_statistics(generator: keras.Model) -> keras.Model:
+    """A copy of `generator` whose batch norms normalize each image by its own statistics, with the same weights.
+
+    That is batch norm in training mode at batch size 1, as the reference's `test.py` runs without
+    `--eval` (its default, which made the authors' published pix2pix results); `translate` and export
+    use the running statistics instead (its `--eval`). The running statistics are unused and left out;
+    dropout stays off. Each norm becomes an affine `InstanceNormalization`, so tiling keeps working.
+
+    Raises:
+        ValueError: `generator` has no batch norm.
+    """
+    norms = [layer for layer in generator.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms:
+        raise ValueError(
+            f"{generator.name} has no batch norm: its norms use each image's own statistics already (instance "
+            "norm) or none"
+        )
+
+    config = generator.get_config()
+    for entry in config["layers"]:
+        layer = generator.get_layer(entry["name"])
+        if isinstance(layer, keras.layers.BatchNormalization):
+            norm = InstanceNormalization(
+                layer.epsilon, layer.center, layer.scale, name=layer.name, dtype=layer.dtype_policy
+            )
+            entry.update({k: v for k, v in keras.saving.serialize_keras_object(norm).items() if k != "build_config"})
+            for node in entry["inbound_nodes"]:
+                node["kwargs"].pop("mask", None)  # BatchNormalization's call argument
+    copy = generator.__class__.from_config(config)
+    for layer in generator.layers:
+        weights = layer.get_weights()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            weights = [w for w, v in zip(weights, layer.weights) if v.name in ("gamma", "beta")]
+        copy.get_layer(layer.name).set_weights(weights)
     return copy
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cyclegan_keras import convert, pth
+from cyclegan_keras import convert, networks, pth
 from cyclegan_keras.cli import export as export_cli
 from cyclegan_keras.convert import ConversionError, CorruptCheckpointError, UnsafePickleError
 
@@ -43,7 +43,7 @@ def test_architecture_is_inferred_from_the_keys():
     unet = convert.read_state_dict(FIXTURES / "unet_tiny_legacy.pth")
     assert convert.infer_architecture(unet) == (
         "unet",
-        dict(num_downs=5, filters=4, input_channels=3, output_channels=3),
+        dict(num_downs=5, filters=4, input_channels=3, output_channels=3, norm="instance", dropout=False),
     )
 
 
@@ -143,6 +143,27 @@ def test_full_size_parity_with_pytorch(tmp_path):
         error = float(np.max(np.abs(np.asarray(generator(images)) - expected)))
         print(f"full-size resnet_9blocks, {'legacy' if legacy else 'zip'} format: max abs error {error:.2e}")
         assert error < 1e-4
+
+
+@pytest.mark.slow
+def test_full_size_pix2pix_parity_with_pytorch(tmp_path):
+    torch = pytest.importorskip("torch")
+    import torch_reference
+
+    net = torch_reference.UnetGenerator(3, 3, 8, 64, norm_layer=torch.nn.BatchNorm2d, use_dropout=True)
+    net = torch_reference.randomize_batch_norms(torch_reference.init_weights(net, seed=6), seed=7)
+    images = np.random.default_rng(2).uniform(-1, 1, (1, 256, 256, 3)).astype("float32")
+    expected = torch_reference.reference_output(net, images)
+    expected_per_image = torch_reference.image_statistics_output(net, images)
+    torch.save(net.state_dict(), tmp_path / "unet_256.pth")
+    generator = convert.load_torch_generator(tmp_path / "unet_256.pth")
+    for name, keras_generator, torch_output in (
+        ("running statistics", generator, expected),
+        ("each image's statistics", networks.with_image_statistics(generator), expected_per_image),
+    ):
+        error = float(np.max(np.abs(np.asarray(keras_generator(images)) - torch_output)))
+        print(f"full-size unet_256, batch norm, {name}: max abs error {error:.2e}")
+        assert error < 1e-5
 
 
 # -- Truncated and damaged files ------------------------------------------------------
@@ -313,3 +334,45 @@ def _own_lines(stderr):
     """stderr without TensorFlow's C++ start-up log lines (I0000 ..., 'WARNING: All log messages ...')."""
     tf_log = re.compile(r"^([IWE]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl|To enable the following)")
     return [line for line in stderr.splitlines() if line.strip() and not tf_log.match(line)]
+
+
+# -- pix2pix: the authors' batch-norm U-Nets -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batchnorm_reference():
+    return np.load(FIXTURES / "torch_reference_batchnorm.npz")
+
+
+@pytest.mark.parametrize("suffix", ["", "_legacy"])
+def test_batch_norm_unet_equals_pytorch_in_eval_mode(batchnorm_reference, suffix):
+    # The running statistics (PyTorch's eval(), the reference's test.py --eval) are the moving ones.
+    state = convert.read_state_dict(FIXTURES / f"unet_batchnorm_tiny{suffix}.pth")
+    assert "model.model.1.model.2.num_batches_tracked" in state
+    generator = convert.state_dict_to_generator(state)
+    assert convert.infer_architecture(state)[1] == dict(
+        num_downs=6, filters=4, input_channels=3, output_channels=3, norm="batch", dropout=True
+    )
+    assert not generator.get_layer("down0_conv").use_bias and generator.get_layer("up0_conv").use_bias
+    trainable = sum(v.numpy().size for v in generator.trainable_weights)
+    assert trainable == sum(v.size for k, v in state.items() if not re.search(r"running|num_batches", k))
+    error = float(
+        np.max(np.abs(np.asarray(generator(batchnorm_reference["input"])) - batchnorm_reference["running_statistics"]))
+    )
+    print(f"batch-norm U-Net, eval mode ({suffix or 'zip'}): max abs error {error:.2e}")
+    assert error < 1e-5
+
+
+def test_image_statistics_equal_pytorch_in_train_mode(batchnorm_reference):
+    # The reference's default test.py (no --eval) at batch size 1: each image's own statistics.
+    generator = convert.load_torch_generator(FIXTURES / "unet_batchnorm_tiny.pth")
+    per_image = networks.with_image_statistics(generator)
+    images = batchnorm_reference["input"]
+    error = float(np.max(np.abs(np.asarray(per_image(images)) - batchnorm_reference["image_statistics"])))
+    print(f"batch-norm U-Net, each image's statistics: max abs error {error:.2e}")
+    assert error < 1e-5
+    # The two modes differ (the test can fail), and the copy left the original as it was.
+    assert np.max(np.abs(batchnorm_reference["image_statistics"] - batchnorm_reference["running_statistics"])) > 0.05
+    np.testing.assert_allclose(np.asarray(generator(images)), batchnorm_reference["running_statistics"], atol=1e-5)
+    with pytest.raises(ValueError, match="has no batch norm"):
+        networks.with_image_statistics(convert.load_torch_generator(FIXTURES / "unet_tiny.pth"))

@@ -21,6 +21,17 @@ def test_resnet_generator_parameter_count(name):
     assert networks.build_generator(name).count_params() == REFERENCE_PARAMS[name]
 
 
+def test_pix2pix_unet_256_parameters_and_biases_as_the_reference():
+    # pix2pix's G (--norm batch): 54,413,955 parameters in PyTorch, running statistics aside; no conv
+    # bias before a batch norm (the outermost down conv included), a bias on the last, tanh, layer.
+    generator = networks.build_generator("unet_256", norm="batch", dropout=True)
+    assert sum(int(np.prod(v.shape)) for v in generator.trainable_weights) == 54_413_955
+    assert not generator.get_layer("down0_conv").use_bias and generator.get_layer("up0_conv").use_bias
+    assert [layer.name for layer in generator.layers if "dropout" in layer.name] == [
+        f"up{k}_dropout" for k in (6, 5, 4)
+    ]
+
+
 def test_basic_patchgan_parameter_count_and_geometry():
     discriminator = networks.build_discriminator("basic")
     assert discriminator.count_params() == 2_764_737
