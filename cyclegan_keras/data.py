@@ -1,8 +1,11 @@
-"""Unpaired image data for CycleGAN as `tf.data` pipelines.
+"""Image data for CycleGAN (unpaired) and pix2pix (pairs) as `tf.data` pipelines.
 
 Each source (folders, tfds `cycle_gan`, the synthetic set) becomes a `Domain` of images decoded
 (EXIF applied) and resized once; `unpaired_dataset` pairs, crops, flips and batches them with
 randomness stateless in `(seed, epoch, position)`, so a restart rebuilds any epoch and step.
+Paired sources (`aligned_domains`: A|B files; `paired_folder_domains`: two folders matched by
+name) give two domains whose i-th images are a pair, which `paired_dataset` keeps together,
+cropped and flipped alike.
 """
 
 import concurrent.futures
@@ -30,7 +33,7 @@ class DataError(ValueError):
 
 
 class UnreadableImage(DataError):
-    """One image file that cannot be decoded."""
+    """One image file that cannot be decoded (or, in paired data, not paired)."""
 
     def __init__(self, path, reason):
         super().__init__(f"{path}: {reason}")
@@ -41,13 +44,16 @@ class UnreadableImage(DataError):
 @dataclasses.dataclass
 class Domain:
     """One domain's images: `images` (in memory) or `paths` (decoded on the fly, with EXIF
-    `orientations`, all 1 when None); `bad` lists `(path, reason)` for files left out."""
+    `orientations`, all 1 when None; `half` "left" or "right" of each file, for A|B files);
+    `bad` lists `(path, reason)` for files left out; `paired`: one side of pairs."""
 
     name: str
     images: list = None
     paths: list = None
     bad: list = dataclasses.field(default_factory=list)
     orientations: list = None
+    half: str = None
+    paired: bool = False
 
     def __len__(self):
         return len(self.images if self.images is not None else self.paths)
@@ -210,9 +216,23 @@ def augment(image, preprocessing, seed, training):
     Args:
         seed: int32 tensor of shape (2,) for the stateless random ops.
     """
+    image = _crop_and_flip(image, preprocessing, preprocessing.channels, seed, training)
+    return tf.cast(image, tf.float32) / 127.5 - 1.0
+
+
+def augment_pair(image_a, image_b, preprocessing_a, preprocessing_b, seed, training):
+    """`augment` of a pair of `resize_for` images of one size, both given the same crop and flip."""
+    channels = preprocessing_a.channels
+    both = tf.concat([image_a, image_b], axis=-1)
+    both = _crop_and_flip(both, preprocessing_a, channels + preprocessing_b.channels, seed, training)
+    both = tf.cast(both, tf.float32) / 127.5 - 1.0
+    return both[..., :channels], both[..., channels:]
+
+
+def _crop_and_flip(image, preprocessing, channels, seed, training):
     p = preprocessing
     if p.crops:
-        crop = [p.crop_size, p.crop_size, p.channels]
+        crop = [p.crop_size, p.crop_size, channels]
         if training:
             image = tf.image.stateless_random_crop(image, crop, seed=seed)
         else:
@@ -221,7 +241,7 @@ def augment(image, preprocessing, seed, training):
             image = tf.ensure_shape(image[top : top + p.crop_size, left : left + p.crop_size], crop)
     if training and p.flip:
         image = tf.image.stateless_random_flip_left_right(image, seed=seed[::-1])
-    return tf.cast(image, tf.float32) / 127.5 - 1.0
+    return image
 
 
 def to_uint8(images):
@@ -307,35 +327,170 @@ def folder_domain(
     paths = list_image_files(folder)[:limit]
 
     def load(path):
-        try:
-            image, header = _read_image(path, preprocessing.channels, max_pixels)
-        except UnreadableImage as error:
-            return error.reason, None
-        return resize_for(image, preprocessing).numpy(), header.orientation
+        image, header = _read_image(path, preprocessing.channels, max_pixels)
+        return [resize_for(image, preprocessing).numpy()], [header.orientation]
 
-    good_paths, orientations, images, bad, total_bytes = [], [], [], [], 0
-    workers = min(8, os.cpu_count() or 1)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for path, (result, orientation) in zip(paths, pool.map(load, paths)):
-            if isinstance(result, str):
-                bad.append((path, result))
-                continue
-            good_paths.append(path)
-            orientations.append(orientation)
-            total_bytes += result.nbytes
-            if total_bytes <= cache_bytes:  # the total only grows: once past, always past
-                images.append(result)
-            else:
-                images = None
+    good, orientations, images, bad = _load_all(paths, load, cache_bytes)
     if bad and strict_data:
         listing = "\n".join(f"  {path}: {reason}" for path, reason in bad)
         raise DataError(f"{len(bad)} unreadable image(s) in {folder}:\n{listing}")
-    if not good_paths:
+    if not good:
         raise DataError(f"None of the {len(paths)} image files in {folder} could be decoded")
     name = name or Path(folder).name
     if images is not None:
-        return Domain(name, images=images, bad=bad)
-    return Domain(name, paths=good_paths, bad=bad, orientations=orientations)
+        return Domain(name, images=images[0], bad=bad)
+    return Domain(name, paths=good, bad=bad, orientations=orientations[0])
+
+
+def _load_all(items, load, cache_bytes):
+    """`load(item)` of each item in threads: `([image per side], [orientation per side])`, or it raises
+    `UnreadableImage` naming the file at fault.
+
+    Returns:
+        `(good items, orientations by side, images by side or None once past cache_bytes, bad)`,
+        `bad` a list of `(path, reason)`.
+    """
+    good, orientations, images, bad, total_bytes = [], [], [], [], 0
+
+    def attempt(item):
+        try:
+            return load(item)
+        except UnreadableImage as error:
+            return error
+
+    workers = min(8, os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for item, result in zip(items, pool.map(attempt, items)):
+            if isinstance(result, UnreadableImage):
+                bad.append((result.path, result.reason))
+                continue
+            arrays, item_orientations = result
+            good.append(item)
+            orientations.append(item_orientations)
+            total_bytes += sum(array.nbytes for array in arrays)
+            if images is not None and total_bytes <= cache_bytes:  # the total only grows: once past, always past
+                images.append(arrays)
+            else:
+                images = None
+    by_side = lambda rows: [list(side) for side in zip(*rows)] if rows else None  # noqa: E731
+    return good, by_side(orientations), None if images is None else by_side(images), bad
+
+
+def split_pair(image):
+    """The left and right halves of an A|B image `(height, width, channels)` (an even width)."""
+    middle = tf.shape(image)[1] // 2
+    return image[:, :middle], image[:, middle:]
+
+
+def aligned_domains(
+    folder,
+    preprocessing,
+    preprocessing_b=None,
+    cache_bytes=DEFAULT_CACHE_BYTES,
+    limit=None,
+    max_pixels=MAX_TRAINING_PIXELS,
+):
+    """Domains A (left halves) and B (right halves) of the A|B files under `folder`, the pix2pix layout
+    (the reference's `AlignedDataset`, `datasets/combine_A_and_B.py`'s output), split at the middle.
+
+    Files that cannot be decoded or whose width is odd go to domain A's `bad`.
+    """
+    pre_a, pre_b = preprocessing, preprocessing_b or preprocessing
+    paths = list_image_files(folder)[:limit]
+
+    def load(path):
+        # Each half in its own channels (gray A, colour B) as the domains' folders would be decoded.
+        decoded = {c: _read_image(path, c, max_pixels) for c in dict.fromkeys((pre_a.channels, pre_b.channels))}
+        image, header = decoded[pre_a.channels]
+        if image.shape[1] % 2:
+            raise UnreadableImage(
+                path, f"width {image.shape[1]} is odd: an A|B file splits at the middle into two halves of one size"
+            )
+        left, right = split_pair(image)[0], split_pair(decoded[pre_b.channels][0])[1]
+        return [resize_for(left, pre_a).numpy(), resize_for(right, pre_b).numpy()], [header.orientation] * 2
+
+    good, orientations, images, bad = _load_all(paths, load, cache_bytes)
+    names = (f"{Path(folder).name}/A", f"{Path(folder).name}/B")
+    return _pair_domains(good, good, orientations, images, (bad, []), names, halves=("left", "right"))
+
+
+def _pair_domains(paths_a, paths_b, orientations, images, bad, names, halves=(None, None)):
+    """Domains A and B of loaded pairs (`_load_all`'s results); DataError if no pair is left."""
+    if not paths_a:
+        listing = "\n".join(f"  {path}: {reason}" for path, reason in bad[0] + bad[1])
+        raise DataError(f"No pair of images in {names[0]} and {names[1]} can be used:\n{listing}")
+    if images is not None:
+        return tuple(Domain(name, images=images[side], bad=bad[side], paired=True) for side, name in enumerate(names))
+    return tuple(
+        Domain(name, paths=paths, bad=bad[side], orientations=orientations[side], half=halves[side], paired=True)
+        for side, (name, paths) in enumerate(zip(names, (paths_a, paths_b)))
+    )
+
+
+def _pair_key(path, folder, side):
+    """What pairs two files: the path under `folder` without the extension or an `_A`/`_B` of `side` (the
+    CycleGAN zips of pix2pix's datasets hold trainA/1_A.jpg and trainB/1_B.jpg)."""
+    relative = Path(path).relative_to(folder).with_suffix("")
+    return str(relative)[: -len(f"_{side}")] if str(relative).endswith(f"_{side}") else str(relative)
+
+
+def paired_folder_domains(
+    folder_a,
+    folder_b,
+    preprocessing,
+    preprocessing_b=None,
+    cache_bytes=DEFAULT_CACHE_BYTES,
+    names=None,
+    limit=None,
+    max_pixels=MAX_TRAINING_PIXELS,
+):
+    """Domains A and B of the images in two folders, paired by file name (`_pair_key`).
+
+    A file without a partner, one that cannot be decoded (its partner is left out with it), two files
+    of one name in a folder, and a pair of two sizes go to its domain's `bad`.
+    """
+    pre_a, pre_b = preprocessing, preprocessing_b or preprocessing
+    folder_a, folder_b = Path(folder_a), Path(folder_b)
+    keyed, bad = [], ([], [])
+    for side, folder in enumerate((folder_a, folder_b)):
+        paths = {}
+        for path in list_image_files(folder):
+            key = _pair_key(path, folder, "AB"[side])
+            if key in paths:
+                bad[side].append((path, f"has the name of {paths[key]}, so which of them is the pair is unclear"))
+            else:
+                paths[key] = path
+        keyed.append(paths)
+    for side, (own, other) in enumerate(((keyed[0], keyed[1]), (keyed[1], keyed[0]))):
+        folder = (folder_b, folder_a)[side]
+        bad[side].extend(
+            (path, f"no file named like it in {folder} to pair it with (pairs are matched by name)")
+            for key, path in own.items()
+            if key not in other
+        )
+    pairs = [(keyed[0][key], keyed[1][key]) for key in sorted(keyed[0]) if key in keyed[1]][:limit]
+
+    def load(pair):
+        (path_a, path_b), loaded = pair, []
+        for path, pre, partner in ((path_a, pre_a, path_b), (path_b, pre_b, path_a)):
+            try:
+                loaded.append(_read_image(path, pre.channels, max_pixels))
+            except UnreadableImage as error:
+                raise UnreadableImage(path, f"{error.reason} (its pair {partner} is left out too)") from None
+        (image_a, header_a), (image_b, header_b) = loaded
+        if image_a.shape[:2] != image_b.shape[:2]:
+            size = lambda image: f"{image.shape[1]}x{image.shape[0]}"  # noqa: E731
+            raise UnreadableImage(
+                path_a, f"is {size(image_a)} but its pair {path_b} is {size(image_b)}: a pair needs one size"
+            )
+        images = [resize_for(image_a, pre_a).numpy(), resize_for(image_b, pre_b).numpy()]
+        return images, [header_a.orientation, header_b.orientation]
+
+    good, orientations, images, failed = _load_all(pairs, load, cache_bytes)
+    for path, reason in failed:
+        bad[0 if Path(path).is_relative_to(folder_a) else 1].append((path, reason))
+    names = names or (folder_a.name, folder_b.name)
+    return _pair_domains([a for a, _ in good], [b for _, b in good], orientations, images, bad, names)
 
 
 def reference_folder_domains(
@@ -380,17 +535,27 @@ def array_domain(images, preprocessing, name):
     return Domain(name, images=resized)
 
 
-def synthetic_domains(count=256, size=64, phase="train", preprocessing=None, seed=0, preprocessing_b=None):
-    """Domains A and B of the synthetic dataset; train and test phases draw different images."""
+def synthetic_domains(
+    count=256, size=64, phase="train", preprocessing=None, seed=0, preprocessing_b=None, paired=False
+):
+    """Domains A and B of the synthetic dataset; train and test phases draw different images.
+
+    Args:
+        paired: B[i] is `synthetic_mapping(A[i])` (pix2pix's pairs), not the mapping of other A images.
+    """
     pre_a = preprocessing or Preprocessing(load_size=size, crop_size=size)
     pre_b = preprocessing_b or pre_a
     offset = 0 if phase == "train" else 1000
-    return tuple(
-        array_domain(
-            synthetic_images(d, count, size, 1 if pre.channels == 1 else 3, seed=seed + offset + i), pre, f"{phase}{d}"
-        )
-        for i, (d, pre) in enumerate((("A", pre_a), ("B", pre_b)))
-    )
+    domains = []
+    for i, (d, pre) in enumerate((("A", pre_a), ("B", pre_b))):
+        channels = 1 if pre.channels == 1 else 3
+        if paired:  # B from A's scenes: synthetic_images draws the same scenes whatever the channels
+            images = synthetic_images("A", count, size, channels, seed=seed + offset)
+            images = synthetic_mapping(images, "a2b") if d == "B" else images
+        else:
+            images = synthetic_images(d, count, size, channels, seed=seed + offset + i)
+        domains.append(dataclasses.replace(array_domain(images, pre, f"{phase}{d}"), paired=paired))
+    return tuple(domains)
 
 
 def tfds_domains(config, phase="train", preprocessing=None, data_dir=None, download=False, preprocessing_b=None):
@@ -445,15 +610,35 @@ def _lookup(domain, preprocessing):
     orientations = tf.constant(domain.orientations or [1] * len(domain.paths), tf.int32)
 
     def read(i):
-        return orient(decode_image(tf.io.read_file(paths[i]), preprocessing.channels), orientations[i])
+        image = orient(decode_image(tf.io.read_file(paths[i]), preprocessing.channels), orientations[i])
+        if domain.half is not None:
+            image = split_pair(image)[0 if domain.half == "left" else 1]
+        return image
 
     return lambda i: resize_for(read(i), preprocessing)
 
 
-def unpaired_dataset(
+def unpaired_dataset(domain_a, domain_b, preprocessing, **options):
+    """`image_batches` of unpaired domains, as the reference's `UnalignedDataset` draws them (CycleGAN)."""
+    return image_batches(domain_a, domain_b, preprocessing, paired=False, **options)
+
+
+def paired_dataset(domain_a, domain_b, preprocessing, **options):
+    """`image_batches` of pairs `(A[i], B[i])`, as the reference's `AlignedDataset` gives them to pix2pix.
+
+    Raises:
+        DataError: the domains differ in length.
+    """
+    if len(domain_a) != len(domain_b):
+        raise DataError(f"Paired domains need one image each per pair. Received {len(domain_a)} and {len(domain_b)}")
+    return image_batches(domain_a, domain_b, preprocessing, paired=True, **options)
+
+
+def image_batches(
     domain_a,
     domain_b,
     preprocessing,
+    paired=False,
     batch_size=1,
     seed=0,
     training=True,
@@ -464,13 +649,15 @@ def unpaired_dataset(
     shard=None,
     serial=False,
 ):
-    """Batches of `(real_a, real_b)`, unaligned as the reference's `UnalignedDataset` pairs them.
+    """Batches of `(real_a, real_b)`.
 
-    An epoch is `max(|A|, |B|)` pairs: A by a fresh permutation modulo `|A|`, B drawn uniformly.
-    With `training=False`: `(A[i mod |A|], B[i mod |B|])` in order, centred crops, no flip, one
-    epoch, the last partial batch kept.
+    Unpaired, an epoch is `max(|A|, |B|)` pairs: A by a fresh permutation modulo `|A|`, B drawn
+    uniformly. Paired, an epoch is every pair once, in a fresh permutation, both images of a pair
+    cropped and flipped alike. With `training=False`: `(A[i mod |A|], B[i mod |B|])` in order,
+    centred crops, no flip, one epoch, the last partial batch kept.
 
     Args:
+        paired: the i-th images of A and B are a pair (of one size), kept together.
         start_epoch: the first epoch to produce (to resume).
         epochs: None: endless (in training).
         steps_per_epoch: cap each epoch at this many batches.
@@ -503,7 +690,11 @@ def unpaired_dataset(
         if training and not serial:
             order = tf.random.experimental.stateless_shuffle(positions, seed=epoch_seed)
             index_a = order % n_a
-            index_b = tf.random.stateless_uniform([n], seed=epoch_seed + [0, 7919], maxval=n_b, dtype=tf.int64)
+            index_b = (
+                index_a
+                if paired
+                else tf.random.stateless_uniform([n], seed=epoch_seed + [0, 7919], maxval=n_b, dtype=tf.int64)
+            )
         else:
             index_a, index_b = positions % n_a, positions % n_b
         pairs = tf.data.Dataset.from_tensor_slices((tf.fill([n], epoch), positions, index_a, index_b))
@@ -514,6 +705,9 @@ def unpaired_dataset(
 
     def load_pair(epoch, position, index_a, index_b):
         pair_seed = tf.cast(tf.stack([epoch * (2 * n) + 2 * position, seed]), tf.int32)
+        if paired:
+            images = lookup_a(index_a), lookup_b(index_b)
+            return augment_pair(*images, preprocessing, preprocessing_b, pair_seed, training)
         real_a = augment(lookup_a(index_a), preprocessing, pair_seed, training)
         real_b = augment(lookup_b(index_b), preprocessing_b, pair_seed + [1, 0], training)
         return real_a, real_b
@@ -553,6 +747,8 @@ def report_bad_files(domains):
     bad = [(domain.name, path, reason) for domain in domains for path, reason in domain.bad]
     if not bad:
         return ""
-    lines = [f"Skipped {len(bad)} unreadable image file(s):"]
+    paired = any(domain.paired for domain in domains)
+    what = "image file(s), unreadable or without a pair" if paired else "unreadable image file(s)"
+    lines = [f"Skipped {len(bad)} {what}:"]
     lines += [f"  [{name}] {path}: {reason}" for name, path, reason in bad]
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,3 +235,79 @@ def test_unbatchable_mode_is_named():
     a = data.array_domain([rgb(1, 40, 40), rgb(1, 40, 44)], Preprocessing(mode="none"), "A")
     with pytest.raises(DataError, match="batch_size=1"):
         data.unpaired_dataset(a, a, Preprocessing(mode="none"), batch_size=2)
+
+
+# -- Paired data (pix2pix) ------------------------------------------------------------
+
+
+@pytest.fixture
+def aligned_folder(tmp_path, rng):
+    """A|B files whose B half is the synthetic mapping of its A half (noise, so any shift shows)."""
+    folder = tmp_path / "facades" / "train"
+    for i in range(3):
+        a = rng.integers(0, 256, (24, 24 + 4 * i, 3), dtype=np.uint8)
+        save(folder / f"{i}.png", np.concatenate([a, data.synthetic_mapping(a)], axis=1))
+    save(folder / "odd.png", rgb(9, 24, 49))
+    return folder
+
+
+@pytest.mark.parametrize("cache_bytes", [data.DEFAULT_CACHE_BYTES, 0], ids=["cached", "streamed"])
+def test_pairs_get_the_same_crop_and_flip(aligned_folder, cache_bytes):
+    p = Preprocessing(mode="crop", crop_size=16)
+    a, b = data.aligned_domains(aligned_folder, p, cache_bytes=cache_bytes)
+    assert (len(a), len(b)) == (3, 3) and (a.images is None) == (cache_bytes == 0)
+    assert [(Path(path).name, reason) for path, reason in a.bad] == [
+        ("odd.png", "width 49 is odd: an A|B file splits at the middle into two halves of one size")
+    ]
+    assert not b.bad and "without a pair" in data.report_bad_files([a, b])
+    pairs = list(data.paired_dataset(a, b, p, seed=1).take(24).as_numpy_iterator())
+    for real_a, real_b in pairs:
+        np.testing.assert_array_equal(real_b, data.synthetic_mapping(real_a))  # pixel for pixel
+    assert len({real_a.tobytes() for real_a, _ in pairs}) > 12  # crops and flips vary
+    # Each epoch takes every pair once; two shards of an epoch together make it.
+    epoch = [x.tobytes() for x, _ in data.paired_dataset(a, b, p, seed=1, epochs=1).as_numpy_iterator()]
+    shards = [
+        x.tobytes()
+        for index in (0, 1)
+        for x, _ in data.paired_dataset(a, b, p, seed=1, epochs=1, shard=(2, index)).as_numpy_iterator()
+    ]
+    assert len(epoch) == 3 and sorted(shards) == sorted(epoch)
+
+
+def test_paired_folders_match_by_name_and_list_what_they_leave_out(tmp_path, rng):
+    def image(height=24, width=24):
+        return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+    a_dir, b_dir = tmp_path / "trainA", tmp_path / "trainB"
+    for name in ("0", "1_A", "sub/5"):  # trainA/1_A.jpg pairs with trainB/1_B.jpg, as in the CycleGAN zips
+        save(a_dir / f"{name}.png", image())
+    for name in ("0", "1_B", "sub/5"):
+        save(b_dir / f"{name}.png", image())
+    save(a_dir / "4.jpg", image())
+    save(a_dir / "4.png", image())  # the same name twice
+    save(b_dir / "4.png", image())
+    save(a_dir / "sizes.png", image())
+    save(b_dir / "sizes.png", image(20, 24))
+    save(a_dir / "only_a.png", image())
+    save(b_dir / "only_b.png", image())
+    (a_dir / "broken.png").write_bytes(b"not an image")
+    save(b_dir / "broken.png", image())
+    p = Preprocessing(mode="none")
+    a, b = data.paired_folder_domains(a_dir, b_dir, p)
+    assert len(a) == len(b) == 4  # 0, 1, 4 (the .jpg, first by name), sub/5
+    for real_a, real_b in zip(a.images, b.images):
+        assert real_a.shape == real_b.shape
+    np.testing.assert_array_equal(a.images[3], np.asarray(Image.open(a_dir / "sub/5.png")))
+    np.testing.assert_array_equal(b.images[3], np.asarray(Image.open(b_dir / "sub/5.png")))
+    reasons = {Path(path).name: reason for path, reason in a.bad + b.bad}
+    assert set(reasons) == {"4.png", "sizes.png", "only_a.png", "only_b.png", "broken.png"}
+    assert reasons["4.png"].startswith("has the name of ") and "4.jpg" in reasons["4.png"]
+    assert reasons["sizes.png"] == f"is 24x24 but its pair {b_dir / 'sizes.png'} is 24x20: a pair needs one size"
+    assert reasons["only_a.png"].startswith(f"no file named like it in {b_dir}")
+    assert (
+        reasons["broken.png"].startswith("cannot decode")
+        and f"its pair {b_dir / 'broken.png'}" in reasons["broken.png"]
+    )
+    assert [Path(path).name for path, _ in b.bad] == ["only_b.png"]
+    report = data.report_bad_files([a, b])
+    assert report.startswith("Skipped 5 image file(s), unreadable or without a pair:") and "[trainB]" in report
