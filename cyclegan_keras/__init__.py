@@ -13,10 +13,11 @@ import sys
 
 __version__ = "0.1.0"
 
-__all__ = ["CycleGAN", "ImagePool", "InstanceNormalization", "ReflectionPadding2D", "layers", "networks"]
+__all__ = ["CycleGAN", "ImagePool", "InstanceNormalization", "Pix2Pix", "ReflectionPadding2D", "layers", "networks"]
 
 _CLASSES = {
     "CycleGAN": "cyclegan_keras.model",
+    "Pix2Pix": "cyclegan_keras.pix2pix",
     "ImagePool": "cyclegan_keras.image_pool",
     "InstanceNormalization": "cyclegan_keras.layers",
     "ReflectionPadding2D": "cyclegan_keras.layers",

@@ -306,6 +306,8 @@ class Evaluation(keras.callbacks.Callback):
         reals: the same for domain B's real images (FID/KID), or None.
         features: uint8 RGB batch -> Inception features (`fid_inception`), or None: no FID/KID.
         truth_fn: float input batch -> uint8 ground truth, or None: no PSNR/SSIM/MAE.
+        truths: callable -> float batches in [-1, 1] of each input's pair, as `inputs` batches them (paired
+            test splits), instead of `truth_fn`.
         final_epoch: the run's last epoch, always evaluated.
         settings: `metrics.EvalSettings` (KID subsets and seed).
     """
@@ -324,6 +326,7 @@ class Evaluation(keras.callbacks.Callback):
         final_epoch=None,
         tensorboard_dir=None,
         settings=None,
+        truths=None,
     ):
         super().__init__()
         if every_n_epochs < 1:
@@ -333,13 +336,15 @@ class Evaluation(keras.callbacks.Callback):
         self.reals = reals if features is not None else None
         self.features = features if reals is not None else None
         self.truth_fn = truth_fn
+        self.truths = truths
         self.best_path = None if best_path is None else Path(best_path)
         self.final_epoch = final_epoch
         self.tensorboard_dir = tensorboard_dir
         self.settings = settings or metrics.EvalSettings(verbose=False)
         self.monitor = None
         if inputs is not None:
-            self.monitor = "fid" if self.features is not None else ("psnr" if truth_fn is not None else None)
+            paired = truth_fn is not None or truths is not None
+            self.monitor = "fid" if self.features is not None else ("psnr" if paired else None)
         self.baseline = None
         self._real_features = None
         self._announced = None
@@ -379,8 +384,12 @@ class Evaluation(keras.callbacks.Callback):
         """The scores of `translate` (float batch -> float batch in [-1, 1]) on the test inputs."""
 
         def batches():
+            truths = self.truths() if self.truths is not None else None
             for images in self.inputs():
-                truth = self.truth_fn(images) if self.truth_fn is not None else None
+                if truths is not None:
+                    truth = metrics.to_uint8(next(truths))
+                else:
+                    truth = self.truth_fn(images) if self.truth_fn is not None else None
                 yield metrics.to_uint8(translate(images)), truth
 
         return metrics.score_batches(batches(), self.features, self._reals(), self.settings)

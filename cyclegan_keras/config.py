@@ -9,7 +9,11 @@ import dataclasses
 import math
 
 # train.py --model: the methods of the authors' tools, sharing networks, data, loop and export.
-MODELS = ("cyclegan",)
+MODELS = ("cyclegan", "pix2pix")
+# The methods that learn from pairs (a2b only): their batches are pairs, cropped and flipped alike.
+PAIRED_MODELS = ("pix2pix",)
+# --dataset-mode: two sets of images (unpaired), A|B files split at the middle, two folders matched by name.
+DATASET_MODES = ("unaligned", "aligned", "paired")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 DIRECTIONS = ("a2b", "b2a")
@@ -20,16 +24,25 @@ INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 LR_POLICIES = ("linear", "step", "plateau", "cosine")
 CHANNELS = (1, 3, 4)
 # The names of the registries in `networks` (tests/test_train_cli.py keeps them equal).
-GENERATORS = ("resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128")
+GENERATORS = ("resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128", "unet_64")
 DISCRIMINATORS = ("basic", "n_layers", "pixel")
 # What each generator needs of an input side: (a multiple of, at least); see tests/test_networks.py.
-GENERATOR_SIZES = {"resnet_9blocks": (4, 8), "resnet_6blocks": (4, 8), "unet_256": (256, 256), "unet_128": (128, 128)}
+GENERATOR_SIZES = {
+    "resnet_9blocks": (4, 8),
+    "resnet_6blocks": (4, 8),
+    "unet_256": (256, 256),
+    "unet_128": (128, 128),
+    "unet_64": (64, 64),
+}
 NORMS = ("instance", "batch", "none")
 GAN_MODES = ("lsgan", "vanilla", "wgangp")
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
 # translate.py --preprocess: native size, or the reference's test.py resize to DEFAULT_LOAD_SIZE.
 INFERENCE_PREPROCESS = ("none", "resize")
 DEFAULT_LOAD_SIZE = 256
+# translate.py/evaluate.py/export.py --batch-norm: the running statistics (the reference's test.py --eval)
+# or each image's own (its default, batch size 1), see networks.with_image_statistics.
+BATCH_NORM_MODES = ("running", "image")
 # evaluate.py --resize-mode: the Inception input pipelines of pytorch-fid and clean-fid.
 RESIZE_MODES = ("pytorch-fid", "clean")
 TFDS_CONFIGS = (
@@ -60,9 +73,25 @@ SYNTHETIC_DEFAULTS = dict(
 )
 
 # The settings only some methods read, by method; one given to another method is refused.
-MODEL_SETTINGS = {"cyclegan": ("pool_size", "lambda_a", "lambda_b", "lambda_identity")}
+MODEL_SETTINGS = {
+    "cyclegan": ("pool_size", "lambda_a", "lambda_b", "lambda_identity"),
+    "pix2pix": ("lambda_l1",),
+}
 # Each method's own defaults (its reference's) for settings not given; the field defaults are CycleGAN's.
-MODEL_DEFAULTS = {"cyclegan": {}}
+MODEL_DEFAULTS = {
+    "cyclegan": {},
+    "pix2pix": dict(
+        generator="unet_256",
+        norm="batch",
+        dropout=True,
+        gan_mode="vanilla",
+        dataset_mode="aligned",
+        n_epochs=100,
+        n_epochs_decay=100,
+    ),
+}
+# SYNTHETIC_DEFAULTS' exceptions by method: pix2pix keeps a U-Net, one whose 1x1 bottleneck fits 64x64.
+SYNTHETIC_MODEL_DEFAULTS = {"pix2pix": dict(generator="unet_64")}
 
 
 class ConfigError(ValueError):
@@ -178,7 +207,7 @@ class TrainConfig:
 
     model: str = setting(
         "cyclegan",
-        "the method: cyclegan (unpaired, both directions)",
+        "the method: cyclegan (unpaired, both directions) or pix2pix (pairs, the one direction of --direction)",
         choices=MODELS,
     )
     dataset: str = setting(
@@ -187,10 +216,22 @@ class TrainConfig:
         choices=DATASETS,
     )
     dataroot: str = setting(
-        None, "folder in the reference layout: trainA/, trainB/ (and testA/, testB/ for snapshots)", kind="dataroot"
+        None,
+        "folder in the reference layout: trainA/, trainB/ (and testA/, testB/ for snapshots), or with "
+        "--dataset-mode aligned train/ (and test/ or val/)",
+        kind="dataroot",
+    )
+    dataset_mode: str = setting(
+        "unaligned",
+        "unaligned: two sets of images; aligned: each file of --dataroot's train/ holds A | B side by side "
+        "(pix2pix's datasets); paired: two folders of pairs matched by file name (--train-a/--train-b, or "
+        "--dataroot's trainA/, trainB/); on the synthetic data, aligned and paired give pairs",
+        choices=DATASET_MODES,
     )
     train_a: str = setting(
-        None, "folder of domain A images (with --train-b), instead of --dataroot", kind="image_folder"
+        None,
+        "folder of domain A images (with --train-b), instead of --dataroot; for --model pix2pix, pairs matched by name",
+        kind="image_folder",
     )
     train_b: str = setting(None, "folder of domain B images (with --train-a)", kind="image_folder")
     data_dir: str = setting(None, "tensorflow-datasets data folder", kind="output_folder")
@@ -233,6 +274,7 @@ class TrainConfig:
     lambda_identity: float = setting(
         0.5, "identity loss weight relative to the cycle weights (0 disables it)", minimum=0.0
     )
+    lambda_l1: float = setting(100.0, "weight of the L1 loss |G(a) - b| to the pair's target", minimum=0.0)
     lr: float = setting(2e-4, "initial Adam learning rate", above=0.0)
     beta1: float = setting(0.5, "Adam beta_1", minimum=0.0, below=1.0)
     lr_policy: str = setting(
@@ -311,6 +353,7 @@ class TrainConfig:
                 raise ConfigError(_refusal(field.name, self.model))
         if (self.train_a is None) != (self.train_b is None):
             raise ConfigError("--train-a and --train-b go together: give a folder for each domain")
+        self._check_dataset_mode()
         if self.n_epochs + self.n_epochs_decay < 1:
             raise ConfigError("--n-epochs plus --n-epochs-decay must be at least 1")
         if self.epoch_count > self.n_epochs + self.n_epochs_decay:
@@ -333,6 +376,26 @@ class TrainConfig:
                 f"--crop-size {self.crop_size} must be a multiple of {multiple} and at least {smallest} "
                 f"for --generator {self.generator}. Try --crop-size "
                 f"{max(smallest, self.crop_size // multiple * multiple)}"
+            )
+
+    def _check_dataset_mode(self):
+        tfds = self.dataset != "synthetic" and not self.uses_folders
+        if self.model in PAIRED_MODELS and self.dataset_mode == "unaligned":
+            raise ConfigError(
+                f"--model {self.model} learns from pairs: --dataset-mode aligned (A|B files in --dataroot's "
+                "train/) or paired (two folders matched by name)"
+            )
+        if tfds and self.dataset_mode != "unaligned":
+            raise ConfigError(
+                f"--dataset {self.dataset} has no pairs: tensorflow-datasets (4.9.10) has no pix2pix dataset, "
+                "and its cycle_gan images carry no file names to pair them by. Download the authors' pix2pix "
+                "dataset (e.g. http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/facades.tar.gz) and give "
+                "its folder: --dataroot facades/"
+            )
+        if self.dataset_mode == "aligned" and self.train_a is not None:
+            raise ConfigError(
+                "--dataset-mode aligned reads A|B files from --dataroot's train/; --train-a/--train-b are two "
+                "folders: use --dataset-mode paired"
             )
 
     @property
@@ -374,8 +437,9 @@ def _refusal(name, model):
 def make_config(**given):
     """A `TrainConfig` from the settings given (None: not given) over the method's defaults.
 
-    Precedence: the settings given, then `SYNTHETIC_DEFAULTS` on the synthetic data, then
-    `MODEL_DEFAULTS` of the method, then the field defaults.
+    Precedence: the settings given, then `SYNTHETIC_DEFAULTS` (and the method's
+    `SYNTHETIC_MODEL_DEFAULTS`) on the synthetic data, then `MODEL_DEFAULTS` of the method (whose
+    `aligned` mode is `paired` for --train-a/--train-b), then the field defaults.
 
     Raises:
         ConfigError: a setting of another method was given, or a setting is invalid.
@@ -388,8 +452,13 @@ def make_config(**given):
     if foreign:
         raise ConfigError(_refusal(foreign[0], model))
     folders = given.get("dataroot") or given.get("train_a")
-    synthetic = SYNTHETIC_DEFAULTS if given.get("dataset", "synthetic") == "synthetic" and not folders else {}
-    return TrainConfig(**{**MODEL_DEFAULTS[model], **synthetic, **given})
+    synthetic = {}
+    if given.get("dataset", "synthetic") == "synthetic" and not folders:
+        synthetic = {**SYNTHETIC_DEFAULTS, **SYNTHETIC_MODEL_DEFAULTS.get(model, {})}
+    defaults = dict(MODEL_DEFAULTS[model])
+    if given.get("train_a") and defaults.get("dataset_mode") == "aligned":
+        defaults["dataset_mode"] = "paired"  # two folders can only be pairs by name
+    return TrainConfig(**{**defaults, **synthetic, **given})
 
 
 def upgrade_settings(found):

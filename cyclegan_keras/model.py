@@ -77,6 +77,10 @@ class GANModel(keras.Model):
     """
 
     _network_arguments: tuple[str, ...] = ()
+    # Why a method has no generator for the other direction, told when it is asked for (None: it has both).
+    missing_direction_reason: str | None = None
+    # The epoch-mean loss the `plateau` learning-rate policy watches.
+    plateau_monitor: str = "cycle_loss"
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -104,8 +108,10 @@ class GANModel(keras.Model):
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}. Received: direction={direction!r}")
         if direction not in self.generators:
+            reason = f": {self.missing_direction_reason}" if self.missing_direction_reason else ""
             raise ValueError(
-                f"{type(self).__name__} translates {', '.join(self.generators)} only. Received: direction={direction!r}"
+                f"{type(self).__name__} translates {', '.join(self.generators)} only{reason}. "
+                f"Received: direction={direction!r}"
             )
         return self.generators[direction]
 

@@ -20,12 +20,14 @@ import tensorflow as tf
 from cyclegan_keras import callbacks as cb
 from cyclegan_keras import data, distribute, files, inference, networks
 from cyclegan_keras.config import (  # noqa: F401  (re-exported: training is where users look)
+    PAIRED_MODELS,
     ConfigError,
     TrainConfig,
     make_config,
     upgrade_settings,
 )
 from cyclegan_keras.model import CycleGAN
+from cyclegan_keras.pix2pix import Pix2Pix
 
 SYNTHETIC_TEST_COUNT = 64  # images per domain of the synthetic test split
 
@@ -52,12 +54,18 @@ def _optimizers(config):
     )
 
 
-def _build_cyclegan(config):
-    a, b = config.input_nc, config.output_nc
+def _network_options(config):
+    """The keyword arguments of `networks.build_generator` and `build_discriminator` that `config` sets."""
     generator = dict(filters=config.ngf, norm=config.norm, dropout=config.dropout)
     discriminator = dict(filters=config.ndf, norm=config.norm)
     if config.discriminator == "n_layers":
         discriminator["n_layers"] = config.n_layers_d
+    return generator, discriminator
+
+
+def _build_cyclegan(config):
+    a, b = config.input_nc, config.output_nc
+    generator, discriminator = _network_options(config)
     networks_ = _initialized(
         [
             networks.build_generator(config.generator, input_channels=a, output_channels=b, **generator),
@@ -79,32 +87,68 @@ def _build_cyclegan(config):
     return model
 
 
+def _build_pix2pix(config):
+    a, b = config.input_nc, config.output_nc
+    generator, discriminator = _network_options(config)
+    networks_ = _initialized(
+        [
+            networks.build_generator(config.generator, input_channels=a, output_channels=b, **generator),
+            # Conditional: D judges the (input, output) pair, its channels concatenated.
+            networks.build_discriminator(config.discriminator, input_channels=a + b, **discriminator),
+        ],
+        config,
+    )
+    model = Pix2Pix(*networks_, seed=config.seed)
+    model.compile(**_optimizers(config), gan_mode=config.gan_mode, lambda_l1=config.lambda_l1, jit_compile=config.xla)
+    return model
+
+
 # config.model -> the function building its compiled model.
-BUILDERS = {"cyclegan": _build_cyclegan}
+BUILDERS = {"cyclegan": _build_cyclegan, "pix2pix": _build_pix2pix}
 
 
 def load_domains(config, phase):
-    """Domains (A, B) of `phase` in the model's direction (b2a: the dataset's B is A); None if no such phase."""
+    """Domains (A, B) of `phase` in the model's direction (b2a: the dataset's B is A); None if no such phase.
+
+    With `--dataset-mode aligned` or `paired` the i-th images of A and B are a pair.
+    """
     pre_a, pre_b = config.preprocessing("A"), config.preprocessing("B")
     if config.direction == "b2a":
         pre_a, pre_b = pre_b, pre_a
     limit = config.max_dataset_size
+    mode = config.dataset_mode
     if config.train_a is not None:
         if phase != "train":
             return None
-        domains = (
-            data.folder_domain(config.train_a, pre_a, name="A", limit=limit),
-            data.folder_domain(config.train_b, pre_b, name="B", limit=limit),
-        )
+        if mode == "paired":
+            domains = data.paired_folder_domains(config.train_a, config.train_b, pre_a, pre_b, limit=limit)
+        else:
+            domains = (
+                data.folder_domain(config.train_a, pre_a, name="A", limit=limit),
+                data.folder_domain(config.train_b, pre_b, name="B", limit=limit),
+            )
     elif config.dataroot is not None:
         root = Path(config.dataroot)
-        if phase != "train" and not all((root / f"{phase}{d}").is_dir() for d in "AB"):
+        if mode == "aligned":
+            # pix2pix's datasets: train/, test/ and val/ (edges2shoes has val/ only).
+            folders = [root / name for name in ((phase,) if phase == "train" else ("test", "val"))]
+            folder = next((folder for folder in folders if folder.is_dir()), None)
+            if folder is None:
+                return None
+            domains = data.aligned_domains(folder, pre_a, pre_b, limit=limit)
+        elif phase != "train" and not all((root / f"{phase}{d}").is_dir() for d in "AB"):
             return None
-        domains = data.reference_folder_domains(root, phase, pre_a, preprocessing_b=pre_b, limit=limit)
+        elif mode == "paired":
+            a, b = f"{phase}A", f"{phase}B"
+            domains = data.paired_folder_domains(root / a, root / b, pre_a, pre_b, names=(a, b), limit=limit)
+        else:
+            domains = data.reference_folder_domains(root, phase, pre_a, preprocessing_b=pre_b, limit=limit)
     elif config.dataset == "synthetic":
         count = config.synthetic_count if phase == "train" else max(config.snapshot_count, SYNTHETIC_TEST_COUNT)
         count = min(count, limit or count)
-        domains = data.synthetic_domains(count, config.load_size, phase, pre_a, config.seed, preprocessing_b=pre_b)
+        domains = data.synthetic_domains(
+            count, config.load_size, phase, pre_a, config.seed, preprocessing_b=pre_b, paired=mode != "unaligned"
+        )
     else:
         domains = data.tfds_domains(
             config.dataset, phase, pre_a, config.data_dir, config.download, preprocessing_b=pre_b
@@ -285,6 +329,7 @@ def _train(config, workdir, run_dir, strategy, verbose):
             config.n_epochs_decay,
             epoch_count=config.epoch_count,
             lr_decay_iters=config.lr_decay_iters,
+            monitor=model.plateau_monitor,
             history_csv=workdir / "log.csv",
         ),
         *([evaluation] if evaluation else []),  # before the CSV log, which records its scores
@@ -375,11 +420,14 @@ def _steps_per_epoch(config, domains, strategy):
 
 def _batches(config, domains, steps, strategy, start_epoch, skip_steps=0):
 
+    # A method that learns from pairs gets them whole; the others, unpaired batches (even of paired data).
+    dataset = data.paired_dataset if config.model in PAIRED_MODELS else data.unpaired_dataset
+
     def pipeline(context):
         # The pipelines' shards of each epoch together make the global batches one device would see.
         local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
         pipelines = context.num_input_pipelines
-        batches = data.unpaired_dataset(
+        batches = dataset(
             *domains,
             config.preprocessing("A"),
             preprocessing_b=config.preprocessing("B"),
@@ -421,7 +469,8 @@ def make_evaluation(config, test_split, features, run_dir):
     every = f"--eval-every {config.eval_every}"
     if test_split is None:
         line = (
-            f"{every}: this run has no test split (testA/ and testB/ in --dataroot), so no metric is "
+            f"{every}: this run has no test split (testA/ and testB/ in --dataroot, or test/ or val/ with "
+            "--dataset-mode aligned), so no metric is "
             "computed; the metric columns of log.csv stay nan"
         )
         return cb.Evaluation(config.eval_every, None), line
@@ -429,11 +478,16 @@ def make_evaluation(config, test_split, features, run_dir):
 
     test_a, test_b = test_split
     pre_a, pre_b = config.test_preprocessing("A"), config.test_preprocessing("B")
-    truth_fn = None
+    truth_fn = truths = None
     if config.dataset == "synthetic" and not config.uses_folders:
 
         def truth_fn(images):
             return data.synthetic_mapping(metrics.to_uint8(images), config.direction)
+
+    elif config.dataset_mode != "unaligned":  # each test input's pair is its truth
+
+        def truths():
+            return data.domain_batches(test_b, pre_b)
 
     evaluation = cb.Evaluation(
         config.eval_every,
@@ -444,12 +498,15 @@ def make_evaluation(config, test_split, features, run_dir):
         best_path=run_dir / "best.keras",
         final_epoch=config.total_epochs,
         tensorboard_dir=run_dir / "tensorboard",
+        truths=truths,
     )
     logged = []
     if features is not None:
         logged.append(f"fid, kid_mean, kid_std (Inception weights {features.weights_path})")
     if truth_fn is not None:
         logged.append("psnr, ssim, mae (vs the synthetic dataset's true mapping)")
+    elif truths is not None:
+        logged.append("psnr, ssim, mae (vs each input's pair)")
     if not logged:
         return evaluation, (
             f"{every}: nothing to compute: no FID Inception weights ({fid_inception.download_hint()}) and no "

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cyclegan_keras import data, files
+from cyclegan_keras import data, files, networks
 from cyclegan_keras.config import DEFAULT_LOAD_SIZE, DIRECTIONS, INFERENCE_PREPROCESS
 from cyclegan_keras.files import format_bytes
 from cyclegan_keras.inference import (
@@ -28,6 +28,7 @@ from cyclegan_keras.inference import (
     translate_images,
 )
 from cyclegan_keras.model import GANModel
+from cyclegan_keras.pix2pix import Pix2Pix  # noqa: F401  (registered for load_model)
 
 
 class ModelLoadError(ValueError):
@@ -317,11 +318,13 @@ class Translator:
         return np.asarray(self._fn(np.asarray(images, np.float32)))
 
 
-def load_translator(path, direction="a2b", max_memory=None, tile_size=None, overlap=None):
+def load_translator(path, direction="a2b", max_memory=None, tile_size=None, overlap=None, batch_norm="running"):
     """A `Translator` for a `.keras` file or work directory, a SavedModel (or export folder) or a `.tflite` file.
 
     Only a CycleGAN has two directions. All translate within `max_memory`; exported forms cannot tile
     (their norms are fixed in the graph), so an image too large for them raises `MemoryBudgetError`.
+    `batch_norm="image"`: a `.keras` generator's batch norms use each image's statistics (see
+    `networks.with_image_statistics`); an export has its statistics fixed when it was exported.
 
     Raises:
         FileNotFoundError: nothing at `path`.
@@ -334,6 +337,11 @@ def load_translator(path, direction="a2b", max_memory=None, tile_size=None, over
     exported = path.suffix == ".tflite" or any(
         (path / name).is_file() for name in ("saved_model.pb", "saved_model/1/saved_model.pb")
     )
+    if exported and batch_norm != "running":
+        raise ValueError(
+            f"--batch-norm {batch_norm}: {path} is an exported model, whose statistics were fixed by export.py "
+            "(export with --batch-norm image instead)"
+        )
     if exported and (tile_size or overlap is not None):
         raise ValueError(
             f"--model: {path} is an exported model, which cannot be translated in tiles (its normalization is "
@@ -355,6 +363,11 @@ def load_translator(path, direction="a2b", max_memory=None, tile_size=None, over
             f"--model: {path} is not a .keras file, a work directory, a SavedModel directory or a .tflite file"
         )
     generator = load_generator(path, direction)
+    if batch_norm == "image":
+        try:
+            generator = networks.with_image_statistics(generator)
+        except ValueError as error:
+            raise ValueError(f"--batch-norm image: {error}") from None
     check_tiling(generator, tile_size, overlap)
     return Translator(
         lambda images: translate_images(generator, images, max(len(images), 1), max_memory, tile_size, overlap),

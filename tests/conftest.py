@@ -36,6 +36,17 @@ def tiny_cyclegan(pool_size=50, channels=3, **kwargs):
     )
 
 
+def tiny_pix2pix(dropout=False, input_channels=3, output_channels=3, seed=0):
+    """The fast tier's pix2pix: a 5-level U-Net and a PatchGAN of 8 filters, batch norm as the reference."""
+    from cyclegan_keras.pix2pix import Pix2Pix
+
+    return Pix2Pix(
+        networks.unet_generator(5, 8, input_channels, output_channels, norm="batch", dropout=dropout),
+        networks.patchgan_discriminator(filters=8, input_channels=input_channels + output_channels, norm="batch"),
+        seed=seed,
+    )
+
+
 def run_cli(main, argv, capsys):
     """A CLI's `main(argv)` as the shell runs it: (exit code, stdout + stderr)."""
     try:

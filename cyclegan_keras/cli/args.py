@@ -11,7 +11,7 @@ import re
 import zipfile
 from pathlib import Path
 
-from cyclegan_keras.config import DIRECTIONS, IMAGE_EXTENSIONS, LEGACY_DIRECTIONS, Range
+from cyclegan_keras.config import BATCH_NORM_MODES, DIRECTIONS, IMAGE_EXTENSIONS, LEGACY_DIRECTIONS, Range
 from cyclegan_keras.files import existing_ancestor
 
 FID_WEIGHTS_URL = (  # cyclegan_keras.fid_inception.FID_WEIGHTS_URL
@@ -60,15 +60,32 @@ def _existing(text, folder, what):
 
 
 def dataroot(text):
-    """argparse type: a dataset folder in the reference layout, with trainA/ and trainB/."""
+    """argparse type: a dataset folder in a reference layout: trainA/ and trainB/, or pix2pix's train/."""
     path = _existing(text, True, "a folder")
     missing = [name for name in ("trainA", "trainB") if not (path / name).is_dir()]
-    if missing:
+    if missing and not (path / "train").is_dir():
         raise argparse.ArgumentTypeError(
-            f"{text} does not have the layout trainA/, trainB/ (as every CycleGAN dataset zip unpacks). "
-            f"Missing: {', '.join(missing)}"
+            f"{text} does not have the layout trainA/, trainB/ (as every CycleGAN dataset zip unpacks) or train/ "
+            f"(pix2pix's A|B files). Missing: {', '.join(missing)}"
         )
     return text
+
+
+def dataroot_layout_problem(root, dataset_mode):
+    """Why `root` (a `dataroot`) does not hold what `--dataset-mode` reads, or None."""
+    root = Path(root)
+    folders = all((root / name).is_dir() for name in ("trainA", "trainB"))
+    if dataset_mode == "aligned" and not (root / "train").is_dir():
+        return (
+            f"argument --dataroot: {root} has no train/ folder of A|B files (--dataset-mode aligned, pix2pix's "
+            "layout); its trainA/, trainB/ are read with --dataset-mode paired"
+        )
+    if dataset_mode != "aligned" and not folders:
+        return (
+            f"argument --dataroot: {root} has train/ but not trainA/, trainB/: for pix2pix's A|B files, "
+            "add --dataset-mode aligned"
+        )
+    return None
 
 
 def existing_file(text):
@@ -233,7 +250,20 @@ def add_direction_argument(parser):
         default="a2b",
         type=direction,
         metavar="{a2b,b2a}",
-        help="which generator of a CycleGAN; the reference's AtoB/BtoA also work (default: a2b)",
+        help="which generator of a CycleGAN (a pix2pix has a2b only); the reference's AtoB/BtoA also work "
+        "(default: a2b)",
+    )
+
+
+def add_batch_norm_argument(parser):
+    """--batch-norm, as translate.py, evaluate.py and export.py take it."""
+    parser.add_argument(
+        "--batch-norm",
+        default="running",
+        choices=BATCH_NORM_MODES,
+        help="a batch-norm generator's (pix2pix's) statistics: running: those learned in training, as the "
+        "reference's test.py --eval; image: each image's own, as its test.py by default, which made the "
+        "authors' published pix2pix results (default: running)",
     )
 
 

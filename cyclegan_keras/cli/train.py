@@ -1,14 +1,16 @@
-"""Train a CycleGAN.
+"""Train a CycleGAN (or a pix2pix).
 
     python train.py                                  # built-in synthetic data, minutes on a CPU
     python train.py --dataroot datasets/horse2zebra  # a folder with trainA/ trainB/ (testA/ testB/)
     python train.py --dataset horse2zebra --download # tensorflow-datasets' cycle_gan
+    python train.py --model pix2pix --dataroot datasets/facades --direction b2a  # pairs: train/ of A|B files
 
 Running the same command again resumes an interrupted run from its last
 checkpoint. Everything lands in --workdir; the trained model is
 WORKDIR/model.keras.
 """
 
+import argparse
 import dataclasses
 import os
 import sys
@@ -33,14 +35,19 @@ def argument(field):
     m = field.metadata
     if "help" not in m:
         raise TypeError(f"TrainConfig.{field.name} has no help: declare it with config.setting(...)")
-    if field.type is bool:
+    by_model = [(model, d[field.name]) for model, d in config_module.MODEL_DEFAULTS.items() if field.name in d]
+    if field.type is bool and not by_model:
         return dict(action="store_true", default=None, help=m["help"])
     shown = f"default: {field.default}"
     if field.name in config_module.SYNTHETIC_DEFAULTS:
         shown += f"; {config_module.SYNTHETIC_DEFAULTS[field.name]} on the synthetic dataset"
-    for model, defaults in config_module.MODEL_DEFAULTS.items():
-        if field.name in defaults:
-            shown += f"; {defaults[field.name]} for --model {model}"
+    for model, value in by_model:
+        shown += f"; {value} for --model {model}"
+        synthetic = config_module.SYNTHETIC_MODEL_DEFAULTS.get(model, {})
+        if field.name in synthetic:
+            shown += f" ({synthetic[field.name]} on the synthetic dataset)"
+    if field.type is bool:  # a method turns it on by default: --no-NAME turns it off
+        return dict(action=argparse.BooleanOptionalAction, default=None, help=f"{m['help']} ({shown})")
     owners = [model for model, names in config_module.MODEL_SETTINGS.items() if field.name in names]
     if owners:
         shown += f"; --model {', '.join(owners)} only"
@@ -70,6 +77,10 @@ def main(argv=None):
             config = config_module.make_config(**args)
         except config_module.ConfigError as error:  # before TensorFlow starts
             print(f"error: {error}", file=sys.stderr)
+            return 2
+        problem = config.dataroot and cli_args.dataroot_layout_problem(config.dataroot, config.dataset_mode)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
             return 2
         if workdir is None:
             source = config.dataroot or config.train_a or config.dataset
