@@ -296,18 +296,29 @@ def truth_for(name, truth_names):
     return None
 
 
-def batches(paths, batch_size, channels=3):
-    """Yields `(paths, uint8 batch)` in order; a batch holds images of one size."""
-    chunk, images = [], []
+def batches(paths, batch_size, channels=3, read=None):
+    """Yields `(paths, uint8 batch)` in order; a batch holds images of one size.
+
+    Args:
+        read: path -> a tuple of uint8 images (then a tuple of batches is yielded), instead of reading
+            each file in `channels`.
+    """
+    parts = read or (lambda path: (read_uint8(path, channels),))
+    chunk, items = [], []
     for path in paths:
-        image = read_uint8(path, channels)
-        if images and (len(images) == batch_size or image.shape != images[0].shape):
-            yield chunk, np.stack(images)
-            chunk, images = [], []
+        item = parts(path)
+        if items and (len(items) == batch_size or item[0].shape != items[0][0].shape):
+            yield chunk, _stacked(items, read)
+            chunk, items = [], []
         chunk.append(path)
-        images.append(image)
-    if images:
-        yield chunk, np.stack(images)
+        items.append(item)
+    if items:
+        yield chunk, _stacked(items, read)
+
+
+def _stacked(items, read):
+    stacked = tuple(np.stack(part) for part in zip(*items))
+    return stacked if read else stacked[0]
 
 
 def _progress_bar(total, unit):
@@ -429,7 +440,8 @@ def evaluate(
     """Scores a stream of outputs (and the inputs beside them): the core of `evaluate_generator`/`_folders`.
 
     Args:
-        outputs: iterable of `(names, {"model": uint8 batch, "identity": uint8 batch or absent})`.
+        outputs: iterable of `(names, {"model": uint8 batch, "identity": uint8 batch or absent, "truth": uint8
+            batch or absent})`; without "truth", each output's is found in `truth_paths` by name.
         count: number of outputs, for the progress bar.
 
     Returns:
@@ -450,8 +462,10 @@ def evaluate(
     progress = _progress_bar(count, "output") if settings.verbose and count else None
     images, resized = 0, 0
     for names, groups in outputs:
-        paths = truth = None
-        if truth_names is not None:
+        paths, truth = None, groups.pop("truth", None)  # a stream of pairs brings its own truth
+        if truth is not None:
+            paths = names
+        elif truth_names is not None:
             found = [_truth_image(name, truth_names, image.shape) for name, image in zip(names, groups["model"])]
             paths, truth, was_resized = zip(*found)
             truth, resized = np.stack(truth), resized + sum(was_resized)
@@ -532,21 +546,60 @@ def evaluate_generator(
     output_channels = output_channels or input_channels
     name_of = {path: name for name, path in named(input_paths, input_root or _common_root(input_paths)).items()}
 
-    def stream():
-        for chunk, images in batches(input_paths, settings.batch_size, input_channels):
-            translated = to_uint8(translate_fn(images.astype(np.float32) / 127.5 - 1.0))
-            if translated.shape[:3] != images.shape[:3] or translated.shape[-1] != output_channels:
-                raise MetricError(
-                    f"The model gave outputs of shape {translated.shape} for inputs of shape {images.shape}"
-                )
-            groups = {"model": translated}
-            if input_channels == output_channels:
-                groups["identity"] = images
-            yield [name_of[p] for p in chunk], groups
-
+    chunks = ((chunk, images, None) for chunk, images in batches(input_paths, settings.batch_size, input_channels))
+    stream = _translations(translate_fn, chunks, name_of, input_channels, output_channels)
     return evaluate(
-        stream(), real_paths, truth_paths, truth_root, features, palette, settings, output_channels, len(input_paths)
+        stream, real_paths, truth_paths, truth_root, features, palette, settings, output_channels, len(input_paths)
     )
+
+
+def _translations(translate_fn, chunks, name_of, input_channels, output_channels):
+    """`evaluate`'s stream: each `(paths, uint8 inputs, uint8 truth or None)` chunk translated."""
+    for chunk, images, truth in chunks:
+        translated = to_uint8(translate_fn(images.astype(np.float32) / 127.5 - 1.0))
+        if translated.shape[:3] != images.shape[:3] or translated.shape[-1] != output_channels:
+            raise MetricError(f"The model gave outputs of shape {translated.shape} for inputs of shape {images.shape}")
+        groups = {"model": translated, **({"truth": truth} if truth is not None else {})}
+        if input_channels == output_channels:
+            groups["identity"] = images
+        yield [name_of[p] for p in chunk], groups
+
+
+def evaluate_aligned(
+    translate_fn,
+    pair_paths,
+    direction="a2b",
+    real_paths=None,
+    features=None,
+    palette=None,
+    settings=EvalSettings(),
+    input_channels=3,
+    output_channels=None,
+    pair_root=None,
+):
+    """Translates one half of each A|B file (pix2pix's test/ or val/) and scores it against the other half.
+
+    Args:
+        pair_paths: A|B files, each split at the middle of its width (which must be even).
+        direction: `"a2b"`: the left half is the input, `"b2a"`: the right one (train.py's `--direction`).
+        Others: as `evaluate_generator`.
+    """
+    output_channels = output_channels or input_channels
+    source, target = (0, 1) if direction == "a2b" else (1, 0)
+    name_of = {path: name for name, path in named(pair_paths, pair_root or _common_root(pair_paths)).items()}
+
+    def halves_of(path):
+        images = {}
+        for channels in dict.fromkeys((input_channels, output_channels)):
+            image = read_uint8(path, channels)
+            if image.shape[1] % 2:
+                raise MetricError(f"{path} is {image.shape[1]} pixels wide: an A|B file needs an even width")
+            images[channels] = data.split_pair(image)
+        return np.asarray(images[input_channels][source]), np.asarray(images[output_channels][target])
+
+    chunks = ((chunk, *halves) for chunk, halves in batches(pair_paths, settings.batch_size, read=halves_of))
+    stream = _translations(translate_fn, chunks, name_of, input_channels, output_channels)
+    return evaluate(stream, real_paths, None, None, features, palette, settings, output_channels, len(pair_paths))
 
 
 def evaluate_folders(

@@ -24,3 +24,15 @@ def full_disk_exits_1(main):
             return 1
 
     return wrapped
+
+
+def with_batch_norm(cli, generator, mode):
+    """`generator` in `--batch-norm mode`; a generator without batch norm given `image` ends the command."""
+    if mode == "running":
+        return generator
+    from cyclegan_keras import networks
+
+    try:
+        return networks.with_image_statistics(generator)
+    except ValueError as error:
+        cli.error(f"argument --batch-norm: {error}")

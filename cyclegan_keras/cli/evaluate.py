@@ -6,6 +6,8 @@
     python evaluate.py --fake results/ --real testB/ [--input testA/ for the baseline]
     # paired ground truth and the paper's Cityscapes label scores
     python evaluate.py --model photo2label.keras --input testA/ --truth testB/ --labels cityscapes
+    # a pix2pix (trained with --direction b2a) on the A|B files of its own test split
+    python evaluate.py --model runs/facades --aligned datasets/facades/test/ --aligned-direction b2a
 
 FID/KID need the FID Inception weights (pt_inception-2015-12-05-6726825d.pth):
 --inception-weights, $CYCLEGAN_INCEPTION_WEIGHTS or ~/.cache/cyclegan_keras/;
@@ -33,6 +35,12 @@ def parser():
         ("--input", cli_args.image_folder, "input-domain images: translated with --model; the identity baseline"),
         ("--real", cli_args.fid_image_folder, "target-domain images for FID and KID (>= 2)"),
         ("--truth", cli_args.image_folder, "ground truth of each input, matched by file name: PSNR, SSIM, MAE"),
+        (
+            "--aligned",
+            cli_args.image_folder,
+            "A|B files (pix2pix's test/ or val/): --model translates one half, scored against the other "
+            "(PSNR, SSIM, MAE, --labels), instead of --input and --truth",
+        ),
         ("--labels", cli_args.labels_source, "label scores of label maps: 'cityscapes' or a palette file (R G B name)"),
         (
             "--inception-weights",
@@ -41,6 +49,15 @@ def parser():
         ),
     ):
         result.add_argument(flag, type=kind, help=text)
+    result.add_argument(
+        "--aligned-direction",
+        default="a2b",
+        type=cli_args.direction,
+        metavar="{a2b,b2a}",
+        help="which half of the --aligned files is the input, as train.py's --direction: a2b the left, b2a the "
+        "right (default: a2b)",
+    )
+    cli_args.add_batch_norm_argument(result)
     result.add_argument("--resize-mode", default="pytorch-fid", choices=RESIZE_MODES, help="default: pytorch-fid")
     for flag, minimum, default, text in (
         ("--batch-size", 1, 50, "images per batch, >= 1 (default: 50)"),
@@ -59,12 +76,16 @@ def parser():
 
 
 def check_args(args):
-    if args.model and not args.input:
-        return "--model needs --input (the images to translate)"
-    if not args.real and not args.truth:
-        return "nothing to score: give --real (FID, KID) and/or --truth (PSNR, SSIM, MAE)"
-    if args.labels and not args.truth:
-        return "--labels needs --truth (the true label maps)"
+    if args.aligned and (args.input or args.truth or args.fake):
+        return "--aligned holds both the inputs and their truth: give it with --model, without --input, --truth, --fake"
+    if args.model and not (args.input or args.aligned):
+        return "--model needs --input (the images to translate) or --aligned"
+    if not (args.real or args.truth or args.aligned):
+        return "nothing to score: give --real (FID, KID) and/or --truth (PSNR, SSIM, MAE), or --aligned"
+    if args.labels and not (args.truth or args.aligned):
+        return "--labels needs --truth (the true label maps) or --aligned"
+    if args.batch_norm != "running" and not args.model:
+        return "--batch-norm applies only with --model (it sets how the model translates)"
     for flag in ("max_memory", "tile_size", "tile_overlap"):
         if getattr(args, flag) is not None and not args.model:
             return f"--{flag.replace('_', '-')} applies only with --model (it bounds the translation)"
@@ -111,7 +132,7 @@ def _flag_holding(path, args):
     """The folder flag (`--fake`, `--input`, ...) whose folder holds `path`, or None."""
     if path is None:
         return None
-    for name in ("fake", "input", "real", "truth"):
+    for name in ("fake", "input", "real", "truth", "aligned"):
         folder = getattr(args, name)
         if folder and Path(path).resolve().is_relative_to(Path(folder).resolve()):
             return f"--{name}"
@@ -130,6 +151,7 @@ def run(args):
     )
     notes = []
     real_paths = data.list_image_files(args.real) if args.real else None
+    pair_paths = data.list_image_files(args.aligned) if args.aligned else None
     truth_paths = data.list_image_files(args.truth) if args.truth else None
     input_paths = data.list_image_files(args.input) if args.input else None
     if real_paths is not None and len(real_paths) < 2:
@@ -143,7 +165,7 @@ def run(args):
     if real_paths is not None:
         weights = fid_inception.find_weights(args.inception_weights)
         if weights is None:
-            if truth_paths is None:
+            if truth_paths is None and pair_paths is None:
                 raise fid_inception.WeightsNotFound(
                     f"FID and KID need the FID Inception weights, and nothing else was asked (--truth). "
                     f"{fid_inception.download_hint()}"
@@ -156,16 +178,21 @@ def run(args):
     if args.model:
         from cyclegan_keras.translation import load_translator
 
-        translator = load_translator(args.model, args.direction, args.max_memory, args.tile_size, args.tile_overlap)
-        scores = metrics.evaluate_generator(
-            translator,
-            input_paths,
-            input_channels=translator.input_channels,
-            output_channels=translator.output_channels,
-            input_root=args.input,
-            **scored,
+        translator = load_translator(
+            args.model, args.direction, args.max_memory, args.tile_size, args.tile_overlap, args.batch_norm
         )
+        channels = dict(input_channels=translator.input_channels, output_channels=translator.output_channels)
+        if pair_paths is not None:
+            scored = {k: v for k, v in scored.items() if k not in ("truth_paths", "truth_root")}
+            scores = metrics.evaluate_aligned(
+                translator, pair_paths, args.aligned_direction, pair_root=args.aligned, **channels, **scored
+            )
+        else:
+            scores = metrics.evaluate_generator(translator, input_paths, input_root=args.input, **channels, **scored)
         source = {"model": str(args.model), "model_kind": translator.kind, "direction": args.direction}
+        source.update(batch_norm=args.batch_norm)
+        if pair_paths is not None:
+            source.update(aligned=args.aligned, aligned_direction=args.aligned_direction)
     else:
         fake_paths = data.list_image_files(args.fake)
         scores = metrics.evaluate_folders(

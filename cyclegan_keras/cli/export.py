@@ -18,7 +18,7 @@ import sys
 
 from cyclegan_keras import _env, files
 from cyclegan_keras.cli import args as cli_args
-from cyclegan_keras.cli import full_disk_exits_1
+from cyclegan_keras.cli import full_disk_exits_1, with_batch_norm
 from cyclegan_keras.config import EXPORT_ALIASES, EXPORT_PRECISIONS, SERVING_MAX_PIXELS, TFLITE_VARIANTS
 
 MIN_SAMPLE_SIZE = 8  # the odd-sized parity sample is (size - 6) x (size + 10)
@@ -37,6 +37,7 @@ def parser():
     )
     result.add_argument("--out", required=True, type=cli_args.output_folder, help="output folder")
     cli_args.add_direction_argument(result)
+    cli_args.add_batch_norm_argument(result)
     result.add_argument("--format", default="all", choices=["saved_model", "tflite", "all"], help="default: all")
     result.add_argument(
         "--precision",
@@ -263,7 +264,11 @@ def format_evaluation(report):
 
 
 def load_source(cli, args):
-    """The generator of --model or --from-torch; a file that does not load ends the command (exit 2)."""
+    """The generator of --model or --from-torch, in --batch-norm's mode; a file that does not load ends the command."""
+    return with_batch_norm(cli, _load_source(cli, args), args.batch_norm)
+
+
+def _load_source(cli, args):
     if args.from_torch:
         from cyclegan_keras import convert
 

@@ -1,4 +1,4 @@
-"""Translate images with a trained CycleGAN (or a converted generator).
+"""Translate images with a trained CycleGAN or pix2pix (or a converted generator).
 
     python translate.py --model runs/synthetic/model.keras --input photos/ --out translated/
     python translate.py --model runs/horse2zebra --direction BtoA --input 'zebras/*.jpg' --out horses/
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cyclegan_keras import _env, files
 from cyclegan_keras.cli import args as cli_args
-from cyclegan_keras.cli import full_disk_exits_1
+from cyclegan_keras.cli import full_disk_exits_1, with_batch_norm
 from cyclegan_keras.config import DEFAULT_LOAD_SIZE, INFERENCE_PREPROCESS
 
 
@@ -53,6 +53,7 @@ def parser():
         type=cli_args.Range(1),
         help=f"side of the square with --preprocess resize, >= 1 (default: {DEFAULT_LOAD_SIZE}, the reference's)",
     )
+    cli_args.add_batch_norm_argument(result)
     cli_args.add_memory_arguments(result)
     return result
 
@@ -85,6 +86,7 @@ def main(argv=None):
         cli.error(f"argument --model: {error}")
     except ValueError as error:
         cli.error(f"argument --direction: {error}")
+    generator = with_batch_norm(cli, generator, args.batch_norm)
     try:
         inference.check_tiling(generator, args.tile_size, args.tile_overlap)
     except ValueError as error:
