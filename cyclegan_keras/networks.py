@@ -13,7 +13,7 @@ from collections.abc import Callable
 import keras
 
 from cyclegan_keras.config import NORMS
-from cyclegan_keras.layers import InstanceNormalization, MaxLeakyReLU, ReflectionPadding2D
+from cyclegan_keras.layers import BatchNormalization, Dropout, InstanceNormalization, MaxLeakyReLU, ReflectionPadding2D
 
 
 def _check_norm(norm):
@@ -27,7 +27,7 @@ def _norm(norm, name):
         return InstanceNormalization(name=name)
     if norm == "batch":
         # PyTorch's momentum 0.1 is Keras's 0.9; gamma ~ N(1, 0.02) as the reference's init_weights.
-        return keras.layers.BatchNormalization(
+        return BatchNormalization(
             momentum=0.9,
             epsilon=1e-5,
             gamma_initializer=keras.initializers.RandomNormal(1.0, 0.02),
@@ -122,7 +122,7 @@ def resnet_generator(
         y = _padded_conv(x, filters * 4, 3, 1, 1, use_bias, f"res{i}_conv0", pad_mode=padding)
         y = _norm_act(y, norm, "relu", f"res{i}_0")
         if dropout:
-            y = keras.layers.Dropout(0.5, name=f"res{i}_dropout")(y)
+            y = Dropout(0.5, name=f"res{i}_dropout")(y)
         y = _padded_conv(y, filters * 4, 3, 1, 1, use_bias, f"res{i}_conv1", pad_mode=padding)
         y = _norm_act(y, norm, None, f"res{i}_1")
         x = keras.layers.Add(name=f"res{i}_add")([shortcut, y])
@@ -176,7 +176,7 @@ def unet_generator(
         if k > 0:
             x = _norm_act(x, norm, None, f"up{k}")
             if dropout and 4 <= k < innermost:
-                x = keras.layers.Dropout(0.5, name=f"up{k}_dropout")(x)
+                x = Dropout(0.5, name=f"up{k}_dropout")(x)
     return _float32_head(inputs, x, "tanh", "head_tanh", name or f"unet_{2**num_downs}")
 
 

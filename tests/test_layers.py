@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from cyclegan_keras import ops
-from cyclegan_keras.layers import InstanceNormalization, MaxLeakyReLU, ReflectionPadding2D
+from cyclegan_keras.layers import BatchNormalization, Dropout, InstanceNormalization, MaxLeakyReLU, ReflectionPadding2D
 
 
 def numpy_instance_norm(x, epsilon=1e-5):
@@ -90,3 +90,26 @@ def test_max_leaky_relu_config_symbolic_and_slope():
     assert keras.saving.get_registered_name(MaxLeakyReLU) == "cyclegan_keras>MaxLeakyReLU"
     with pytest.raises(ValueError, match=r"negative_slope=1.5"):
         MaxLeakyReLU(1.5)
+
+
+def test_batch_norm_keeps_pytorchs_running_variance(rng):
+    # nn.BatchNorm2d: normalize by the biased batch variance, track the unbiased one (momentum 0.1).
+    norm = BatchNormalization(momentum=0.9, epsilon=1e-5)
+    x = rng.normal(2.0, 3.0, (1, 2, 2, 3)).astype("float32")  # 4 values a channel: ddof matters by 4/3
+    y = np.asarray(norm(x, training=True))
+    np.testing.assert_allclose(y, (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + 1e-5), atol=1e-5)
+    np.testing.assert_allclose(norm.moving_variance, 0.9 + 0.1 * x.var((0, 1, 2), ddof=1), rtol=1e-6)
+    np.testing.assert_allclose(norm.moving_mean, 0.1 * x.mean((0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(norm(x), keras.layers.BatchNormalization.call(norm, x), atol=1e-6)  # inference
+    assert type(BatchNormalization.from_config(norm.get_config())) is BatchNormalization
+
+
+def test_dropout_state_is_saved_with_the_model(tmp_path):
+    # So a resumed run draws the masks the uninterrupted one would.
+    inputs = keras.Input((64,))
+    model = keras.Model(inputs, Dropout(0.5)(inputs))
+    ones = np.ones((1, 64), "float32")
+    model(ones, training=True)
+    model.save(tmp_path / "dropout.keras")
+    loaded = keras.models.load_model(tmp_path / "dropout.keras")
+    np.testing.assert_array_equal(loaded(ones, training=True), model(ones, training=True))
