@@ -265,3 +265,20 @@ def test_help_offers_no_dropout_where_a_method_turns_dropout_on():
     shown = " ".join(train.parser().format_help().split())
     assert "--dropout, --no-dropout" in shown and "True for --model pix2pix" in shown
     assert "unet_256 for --model pix2pix (unet_64 on the synthetic dataset)" in shown
+
+
+def test_eval_every_scores_the_test_split_against_its_pairs_and_strict_data_refuses(facades, tmp_path):
+    from cyclegan_keras import config, metrics, training
+
+    settings = dict(model="pix2pix", dataroot=str(facades), generator="unet_64", load_size=72, crop_size=64)
+    run = config.make_config(**settings, eval_every=1)
+    test_a, test_b = training.load_domains(run, "test")
+    evaluation, line = training.make_evaluation(run, (test_a, test_b), None, tmp_path)
+    assert "psnr, ssim, mae (vs each input's pair)" in line and evaluation.monitor == "psnr"
+    scores = evaluation.score(lambda images: images)  # the input itself, against each one's own pair
+    inputs, truths = (
+        data.to_uint8(data.domain_images(d, run.test_preprocessing(n))) for d, n in ((test_a, "A"), (test_b, "B"))
+    )
+    assert scores["psnr"] == pytest.approx(np.mean([metrics.psnr(x, y) for x, y in zip(inputs, truths)]))
+    with pytest.raises(data.DataError, match="(?s)--strict-data: Skipped 1 image file.*odd.png: width 145 is odd"):
+        training.load_domains(config.make_config(**settings, strict_data=True), "train")

@@ -15,6 +15,7 @@ from PIL import Image
 from cyclegan_keras import callbacks as cb
 from cyclegan_keras import data
 from cyclegan_keras.cli import train, translate
+from cyclegan_keras.pix2pix import Pix2Pix  # noqa: F401  (registered for load_model)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -227,9 +228,18 @@ def run_train_process(argv, kill_at_step=None):
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+# pix2pix on the same folders as pairs by name (0.png with 0.png): batch norm's running statistics and
+# dropout's seed state must resume too. No image pool for it, so not TINY_TRAIN_FLAGS' --pool-size.
+PIX2PIX_FLAGS = [
+    *("--model", "pix2pix", "--dataset-mode", "paired", "--generator", "resnet_6blocks", "--ngf", "4"),
+    *("--ndf", "4", "--load-size", "36", "--crop-size", "32", "--snapshot-count", "2"),
+]
+
+
 # Four train.py processes (two at once): the fast tier keeps the in-process lock and resume tests.
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_result(tmp_path, dataroot):
+@pytest.mark.parametrize("model_flags", [TINY_TRAIN_FLAGS, PIX2PIX_FLAGS], ids=["cyclegan", "pix2pix"])
+def test_killed_run_resumes_to_the_same_result(tmp_path, dataroot, model_flags):
     # 3 epochs of 8 steps, checkpoints every 2 steps; killed at step 13
     # (epoch 2, step 5): resumes from epoch 2, step 4 and must end with the
     # same weights as a run that was never interrupted. The killed run is
@@ -245,7 +255,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, dataroot):
         "--checkpoint-every",
         2,
         "--deterministic",
-        *TINY_TRAIN_FLAGS,
+        *model_flags,
     ]
     straight = run_train_process([*flags, "--workdir", tmp_path / "straight"])
     assert straight.returncode == 0, straight.stderr[-3000:]
