@@ -4,9 +4,10 @@
     python export.py --model runs/horse2zebra --direction BtoA --format tflite \\
         --tflite-quantization int8 --representative datasets/horse2zebra/testB --out exported/
     python export.py --from-torch horse2zebra.pth --out horse2zebra/
+    python export.py --pretrained horse2zebra --out horse2zebra/
 
 Writes OUT/saved_model/1/ (TF Serving), OUT/generator_<variant>.tflite (and
-OUT/generator.keras with --from-torch) once every artifact, reloaded in a fresh
+OUT/generator.keras with --from-torch or --pretrained) once every artifact, reloaded in a fresh
 process, matches the Keras model; OUT/export_report.json has the figures. With
 --eval-real DIR the report also scores each artifact's translations: FID/KID
 against DIR (weights: --inception-weights, $CYCLEGAN_INCEPTION_WEIGHTS or
@@ -35,6 +36,7 @@ def parser():
     source.add_argument(
         "--from-torch", type=cli_args.torch_file, help="a PyTorch generator state dict (.pth) of the authors' code"
     )
+    cli_args.add_pretrained_argument(source)
     result.add_argument("--out", required=True, type=cli_args.output_folder, help="output folder")
     cli_args.add_direction_argument(result)
     result.add_argument("--format", default="all", choices=["saved_model", "tflite", "all"], help="default: all")
@@ -112,8 +114,8 @@ def main(argv=None):
     args = cli.parse_args(argv)
     if args.tflite_quantization is not None and args.format == "saved_model":
         cli.error(f"argument --tflite-quantization: applies only with --format tflite or all. Received: {args.format}")
-    if args.from_torch and args.direction != "a2b":
-        cli.error("argument --direction: a --from-torch file holds one generator, which translates its own direction")
+    if cli_args.lone_generator_problem(args):
+        cli.error(cli_args.lone_generator_problem(args))
     for flag in ("eval_input", "inception_weights"):
         if getattr(args, flag) and not args.eval_real:
             cli.error(f"argument --{flag.replace('_', '-')}: applies only with --eval-real")
@@ -154,7 +156,7 @@ def main(argv=None):
             variants,
             representative,
             samples,
-            save_generator=bool(args.from_torch),
+            save_generator=bool(args.from_torch or args.pretrained),
             precision=args.precision,
             max_pixels=args.max_pixels,
         )
@@ -263,7 +265,7 @@ def format_evaluation(report):
 
 
 def load_source(cli, args):
-    """The generator of --model or --from-torch; a file that does not load ends the command (exit 2)."""
+    """The generator of --model, --from-torch or --pretrained; a file that does not load ends the command (exit 2)."""
     if args.from_torch:
         from cyclegan_keras import convert
 
@@ -278,6 +280,8 @@ def load_source(cli, args):
             cli.error(f"argument --from-torch: {error}")
     from cyclegan_keras.translation import ModelLoadError, load_generator
 
+    if args.pretrained:
+        args.model = cli_args.fetch_pretrained(cli, args.pretrained)
     try:
         return load_generator(args.model, args.direction)
     except (FileNotFoundError, ModelLoadError) as error:
