@@ -30,7 +30,7 @@ from cyclegan_keras import __version__, files
 
 AUTHORS_SERVER = "http://efrosgans.eecs.berkeley.edu"
 MIRROR_ENV_VAR = "CYCLEGAN_KERAS_PRETRAINED_URL"
-CACHE_ENV_VAR = "CYCLEGAN_KERAS_CACHE"
+CACHE_ENV_VAR = files.CACHE_ENV_VAR
 TIMEOUT = 30.0  # seconds to connect, and for each read: urllib's one socket timeout covers both
 TRIES = 4  # requests per download, each resuming the last (HTTP Range) while they make progress
 MAX_MEMBER_BYTES = 2**31  # a published generator is about 45 MB; a larger tar member is not one
@@ -163,12 +163,7 @@ def reverse(name):
     return other if other in PRETRAINED else None
 
 
-def default_cache_dir():
-    """`$CYCLEGAN_KERAS_CACHE`, else `$XDG_CACHE_HOME/cyclegan_keras`, else `~/.cache/cyclegan_keras`."""
-    if os.environ.get(CACHE_ENV_VAR):
-        return Path(os.environ[CACHE_ENV_VAR]).expanduser()
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "cyclegan_keras"
+default_cache_dir = files.cache_dir
 
 
 def server():
