@@ -52,6 +52,32 @@ def load_generator(path, direction="a2b"):
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}. Received: direction={direction!r}")
+    path, model = _load_model(path)
+    if isinstance(model, GANModel):
+        return model.generator(direction)
+    if direction != "a2b":
+        raise ValueError(
+            f"{path} holds one generator ({model.name!r}), not a CycleGAN: it translates its own direction "
+            f"only. Received: direction={direction!r}"
+        )
+    return model
+
+
+def load_generators(path):
+    """`{direction: generator}` of a `.keras` file or work directory, read once: both of a CycleGAN, a2b alone.
+
+    A lone generator translates its own direction, named a2b.
+
+    Raises:
+        FileNotFoundError: no model file at `path`.
+        ModelLoadError: the file is not a readable Keras model.
+    """
+    _, model = _load_model(path)
+    return dict(model.generators) if isinstance(model, GANModel) else {"a2b": model}
+
+
+def _load_model(path):
+    """`(the .keras file, its model)`: a `GANModel` or a one-input `keras.Model`."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.keras"
@@ -62,16 +88,9 @@ def load_generator(path, direction="a2b"):
     except Exception as error:  # Keras raises ValueError, TypeError, OSError, zip errors...
         reason = " ".join(str(error).split())[:200] or type(error).__name__
         raise ModelLoadError(f"{path} is not a readable Keras model: {reason}") from None
-    if isinstance(model, GANModel):
-        return model.generator(direction)
-    if not isinstance(model, keras.Model) or len(model.inputs) != 1:
+    if not isinstance(model, GANModel) and (not isinstance(model, keras.Model) or len(model.inputs) != 1):
         raise ModelLoadError(f"{path} holds a {type(model).__name__}, not a CycleGAN or an image generator")
-    if direction != "a2b":
-        raise ValueError(
-            f"{path} holds one generator ({model.name!r}), not a CycleGAN: it translates its own direction "
-            f"only. Received: direction={direction!r}"
-        )
-    return model
+    return path, model
 
 
 def preprocess_for_inference(image, preprocess="none", load_size=DEFAULT_LOAD_SIZE):
