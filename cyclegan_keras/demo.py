@@ -66,7 +66,7 @@ def write_examples(folder, directions, channels=3, size=EXAMPLE_SIZE):
     return rows
 
 
-def build_demo(generators, examples=(), max_memory=None, tile_size=None, overlap=None, title="CycleGAN"):
+def build_demo(generators, examples=(), max_memory=None, tile_size=None, overlap=None, title="CycleGAN demo"):
     """The demo page: an upload (or an example) on the left, its translation on the right; a direction choice.
 
     Args:

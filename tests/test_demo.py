@@ -15,7 +15,7 @@ from conftest import run_cli
 from PIL import Image, ImageOps
 from test_exif import png_declaring
 
-from cyclegan_keras import data, demo, inference, networks, translation
+from cyclegan_keras import data, demo, inference, networks, pretrained, translation
 from cyclegan_keras.cli import demo as demo_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,22 +36,23 @@ def test_a_bad_upload_is_one_line_naming_it(model_file, tmp_path):
     Image.fromarray(data.synthetic_images("A", 1, 64)[0]).save(photo)
     with pytest.raises(demo.UploadError, match=r"^photo\.png: a 64x64 image needs .* more than the memory budget"):
         demo.translate_photo(generator, photo, "photo.png", max_memory=2**10, tile_size=0)
-    image, translated = demo.translate_photo(generator, photo, max_memory=2**10 * memory_kib(generator, 64))
-    assert image.shape == translated.shape == (64, 64, 3) and translated.dtype == np.uint8
 
 
-def memory_kib(generator, side):
-    return inference.memory_needed(generator, 1, side, side) // 2**10 + 1
-
-
-def test_a_cyclegan_offers_both_directions_a_lone_generator_its_own(model_file, tmp_path):
-    assert list(translation.load_generators(model_file)) == ["a2b", "b2a"]
-    networks.resnet_generator(n_blocks=1, filters=8).save(tmp_path / "generator.keras")
-    generators = translation.load_generators(tmp_path / "generator.keras")
-    assert list(generators) == ["a2b"] and generators["a2b"].count_params() > 0
-    (tmp_path / "broken.keras").write_bytes(b"PK not a zip")
-    with pytest.raises(translation.ModelLoadError, match="broken.keras is not a readable Keras model"):
-        translation.load_generators(tmp_path / "broken.keras")
+def test_pretrained_serves_the_cached_generator_offline(monkeypatch, tmp_path):
+    pytest.importorskip("gradio")
+    monkeypatch.setenv(pretrained.CACHE_ENV_VAR, str(tmp_path / "cache"))
+    cached = pretrained.paths("horse2zebra")[2]
+    cached.parent.mkdir(parents=True)
+    networks.resnet_generator(n_blocks=1, filters=8).save(cached)  # as fetch() leaves it: no network needed
+    served = []
+    monkeypatch.setattr(demo, "launch", lambda page, host, port: served.append((page, host, port)))
+    argv = ["--pretrained", "horse2zebra", "--host", "0.0.0.0", "--port", "8123", "--max-memory", "2G"]
+    assert demo_cli.main(argv) == 0
+    [(page, host, port)] = served
+    assert (page.title, host, port) == ("horse2zebra: horse -> zebra (CycleGAN)", "0.0.0.0", 8123)
+    blocks = {getattr(block, "elem_id", None) or type(block).__name__: block for block in page.blocks.values()}
+    assert blocks["direction"].choices == [("A → B", "a2b")] and not blocks["direction"].visible  # no choice
+    assert "the memory budget, 2.0 GiB" in blocks["Markdown"].value
 
 
 def test_without_gradio_the_command_says_what_to_install(model_file, monkeypatch, capsys):

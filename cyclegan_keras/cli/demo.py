@@ -1,6 +1,7 @@
 """A web page to try a model in the browser: drop or pick a photo and see it translated (Gradio).
 
     python demo.py --model runs/synthetic                        # then open http://127.0.0.1:7860
+    python demo.py --pretrained horse2zebra                      # the authors' generator, downloaded once
     python demo.py --model horse2zebra/generator.keras --examples 'horses/*.jpg'
     python demo.py --model runs/horse2zebra --host 0.0.0.0 --port 8080   # reachable from other machines
 
@@ -23,9 +24,9 @@ MAX_EXAMPLES = 8
 
 def parser():
     result = cli_args.ArgumentParser(description=__doc__)
-    result.add_argument(
-        "--model", required=True, type=cli_args.keras_model, help="a .keras file or a training work directory"
-    )
+    source = result.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=cli_args.keras_model, help="a .keras file or a training work directory")
+    cli_args.add_pretrained_argument(source)
     result.add_argument(
         "--host",
         default="127.0.0.1",
@@ -58,6 +59,8 @@ def main(argv=None):
     _env.import_tensorflow()
     from cyclegan_keras import demo, inference, translation
 
+    if args.pretrained:
+        args.model = cli_args.fetch_pretrained(cli, args.pretrained)
     try:
         generators = translation.load_generators(args.model)
     except translation.ModelLoadError as error:
@@ -74,8 +77,7 @@ def main(argv=None):
         else:
             channels = next(iter(generators.values())).input_shape[-1]
             examples = demo.write_examples(folder, generators, channels)
-        model = Path(os.path.realpath(args.model))
-        title = f"CycleGAN: {model.parent.name if model.name == 'model.keras' else model.name}"
+        title = _title(args)
         page = demo.build_demo(generators, examples, args.max_memory, args.tile_size, args.tile_overlap, title)
         try:
             demo.launch(page, args.host, args.port)
@@ -85,6 +87,17 @@ def main(argv=None):
                 "not this machine's; choose another --port (or --host)"
             )
     return 0
+
+
+def _title(args):
+    """The page's heading: the pretrained name and what it does, or the model's file (its folder for model.keras)."""
+    if args.pretrained:
+        from cyclegan_keras import pretrained
+
+        entry = pretrained.get(args.pretrained)
+        return f"{args.pretrained}: {entry.translates} ({pretrained.METHODS[entry.method][0]})"
+    model = Path(os.path.realpath(args.model))
+    return model.parent.name if model.name == "model.keras" else model.name
 
 
 if __name__ == "__main__":
