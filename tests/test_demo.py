@@ -3,6 +3,8 @@ page, and the page itself driven in a real browser (Debian's Chromium, which .ci
 
 import io
 import os
+import re
+import shutil
 import socket
 import sys
 import tomllib
@@ -55,6 +57,19 @@ def test_pretrained_serves_the_cached_generator_offline(monkeypatch, tmp_path):
     assert "the memory budget, 2.0 GiB" in blocks["Markdown"].value
 
 
+def test_the_readme_s_space_app_runs_as_written(model_file, tmp_path, monkeypatch):
+    pytest.importorskip("gradio")
+    section = (ROOT / "README.md").read_text().split("## Try it in the browser", 1)[1].split("\n## ", 1)[0]
+    [app] = [block for block in re.findall(r"^```python\n(.*?)^```$", section, flags=re.S | re.M) if "app.py" in block]
+    shutil.copy(model_file, tmp_path / "model.keras")
+    Image.fromarray(data.synthetic_images("A", 1, 32)[0]).save(tmp_path / "horse.jpg")
+    monkeypatch.chdir(tmp_path)
+    served = []
+    monkeypatch.setattr(demo, "launch", lambda page, host, port: served.append((page.title, host, port)))
+    exec(compile(app, "app.py", "exec"), {"__name__": "__main__"})
+    assert served == [("horse2zebra", "0.0.0.0", 7860)]
+
+
 def test_without_gradio_the_command_says_what_to_install(model_file, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` raises ImportError
     code, output = run_cli(demo_cli.main, ["--model", model_file], capsys)
@@ -89,15 +104,19 @@ def chromium():
 
 @pytest.fixture
 def served(model_file, monkeypatch):
-    """`cyclegan-demo --model model_file --port PORT` (a free port), serving from a thread of this process: its URL."""
+    """`cyclegan-demo --model model_file --port PORT` (a free port), serving from a thread of this process.
+
+    Returns its URL and the generators it loaded (their traced graphs then serve the test's own translations).
+    """
     pytest.importorskip("gradio")
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-    pages, serve = [], demo.launch
+    pages, serve, loaded, load = [], demo.launch, [], translation.load_generators
     monkeypatch.setattr(demo, "launch", lambda page, host, port: pages.append(serve(page, host, port, block=False)))
+    monkeypatch.setattr(translation, "load_generators", lambda path: loaded.append(load(path)) or loaded[0])
     port = free_port()
     assert demo_cli.main(["--model", str(model_file), "--port", str(port)]) == 0
     try:
-        yield f"http://127.0.0.1:{port}/"
+        yield f"http://127.0.0.1:{port}/", loaded[0]
     finally:
         pages[0].close()
 
@@ -114,7 +133,21 @@ def shown_image(page, previous=None):
         return source, np.asarray(Image.open(io.BytesIO(response.read())))
 
 
-def test_the_page_translates_an_upload_in_a_real_browser(chromium, served, model_file, tmp_path):
+def assert_translation(shown, expected):
+    """The page's PNG against the translation computed here: within 1 level, in at most 1% of the values.
+
+    Not exact: the same generator on the same pixels, but TensorFlow's CPU kernels are not bit-identical
+    from call to call (a reduction split over other threads), and a value within ~1e-6 of a rounding
+    boundary then lands one level off: 0 or 1 value of the 3840 in a run, in about half the runs.
+    A lossy PNG or WebP, a resize, the other direction or no EXIF orientation would be far outside this.
+    """
+    assert shown.shape == expected.shape and shown.dtype == expected.dtype == np.uint8
+    difference = np.abs(shown.astype(int) - expected)
+    assert difference.max() <= 1 and np.mean(difference > 0) <= 0.01, (difference.max(), np.mean(difference > 0))
+
+
+def test_the_page_translates_an_upload_in_a_real_browser(chromium, served, tmp_path):
+    url, generators = served
     # A portrait phone photo: stored 40 wide and 32 high, EXIF orientation 6 (shown a quarter turn clockwise).
     stored = np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8)
     photo = tmp_path / "portrait.png"
@@ -124,11 +157,10 @@ def test_the_page_translates_an_upload_in_a_real_browser(chromium, served, model
     upright = np.asarray(ImageOps.exif_transpose(Image.open(photo)))
     assert upright.shape == (40, 32, 3)
     another = tmp_path / "another.png"
-    Image.fromarray(stored[::-1]).save(another)
-    generators = translation.load_generators(model_file)
+    Image.fromarray(upright[::-1]).save(another)
     expected = {
         (name, direction): data.to_uint8(inference.translate_images(generator, image / 127.5 - 1.0))
-        for name, image in (("portrait", upright), ("another", stored[::-1]))
+        for name, image in (("portrait", upright), ("another", upright[::-1]))
         for direction, generator in generators.items()
     }
     assert np.abs(expected["portrait", "a2b"].astype(int) - expected["portrait", "b2a"]).max() > 100
@@ -138,14 +170,13 @@ def test_the_page_translates_an_upload_in_a_real_browser(chromium, served, model
     page = chromium.new_page(viewport={"width": 1280, "height": 900})
     requests = []
     page.on("request", lambda request: requests.append(request.url))
-    page.goto(served)
+    page.goto(url)
     page.locator("#photo input[type=file]").set_input_files(photo)
     source, shown = shown_image(page)
-    # Exact: the same weights on the same decoded pixels through one code path, and PNG is lossless.
-    np.testing.assert_array_equal(shown, expected["portrait", "a2b"])
+    assert_translation(shown, expected["portrait", "a2b"])
     page.locator("#direction").get_by_text("B → A").click()
     source, shown = shown_image(page, source)
-    np.testing.assert_array_equal(shown, expected["portrait", "b2a"])
+    assert_translation(shown, expected["portrait", "b2a"])
     examples = page.locator("#examples img")
     assert examples.count() == 2 and all(examples.nth(i).evaluate("img => img.naturalWidth") == 256 for i in (0, 1))
     screenshot = tmp_path / "demo.png"
@@ -160,6 +191,6 @@ def test_the_page_translates_an_upload_in_a_real_browser(chromium, served, model
     page.screenshot(path=tmp_path / "bad_upload.png", full_page=True, animations="disabled")
     page.locator("#photo input[type=file]").set_input_files(another)  # the server is still there
     _, shown = shown_image(page, source)
-    np.testing.assert_array_equal(shown, expected["another", "b2a"])
-    outside = [url for url in requests if not url.startswith((served, "data:", "blob:"))]
+    assert_translation(shown, expected["another", "b2a"])
+    outside = [address for address in requests if not address.startswith((url, "data:", "blob:"))]
     assert outside == []  # the page loads nothing from the internet
