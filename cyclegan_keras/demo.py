@@ -13,7 +13,6 @@ import tensorflow as tf
 from cyclegan_keras import data, files
 from cyclegan_keras.inference import MemoryBudgetError, default_memory_budget, translate_images
 
-GRADIO_MISSING = "the demo page needs Gradio: pip install cyclegan-keras[demo]"
 DIRECTION_LABELS = {"a2b": "A → B", "b2a": "B → A"}
 # Each direction's example comes from its source domain of the synthetic set (`data.synthetic_images`).
 SOURCE_DOMAINS = {"a2b": "A", "b2a": "B"}

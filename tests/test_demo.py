@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import tomllib
 import urllib.request
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
 from PIL import Image, ImageOps
 from test_exif import png_declaring
 
@@ -70,10 +70,22 @@ def test_the_readme_s_space_app_runs_as_written(model_file, tmp_path, monkeypatc
     assert served == [("horse2zebra", "0.0.0.0", 7860)]
 
 
-def test_without_gradio_the_command_says_what_to_install(model_file, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` raises ImportError
-    code, output = run_cli(demo_cli.main, ["--model", model_file], capsys)
-    assert (code, output) == (1, "error: the demo page needs Gradio: pip install cyclegan-keras[demo]\n")
+def test_without_gradio_the_command_says_what_to_install(model_file):
+    # A fresh process where `import gradio` fails: the line comes before TensorFlow is imported.
+    code = (
+        "import sys; sys.modules['gradio'] = None\n"
+        "from cyclegan_keras.cli import demo\n"
+        f"code = demo.main(['--model', {str(model_file)!r}])\n"
+        "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported first'\n"
+        "sys.exit(code)"
+    )
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=120)
+    assert (run.returncode, run.stdout, run.stderr) == (
+        1,
+        "",
+        "error: the demo page needs Gradio: pip install cyclegan-keras[demo]\n",
+    )
 
 
 def test_the_demo_extra_is_in_the_dev_requirements():

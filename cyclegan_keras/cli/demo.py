@@ -20,6 +20,8 @@ from cyclegan_keras.cli import args as cli_args
 from cyclegan_keras.cli import full_disk_exits_1
 
 MAX_EXAMPLES = 8
+# Told before TensorFlow is imported (cyclegan_keras.demo imports it): at once, and where it is missing too.
+GRADIO_MISSING = "the demo page needs Gradio: pip install cyclegan-keras[demo]"
 
 
 def parser():
@@ -52,8 +54,6 @@ def main(argv=None):
     try:
         import gradio  # noqa: F401  (before TensorFlow: a missing extra is told at once)
     except ImportError:
-        from cyclegan_keras.demo import GRADIO_MISSING
-
         print(f"error: {GRADIO_MISSING}", file=sys.stderr)
         return 1
     _env.import_tensorflow()
