@@ -289,7 +289,10 @@ class ImageSnapshot(keras.callbacks.Callback):
             return
         import tensorflow as tf
 
-        strip = np.concatenate([np.concatenate(row, axis=1) for row in rows], axis=0)
+        def rgb(image):  # as the PNG shows it: grayscale as gray, RGB of more channels
+            return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
+
+        strip = np.concatenate([np.concatenate([rgb(image) for image in row], axis=1) for row in rows], axis=0)
         with tf.summary.create_file_writer(str(self.tensorboard_dir)).as_default():
             tf.summary.image(tag, (strip[None] + 1.0) / 2.0, step=step, description=name)
 

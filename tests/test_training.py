@@ -437,6 +437,8 @@ def test_one_channel_to_three_trains_in_both_directions(tmp_path, dataroot, eage
     # input_nc is the model's domain A, whichever folder that is.
     assert model.generator_ab.input_shape[-1] == 1 and model.generator_ab.output_shape[-1] == 3
     assert model.generator_ba.input_shape[-1] == 3 and model.generator_ba.output_shape[-1] == 1
+    # TensorBoard's snapshot shows the grayscale columns as gray beside the RGB ones: one pair, 6 columns.
+    assert read_tensorboard(tmp_path / "run" / "tensorboard")["snapshots"] == [(1, (6 * 32, 32))]
 
 
 def test_an_old_config_with_atob_still_resumes(tmp_path, dataroot):
