@@ -146,7 +146,7 @@ def fid_image_folder(text):
 
 
 def model_source(text):
-    """argparse type: a `.keras` file or work directory, a SavedModel directory (or export OUT) or a `.tflite` file."""
+    """argparse type: a `.keras` file or work directory, a SavedModel folder (or export OUT), `.tflite` or `.onnx`."""
     path = Path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text} not found")
@@ -158,11 +158,11 @@ def model_source(text):
                 f"{text} holds neither model.keras (a work directory) nor saved_model.pb (a SavedModel)"
             )
         return keras_model(text)
-    if path.suffix == ".tflite":
+    if path.suffix in (".tflite", ".onnx"):
         return text
     if path.suffix != ".keras":
         raise argparse.ArgumentTypeError(
-            f"{text} is not a .keras file, a work directory, a SavedModel directory or a .tflite file"
+            f"{text} is not a .keras file, a work directory, a SavedModel directory, a .tflite or an .onnx file"
         )
     return keras_model(text)
 

@@ -27,7 +27,7 @@ from cyclegan_keras.config import RESIZE_MODES
 def parser():
     result = cli_args.ArgumentParser(description=__doc__)
     source = result.add_mutually_exclusive_group(required=True)
-    model_help = "a .keras file, work directory, SavedModel directory or .tflite file"
+    model_help = "a .keras file, work directory, SavedModel directory, .tflite or .onnx file"
     source.add_argument("--model", type=cli_args.model_source, help=model_help)
     source.add_argument("--fake", type=cli_args.image_folder, help="a folder of images already translated")
     cli_args.add_pretrained_argument(source)

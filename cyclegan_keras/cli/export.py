@@ -7,8 +7,8 @@
     python export.py --pretrained horse2zebra --out horse2zebra/
 
 Writes OUT/saved_model/1/ (TF Serving), OUT/generator_<variant>.tflite (and
-OUT/generator.keras with --from-torch or --pretrained) once every artifact, reloaded in a fresh
-process, matches the Keras model; OUT/export_report.json has the figures. With
+OUT/generator.keras with --from-torch or --pretrained, OUT/generator.onnx with --onnx) once every
+artifact, reloaded in a fresh process, matches the Keras model; OUT/export_report.json has the figures. With
 --eval-real DIR the report also scores each artifact's translations: FID/KID
 against DIR (weights: --inception-weights, $CYCLEGAN_INCEPTION_WEIGHTS or
 ~/.cache/cyclegan_keras/) and PSNR/SSIM/MAE against Keras.
@@ -20,7 +20,7 @@ import sys
 from cyclegan_keras import _env, files
 from cyclegan_keras.cli import args as cli_args
 from cyclegan_keras.cli import full_disk_exits_1
-from cyclegan_keras.config import EXPORT_ALIASES, EXPORT_PRECISIONS, SERVING_MAX_PIXELS, TFLITE_VARIANTS
+from cyclegan_keras.config import EXPORT_ALIASES, EXPORT_PRECISIONS, ONNX_INSTALL, SERVING_MAX_PIXELS, TFLITE_VARIANTS
 
 MIN_SAMPLE_SIZE = 8  # the odd-sized parity sample is (size - 6) x (size + 10)
 
@@ -40,6 +40,12 @@ def parser():
     result.add_argument("--out", required=True, type=cli_args.output_folder, help="output folder")
     cli_args.add_direction_argument(result)
     result.add_argument("--format", default="all", choices=["saved_model", "tflite", "all"], help="default: all")
+    result.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write OUT/generator.onnx (any batch, height and width), verified with onnxruntime; "
+        f"needs the [onnx] extra: {ONNX_INSTALL}",
+    )
     result.add_argument(
         "--precision",
         default="float32",
@@ -133,6 +139,11 @@ def main(argv=None):
     from cyclegan_keras import export
     from cyclegan_keras.data import DataError
 
+    if args.onnx:
+        try:
+            export.require_onnx()
+        except export.MissingPackage as error:
+            cli.error(f"argument --onnx: {error}")
     generator = load_source(cli, args)
     channels = generator.input_shape[-1]
     representative = samples = None
@@ -143,6 +154,7 @@ def main(argv=None):
             cli.error(f"argument --representative: {error}")
         samples = representative[:2]
     formats = ("saved_model", "tflite") if args.format == "all" else (args.format,)
+    formats += ("onnx",) if args.onnx else ()
     quantization = args.tflite_quantization or "float32"
     variants = TFLITE_VARIANTS if quantization == "all" else (quantization,)
     if samples is None:
