@@ -329,6 +329,15 @@ def test_a_second_process_waits_and_uses_the_first_one_s_file(mirror, tmp_path):
     assert done == [target] and mirror.requests == []  # found it after the lock: no second download
 
 
+def test_a_pix2pix_generator_converts_with_its_running_statistics(mirror):
+    # The authors' pix2pix files are batch-norm U-Nets (issue 18): the tiny fixture stands in for one.
+    mirror.files["/pix2pix/models-pytorch/sat2map.pth"] = (FIXTURES / "unet_batchnorm_tiny.pth").read_bytes()
+    generator = pretrained.load("pix2pix/sat2map", progress=False)
+    reference = np.load(FIXTURES / "torch_reference_batchnorm.npz")
+    error = np.max(np.abs(np.asarray(generator(reference["input"])) - reference["running_statistics"]))
+    assert error < 1e-5 and generator.get_layer("down1_norm").moving_variance.numpy().min() > 0.5
+
+
 def test_a_method_the_converter_lacks_says_so(mirror):
     # A state dict the converter has no generator for (a key renamed, the same length, CRCs rewritten).
     source = zipfile.ZipFile(io.BytesIO(PTH))
