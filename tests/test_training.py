@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN_FLAGS, tiny_cyclegan
+from conftest import TINY_CUT_FLAGS, TINY_TRAIN_FLAGS, tiny_cyclegan
 from PIL import Image
 
 from cyclegan_keras import callbacks as cb
@@ -229,7 +229,12 @@ def run_train_process(argv, kill_at_step=None):
 
 # Four train.py processes (two at once): the fast tier keeps the in-process lock and resume tests.
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_result(tmp_path, dataroot):
+@pytest.mark.parametrize(
+    "model_flags",
+    [TINY_TRAIN_FLAGS, [*TINY_CUT_FLAGS, "--flip-equivariance"]],  # CUT: every random draw of its step
+    ids=["cyclegan", "cut"],
+)
+def test_killed_run_resumes_to_the_same_result(tmp_path, dataroot, model_flags):
     # 3 epochs of 8 steps, checkpoints every 2 steps; killed at step 13
     # (epoch 2, step 5): resumes from epoch 2, step 4 and must end with the
     # same weights as a run that was never interrupted. The killed run is
@@ -245,7 +250,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, dataroot):
         "--checkpoint-every",
         2,
         "--deterministic",
-        *TINY_TRAIN_FLAGS,
+        *model_flags,
     ]
     straight = run_train_process([*flags, "--workdir", tmp_path / "straight"])
     assert straight.returncode == 0, straight.stderr[-3000:]

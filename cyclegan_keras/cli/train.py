@@ -1,14 +1,16 @@
-"""Train a CycleGAN.
+"""Train a CycleGAN (or CUT, FastCUT: --model cut, fastcut).
 
     python train.py                                  # built-in synthetic data, minutes on a CPU
     python train.py --dataroot datasets/horse2zebra  # a folder with trainA/ trainB/ (testA/ testB/)
     python train.py --dataset horse2zebra --download # tensorflow-datasets' cycle_gan
+    python train.py --model cut --dataroot datasets/horse2zebra   # CUT, one direction (A -> B)
 
 Running the same command again resumes an interrupted run from its last
 checkpoint. Everything lands in --workdir; the trained model is
 WORKDIR/model.keras.
 """
 
+import argparse
 import dataclasses
 import os
 import sys
@@ -25,6 +27,7 @@ KIND_TYPES = {
     "image_folder": cli_args.image_folder,
     "output_folder": cli_args.output_folder,
     "direction": cli_args.direction,
+    "layers": cli_args.layer_indices,
 }
 
 
@@ -33,17 +36,23 @@ def argument(field):
     m = field.metadata
     if "help" not in m:
         raise TypeError(f"TrainConfig.{field.name} has no help: declare it with config.setting(...)")
+    owners = [model for model, names in config_module.MODEL_SETTINGS.items() if field.name in names]
+    only = f"--model {', '.join(owners)} only" if owners else None
+    on_for = [model for model, defaults in config_module.MODEL_DEFAULTS.items() if defaults.get(field.name) is True]
+    if field.type is bool and not on_for:
+        return dict(action="store_true", default=None, help=m["help"] + (f" ({only})" if only else ""))
     if field.type is bool:
-        return dict(action="store_true", default=None, help=m["help"])
+        # On by default for some method (CUT's --nce-idt): --no-... turns it off.
+        shown = "; ".join([f"default: off, on for --model {', '.join(on_for)}", *([only] if only else [])])
+        return dict(action=argparse.BooleanOptionalAction, default=None, help=f"{m['help']} ({shown})")
     shown = f"default: {field.default}"
     if field.name in config_module.SYNTHETIC_DEFAULTS:
         shown += f"; {config_module.SYNTHETIC_DEFAULTS[field.name]} on the synthetic dataset"
     for model, defaults in config_module.MODEL_DEFAULTS.items():
         if field.name in defaults:
             shown += f"; {defaults[field.name]} for --model {model}"
-    owners = [model for model, names in config_module.MODEL_SETTINGS.items() if field.name in names]
-    if owners:
-        shown += f"; --model {', '.join(owners)} only"
+    if only:
+        shown += f"; {only}"
     # None means "not given", so make_config can tell defaults from choices.
     check = KIND_TYPES.get(m["kind"]) or config_module.value_range(field)
     if check is None and m["choices"] is None:
