@@ -62,7 +62,7 @@ class PatchSampleMLP(keras.Model):
         return outputs
 
     def get_config(self):
-        return {"name": self.name, "trainable": self.trainable, "channels": list(self.channels), "units": self.units}
+        return {**super().get_config(), "channels": list(self.channels), "units": self.units}
 
 
 def _dense(units, activation, name):

@@ -73,7 +73,7 @@ def test_cut_on_two_replicas_takes_the_step_of_one_device(rng, mirrored):
         with strategy.scope():
             model = tiny_cut()
             sgd = dict(
-                generator_optimizer=keras.optimizers.SGD(0.05), discriminator_optimizer=keras.optimizers.SGD(0.05)
+                generator_optimizer=keras.optimizers.SGD(0.01), discriminator_optimizer=keras.optimizers.SGD(0.01)
             )
             model.compile(**sgd, lambda_nce=10.0, flip_equivariance=True, num_patches=16)
         model.set_weights(weights)
@@ -81,7 +81,8 @@ def test_cut_on_two_replicas_takes_the_step_of_one_device(rng, mirrored):
         models.append(model)
     one, two = models
     assert two.distribute_strategy.num_replicas_in_sync == 2
-    assert max(np.abs(w1 - w0).max() for w1, w0 in zip(one.get_weights(), weights)) > 1e-2
+    trained = zip(one.get_weights(), weights, one.weights)
+    assert max(np.abs(w1 - w0).max() for w1, w0, variable in trained if variable.trainable) > 1e-2
     for w1, w2, variable in zip(one.get_weights(), two.get_weights(), one.weights):
         np.testing.assert_allclose(w2, w1, atol=1e-5, err_msg=variable.path)
 
