@@ -1,9 +1,10 @@
 """Per-image latency of the exported generator at 256x256, against Keras.
 
 Exports a resnet_9blocks generator (random weights: latency does not depend
-on them) as SavedModel and every TFLite variant, then times batch-1
+on them) as SavedModel, every TFLite variant and ONNX, then times batch-1
 inference on 256x256 images: Keras (the padded tf.function), the reloaded
-SavedModel, and each .tflite in ai_edge_litert with all CPU threads.
+SavedModel, each .tflite in ai_edge_litert with all CPU threads, and the
+.onnx in onnxruntime (its default threads: one per physical core).
 For comparison, the authors' PyTorch generator takes about 1.0 s per
 256x256 image on a 2-core CPU.
 
@@ -50,7 +51,8 @@ def main():
     results = {"size": 256, "generator": "resnet_9blocks", "batch": 1, "threads": os.cpu_count()}
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        report = export.export(generator, out, ("saved_model", "tflite"), export.TFLITE_VARIANTS, samples=samples)
+        formats = ("saved_model", "tflite", "onnx")
+        report = export.export(generator, out, formats, export.TFLITE_VARIANTS, samples=samples)
         results["export_seconds"] = round(time.perf_counter() - start, 1)
         keras_fn = tf.function(padded_call(generator))
         results["keras_ms"] = round(1000 * median_seconds(lambda: keras_fn(image).numpy(), args.runs), 1)
@@ -58,6 +60,14 @@ def main():
         results["saved_model_ms"] = round(
             1000 * median_seconds(lambda: serving(images=tf.constant(image))["translated"].numpy(), args.runs), 1
         )
+        onnx = next(a for a in report["artifacts"] if a["format"] == "onnx")
+        session = export.onnx_session(os.path.join(out, onnx["path"]))
+        results["onnx_ms"] = round(1000 * median_seconds(lambda: session.run(None, {"images": image}), args.runs), 1)
+        results["onnx_mb"] = round(onnx["size_bytes"] / 2**20, 2)
+        results["onnx_psnr_db"] = onnx["psnr_db"]
+        results["onnx_max_abs_error"] = onnx["max_abs_error"]
+        results["onnx_providers"] = session.get_providers()
+        results["onnxruntime"] = onnx["onnxruntime"]
         for artifact in report["artifacts"]:
             if artifact["format"] != "tflite":
                 continue

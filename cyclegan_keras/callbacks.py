@@ -157,6 +157,8 @@ class CSVLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        if not completed(self.model, logs):  # stopped midway: the resumed run writes this epoch's row
+            return
         if self.keys is None:
             self.keys = sorted(logs)
         rows = [] if self.filename.exists() and self.filename.stat().st_size else [["epoch", *self.keys]]
@@ -209,12 +211,23 @@ class ImageSnapshot(keras.callbacks.Callback):
         every_n_steps: also snapshot every this many steps (`step_XXXXXXX.png`).
         cell_size: pixels per image cell.
         every_n_epochs: 0: never at epoch ends.
+        tensorboard_dir: also write each snapshot there: `snapshots` at the epoch (from 1) at epoch ends,
+            `snapshots_by_step` at the step for `every_n_steps`.
+        initial_step: steps done before this callback's first (a resumed run's), so step numbers go on.
     """
 
     TITLE_PIXELS = 40
 
     def __init__(
-        self, images_a, images_b, out_dir, every_n_steps=None, cell_size=128, tensorboard_dir=None, every_n_epochs=1
+        self,
+        images_a,
+        images_b,
+        out_dir,
+        every_n_steps=None,
+        cell_size=128,
+        tensorboard_dir=None,
+        every_n_epochs=1,
+        initial_step=0,
     ):
         super().__init__()
         if len(images_a) != len(images_b) or len(images_a) == 0:
@@ -229,14 +242,15 @@ class ImageSnapshot(keras.callbacks.Callback):
         self.cell_size = cell_size
         self.tensorboard_dir = tensorboard_dir
         self.every_n_epochs = every_n_epochs
-        self.epoch, self.step = 0, 0
+        self.epoch, self.step = 0, initial_step
 
     def grid(self) -> tuple[list[str], list[tuple[np.ndarray, ...]]]:
         """The column names, and a row of images per fixed pair."""
         columns = self.model.snapshot_columns(self.images_a, self.images_b)
         return list(columns), list(zip(*columns.values()))
 
-    def save(self, name: str, title: str) -> Path:
+    def save(self, name: str, title: str, tag: str = "snapshots", step: int | None = None) -> Path:
+        """Writes `out_dir/name.png`, and the same grid to TensorBoard as `tag` at `step` (default: the step)."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
@@ -260,10 +274,10 @@ class ImageSnapshot(keras.callbacks.Callback):
                     axes.text(2, 10, names[c], color="white", fontsize=7, backgroundcolor="black")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = files.replace_atomically(self.out_dir / f"{name}.png", lambda partial: figure.savefig(partial, dpi=dpi))
-        self._to_tensorboard(rows, name)
+        self._to_tensorboard(rows, name, tag, self.step if step is None else step)
         return path
 
-    def _to_tensorboard(self, rows, name):
+    def _to_tensorboard(self, rows, name, tag, step):
         if self.tensorboard_dir is None:
             return
         try:
@@ -272,9 +286,12 @@ class ImageSnapshot(keras.callbacks.Callback):
             return
         import tensorflow as tf
 
-        strip = np.concatenate([np.concatenate(row, axis=1) for row in rows], axis=0)
+        def rgb(image):  # as the PNG shows it: grayscale as gray, RGB of more channels
+            return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
+
+        strip = np.concatenate([np.concatenate([rgb(image) for image in row], axis=1) for row in rows], axis=0)
         with tf.summary.create_file_writer(str(self.tensorboard_dir)).as_default():
-            tf.summary.image("snapshots", (strip[None] + 1.0) / 2.0, step=self.step, description=name)
+            tf.summary.image(tag, (strip[None] + 1.0) / 2.0, step=step, description=name)
 
     def _title(self, label, logs):
         losses = ", ".join(f"{k} {v:.3f}" for k, v in sorted((logs or {}).items()) if k.endswith("loss"))
@@ -286,11 +303,12 @@ class ImageSnapshot(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
         if self.every_n_steps and self.step % self.every_n_steps == 0:
-            self.save(f"step_{self.step:07d}", self._title(f"epoch {self.epoch + 1}, step {self.step}", logs))
+            title = self._title(f"epoch {self.epoch + 1}, step {self.step}", logs)
+            self.save(f"step_{self.step:07d}", title, tag="snapshots_by_step")
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0:
-            self.save(f"epoch_{epoch + 1:03d}", self._title(f"epoch {epoch + 1}", logs))
+        if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0 and completed(self.model, logs):
+            self.save(f"epoch_{epoch + 1:03d}", self._title(f"epoch {epoch + 1}", logs), step=epoch + 1)
 
 
 class Evaluation(keras.callbacks.Callback):
@@ -419,18 +437,8 @@ class Evaluation(keras.callbacks.Callback):
     def _to_tensorboard(self, scores, step):
         if self.tensorboard_dir is None:
             return
-        import tensorflow as tf
-        from tensorflow.core.framework import summary_pb2
-
-        # What tf.summary.scalar writes, without needing the tensorboard package.
-        metadata = summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
-        )
-        writer = tf.summary.create_file_writer(str(self.tensorboard_dir))
-        with writer.as_default():
-            for key in self.KEYS:
-                if key in scores:
-                    tf.summary.write(f"eval/{key}", tf.constant(scores[key], tf.float32), step, metadata=metadata)
+        writer = ScalarWriter(self.tensorboard_dir)
+        writer.write({f"eval/{key}": scores[key] for key in self.KEYS if key in scores}, step)
         writer.close()
 
     def _keep_if_best(self, epoch, scores):
@@ -452,6 +460,82 @@ class Evaluation(keras.callbacks.Callback):
                 f"Best model by {self.best['metric']}: epoch {self.best['epoch']} "
                 f"({_format_scores(self.best['scores'])}), kept as {self.best_path}"
             )
+
+
+class ScalarWriter:
+    """Scalars into a TensorBoard log folder, as `tf.summary.scalar` writes them (no tensorboard package needed)."""
+
+    def __init__(self, log_dir):
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        self._tf = tf
+        self._writer = tf.summary.create_file_writer(str(log_dir))
+        self._metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+        )
+
+    def write(self, values, step):
+        """Writes `{tag: number}` at `step` (non-finite values are left out) and flushes."""
+        tf = self._tf
+        with self._writer.as_default():
+            for tag, value in values.items():
+                if math.isfinite(float(value)):
+                    tf.summary.write(tag, tf.constant(float(value), tf.float32), step, metadata=self._metadata)
+        self._writer.flush()
+
+    def close(self):
+        self._writer.close()
+
+
+class EpochScalars(keras.callbacks.Callback):
+    """Writes each epoch's log to TensorBoard at the epoch (from 1), as `log.csv` has it.
+
+    Tags: `losses/<name>` for every epoch-mean `*loss`, `learning_rate/generator` and
+    `learning_rate/discriminator` (each optimizer's rate: `learning_rate` for a model with one),
+    and the other numbers of the log by their names (`seconds_per_step`). `Evaluation`'s
+    scores are left to it (`eval/<name>`, at the epochs evaluated). A resumed `fit(initial_epoch=e)`
+    goes on at epoch e + 1: put this callback after the CSV log and before `Checkpoint`, so that an
+    epoch is in TensorBoard when its row is in the log, and rerun only when its row is.
+
+    Args:
+        log_dir: the TensorBoard folder (`WORKDIR/tensorboard`).
+    """
+
+    SKIPPED = ("lr", *Evaluation.KEYS)
+
+    def __init__(self, log_dir):
+        super().__init__()
+        self.log_dir = log_dir
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        self._writer = ScalarWriter(self.log_dir)
+
+    def learning_rates(self):
+        """`{tag: rate}` of the model's optimizers now."""
+
+        def rate(optimizer):
+            return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+        roles = {role: getattr(self.model, f"{role}_optimizer", None) for role in ("generator", "discriminator")}
+        if all(roles.values()):
+            return {f"learning_rate/{role}": rate(optimizer) for role, optimizer in roles.items()}
+        return {"learning_rate": rate(self.model.optimizer)}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not completed(self.model, logs):  # as the CSV log: the resumed run writes this epoch
+            return
+        values = {}
+        for key, value in sorted((logs or {}).items()):
+            if key not in self.SKIPPED and np.ndim(value) == 0:
+                values[f"losses/{key}" if key.endswith("loss") else key] = value
+        self._writer.write({**values, **self.learning_rates()}, epoch + 1)
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 def _format_scores(scores):
@@ -534,7 +618,7 @@ class Checkpoint(keras.callbacks.Callback):
             self.save(self.epoch, step)
 
     def on_epoch_end(self, epoch, logs=None):
-        if _finite(logs) and not self.model.stop_training:
+        if completed(self.model, logs):
             self.save(epoch + 1, 0)
 
     def save(self, epoch: int, step: int) -> None:
@@ -551,6 +635,11 @@ class Checkpoint(keras.callbacks.Callback):
 
 def _size_or_none(path):
     return Path(path).stat().st_size if Path(path).is_file() else None
+
+
+def completed(model, logs):
+    """Whether an epoch that ends with `logs` was trained to its end with finite losses (it is saved)."""
+    return _finite(logs) and not getattr(model, "stop_training", False)
 
 
 def _finite(logs):

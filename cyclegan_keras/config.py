@@ -54,6 +54,9 @@ RENAMED_SETTINGS = {"jit_compile": "xla"}
 EXPORT_PRECISIONS = ("float32", "mixed_bfloat16")
 TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
 EXPORT_ALIASES = {"bfloat16": "mixed_bfloat16", "none": "float32"}
+# export.py --onnx: the optional packages (convert, name the axes, verify) and how to install them.
+ONNX_PACKAGES = ("tf2onnx", "onnx", "onnxruntime")
+ONNX_INSTALL = "pip install 'cyclegan-keras[onnx]'"
 
 # `python train.py` on the synthetic dataset: minutes on a laptop CPU. Only for settings not given.
 SYNTHETIC_DEFAULTS = dict(

@@ -1,11 +1,13 @@
-"""Ship a generator: SavedModel for TF Serving, TFLite/LiteRT for phones, verified.
+"""Ship a generator: SavedModel for TF Serving, TFLite/LiteRT for phones, ONNX, verified.
 
 `export(generator, out_dir, ...)` writes OUT/saved_model/1/ (with warmup requests),
-OUT/generator_<variant>.tflite, OUT/reference.npz and OUT/export_report.json; `verify(out_dir)`,
+OUT/generator_<variant>.tflite, OUT/generator.onnx (with the `[onnx]` extra), OUT/reference.npz
+and OUT/export_report.json; `verify(out_dir)`,
 run in a fresh process, reloads every artifact and measures it against the Keras outputs.
 The signatures, the size limit and the TFLite interface: README "Ship the generator".
 """
 
+import importlib
 import json
 import math
 import os
@@ -15,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import keras
@@ -22,7 +25,14 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan_keras import files, networks
-from cyclegan_keras.config import EXPORT_ALIASES, EXPORT_PRECISIONS, SERVING_MAX_PIXELS, TFLITE_VARIANTS
+from cyclegan_keras.config import (
+    EXPORT_ALIASES,
+    EXPORT_PRECISIONS,
+    ONNX_INSTALL,
+    ONNX_PACKAGES,
+    SERVING_MAX_PIXELS,
+    TFLITE_VARIANTS,
+)
 from cyclegan_keras.inference import padded_call
 
 FLOAT32_TOLERANCE = 1e-4
@@ -331,6 +341,63 @@ def _convert_tflite(source, path, variant, representative_images):
     return Path(path)
 
 
+ONNX_FILE = "generator.onnx"
+
+
+class MissingPackage(ImportError):
+    """An optional package an export needs is not installed; the message says what to install."""
+
+
+def require_onnx():
+    """Raises `MissingPackage` naming the first of `ONNX_PACKAGES` that does not import."""
+    for name in ONNX_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise MissingPackage(
+                f"the ONNX export needs the {name} package ({error}): {ONNX_INSTALL}, or pip install "
+                + " ".join(ONNX_PACKAGES)
+            ) from None
+
+
+class _Padded(keras.Model):
+    """`padded_call(generator)` as a Keras model (padding included), returning `{"translated": images}`."""
+
+    def __init__(self, generator):
+        super().__init__(name=f"{generator.name}_padded")
+        self.generator = generator
+        self._translate = padded_call(generator)
+
+    def call(self, images):
+        return {"translated": self._translate(images)}
+
+
+def export_onnx(generator, path):
+    """Writes `generator` (padding included) as ONNX: `images` float32 NHWC in [-1, 1] -> `translated`.
+
+    Through Keras's own `model.export(format="onnx")` (tf2onnx's `from_function`, ONNX's default
+    opset of that tf2onnx); batch, height and width are dynamic, named `batch`, `height`, `width`.
+    """
+    require_onnx()
+    import onnx
+
+    channels = generator.input_shape[-1]
+    model = _Padded(generator)
+    model.build((None, None, None, channels))
+    spec = keras.InputSpec(shape=(None, None, None, channels), dtype="float32", name="images")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # Keras sets np.object for tf2onnx under numpy 2
+        model.export(str(path), format="onnx", verbose=False, input_signature=[spec])
+    # tf2onnx names the dynamic axes unk__N; these names say what they are, and that the output's match.
+    proto = onnx.load(str(path))
+    for value in (*proto.graph.input, *proto.graph.output):
+        for dimension, name in zip(value.type.tensor_type.shape.dim, ("batch", "height", "width")):
+            dimension.dim_param = name
+    onnx.save(proto, str(path))
+    return Path(path)
+
+
 def sample_images(generator, size=256, count=2, seed=0):
     """Synthetic parity samples: a square one and an odd-sized one."""
     from cyclegan_keras.data import synthetic_images
@@ -364,7 +431,7 @@ def export(
 
     Args:
         generator: `keras.Model`, e.g. `CycleGAN.generator("a2b")`.
-        formats: any of `"saved_model"`, `"tflite"`.
+        formats: any of `"saved_model"`, `"tflite"`, `"onnx"` (needs the `[onnx]` extra: `require_onnx`).
         variants: TFLite variants (see `export_tflite`; `"none"` means `"float32"`).
         representative: float images in [-1, 1] for int8 calibration (default: `samples`).
         samples: float images (h, w, c) in [-1, 1] for the parity check (default: `sample_images(generator)`).
@@ -377,6 +444,7 @@ def export(
 
     Raises:
         ExportError: a float32 export differs from Keras by more than 1e-4, or an artifact does not run.
+        MissingPackage: `"onnx"` without tf2onnx, onnx or onnxruntime (before any work).
         files.ForeignFile: an output name is taken by a file this package did not write.
         files.FolderInUse: another export is writing `out_dir`.
         files.DiskFull: the disk filled (the hidden folder is removed).
@@ -385,6 +453,8 @@ def export(
     if precision not in EXPORT_PRECISIONS:
         raise ValueError(f"precision must be one of {EXPORT_PRECISIONS}. Received: precision={precision!r}")
     variants = tuple(EXPORT_ALIASES.get(variant, variant) for variant in variants)
+    if "onnx" in formats:
+        require_onnx()
     samples = samples if samples is not None else sample_images(generator)
     largest = max(int(np.prod(np.shape(image)[:2])) for image in samples)
     if "saved_model" in formats and largest > max_pixels:
@@ -419,6 +489,7 @@ def _outputs(formats, variants, save_generator):
     names += ["generator.keras"] if save_generator else []
     names += ["saved_model/1"] if "saved_model" in formats else []
     names += [f"generator_{variant}.tflite" for variant in variants] if "tflite" in formats else []
+    names += [ONNX_FILE] if "onnx" in formats else []
     return names
 
 
@@ -462,6 +533,9 @@ def _export_into(out_dir, generator, formats, variants, representative, samples,
             for variant in variants:
                 path = _convert_tflite(source, out_dir / f"generator_{variant}.tflite", variant, calibration)
                 artifacts.append({"format": "tflite", "variant": variant, "path": path.name})
+    if "onnx" in formats:
+        export_onnx(generator, out_dir / ONNX_FILE)
+        artifacts.append({"format": "onnx", "variant": "float32", "path": ONNX_FILE})
     keras_fn = padded_call(generator)
     references, keras_seconds = [], []
     for image in samples:
@@ -600,7 +674,7 @@ def verify(out_dir):
     for artifact in artifacts:
         path = out_dir / artifact["path"]
         try:
-            run, extra = (_saved_model_runner if artifact["format"] == "saved_model" else _tflite_runner)(path)
+            run, extra = _RUNNERS[artifact["format"]](path)
             outputs, seconds = [], []
             for image in inputs:
                 start = time.perf_counter()
@@ -639,6 +713,37 @@ def _tflite_runner(path):
         return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
 
     return run, {"ops": ops_used, "float_ops": float_ops}
+
+
+def _onnx_runner(path):
+    import onnx
+    import onnxruntime
+
+    session = onnx_session(path)
+    model = onnx.load(str(path), load_external_data=False)
+    run = session.run
+    return (lambda image: run(["translated"], {"images": image[None]})[0][0]), {
+        "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        "input_shape": [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim],
+        "ops": sorted({node.op_type for node in model.graph.node}),
+        "onnxruntime": onnxruntime.__version__,
+        "providers": session.get_providers(),
+    }
+
+
+ONNX_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")  # those of them that this onnxruntime has
+
+
+def onnx_session(path):
+    """An onnxruntime session of an exported `.onnx` file: on the GPU with onnxruntime-gpu, else the CPU."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    providers = [provider for provider in ONNX_PROVIDERS if provider in available]
+    return onnxruntime.InferenceSession(str(path), providers=providers)
+
+
+_RUNNERS = {"saved_model": _saved_model_runner, "tflite": _tflite_runner, "onnx": _onnx_runner}
 
 
 def _tflite_ops(path, Interpreter, OpResolverType):

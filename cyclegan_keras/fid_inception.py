@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cyclegan_keras import pth
+from cyclegan_keras import files, pth
 from cyclegan_keras.config import RESIZE_MODES
 
 FID_WEIGHTS_URL = (
@@ -297,9 +297,8 @@ def sha256(path):
 
 
 def cache_dir():
-    """The folder searched for weights: `$XDG_CACHE_HOME/cyclegan_keras` or `~/.cache/cyclegan_keras`."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "cyclegan_keras"
+    """The folder searched for weights: the package's cache, as `files.cache_dir()` (pretrained models too)."""
+    return files.cache_dir()
 
 
 def find_weights(path=None):

@@ -351,3 +351,15 @@ def existing_ancestor(path):
     while not path.exists():
         path = path.parent
     return path
+
+
+CACHE_ENV_VAR = "CYCLEGAN_KERAS_CACHE"
+
+
+def cache_dir() -> Path:
+    """The package's cache (pretrained models, FID weights): `$CYCLEGAN_KERAS_CACHE`, else
+    `$XDG_CACHE_HOME/cyclegan_keras`, else `~/.cache/cyclegan_keras`."""
+    if os.environ.get(CACHE_ENV_VAR):
+        return Path(os.environ[CACHE_ENV_VAR]).expanduser()
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "cyclegan_keras"

@@ -13,9 +13,11 @@ def _source_indices(size, before, after, mode):
     index = tf.range(-before, size + after)
     if mode == "replicate":
         return tf.clip_by_value(index, 0, size - 1)
-    # Reflect without repeating the edge (PyTorch's), folded as often as any pad width needs.
+    # Reflect without repeating the edge (PyTorch's), folded as often as any pad width needs. The
+    # reflection is even (index -i reads i), so the modulo sees no negative number: tf2onnx lowers an
+    # integer FloorMod to x - (x / y) * y with a truncating division, wrong for negative x.
     period = tf.maximum(2 * size - 2, 1)
-    folded = tf.math.floormod(index, period)
+    folded = tf.math.floormod(tf.abs(index), period)
     return tf.where(folded < size, folded, period - folded)
 
 

@@ -334,12 +334,14 @@ def _train(config, workdir, run_dir, strategy, verbose):
         ),
         *([evaluation] if evaluation else []),  # before the CSV log, which records its scores
         cb.CSVLog(run_dir / "log.csv", append=True),
+        cb.EpochScalars(run_dir / "tensorboard"),  # after the CSV log, before the checkpoint: as its rows
         cb.ImageSnapshot(
             *snapshots,
             run_dir / "snapshots",
             config.snapshot_every,
             tensorboard_dir=run_dir / "tensorboard",
             every_n_epochs=config.snapshot_every_epochs,
+            initial_step=epoch * steps + step,
         ),
         checkpoint,  # after the CSV log: an epoch is saved once its row is written (plateau replays them)
         cb.LossCurve(run_dir / "log.csv", run_dir / "loss_curve.png"),

@@ -1,7 +1,7 @@
 """Translating image files and saved or exported models, as the reference's test.py.
 
 `translate_files` streams batches to PNGs, never over an input or a user's file; `load_generator`
-reads a saved model; `load_translator` wraps every form (Keras, SavedModel, TFLite) as one callable.
+reads a saved model; `load_translator` wraps every form (Keras, SavedModel, TFLite, ONNX) as one callable.
 """
 
 import glob
@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan_keras import cut, data, files  # noqa: F401  (cut registers CUT for load_model)
-from cyclegan_keras.config import DEFAULT_LOAD_SIZE, DIRECTIONS, INFERENCE_PREPROCESS
+from cyclegan_keras.config import DEFAULT_LOAD_SIZE, DIRECTIONS, INFERENCE_PREPROCESS, ONNX_INSTALL
 from cyclegan_keras.files import format_bytes
 from cyclegan_keras.inference import (
     ALLOCATION_FACTOR,
@@ -52,6 +52,32 @@ def load_generator(path, direction="a2b"):
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}. Received: direction={direction!r}")
+    path, model = _load_model(path)
+    if isinstance(model, GANModel):
+        return model.generator(direction)
+    if direction != "a2b":
+        raise ValueError(
+            f"{path} holds one generator ({model.name!r}), not a CycleGAN: it translates its own direction "
+            f"only. Received: direction={direction!r}"
+        )
+    return model
+
+
+def load_generators(path):
+    """`{direction: generator}` of a `.keras` file or work directory, read once: both of a CycleGAN, a2b alone.
+
+    A lone generator translates its own direction, named a2b.
+
+    Raises:
+        FileNotFoundError: no model file at `path`.
+        ModelLoadError: the file is not a readable Keras model.
+    """
+    _, model = _load_model(path)
+    return dict(model.generators) if isinstance(model, GANModel) else {"a2b": model}
+
+
+def _load_model(path):
+    """`(the .keras file, its model)`: a `GANModel` or a one-input `keras.Model`."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.keras"
@@ -62,16 +88,9 @@ def load_generator(path, direction="a2b"):
     except Exception as error:  # Keras raises ValueError, TypeError, OSError, zip errors...
         reason = " ".join(str(error).split())[:200] or type(error).__name__
         raise ModelLoadError(f"{path} is not a readable Keras model: {reason}") from None
-    if isinstance(model, GANModel):
-        return model.generator(direction)
-    if not isinstance(model, keras.Model) or len(model.inputs) != 1:
+    if not isinstance(model, GANModel) and (not isinstance(model, keras.Model) or len(model.inputs) != 1):
         raise ModelLoadError(f"{path} holds a {type(model).__name__}, not a CycleGAN or an image generator")
-    if direction != "a2b":
-        raise ValueError(
-            f"{path} holds one generator ({model.name!r}), not a CycleGAN: it translates its own direction "
-            f"only. Received: direction={direction!r}"
-        )
-    return model
+    return path, model
 
 
 def preprocess_for_inference(image, preprocess="none", load_size=DEFAULT_LOAD_SIZE):
@@ -304,7 +323,7 @@ def _write_gallery(out_dir, names):
 
 
 class Translator:
-    """A generator in any of its forms (`kind`: keras, saved_model, tflite), as images -> images in [-1, 1]."""
+    """A generator in any of its forms (`kind`: keras, saved_model, tflite, onnx), as images -> images in [-1, 1]."""
 
     def __init__(self, fn, kind, input_channels, output_channels, path):
         self._fn = fn
@@ -318,7 +337,7 @@ class Translator:
 
 
 def load_translator(path, direction="a2b", max_memory=None, tile_size=None, overlap=None):
-    """A `Translator` for a `.keras` file or work directory, a SavedModel (or export folder) or a `.tflite` file.
+    """A `Translator` for a `.keras` file or work directory, a SavedModel (or export folder), `.tflite` or `.onnx`.
 
     Only a CycleGAN has two directions. All translate within `max_memory`; exported forms cannot tile
     (their norms are fixed in the graph), so an image too large for them raises `MemoryBudgetError`.
@@ -331,7 +350,7 @@ def load_translator(path, direction="a2b", max_memory=None, tile_size=None, over
     if not path.exists():
         raise FileNotFoundError(f"--model: not found: {path}")
     max_memory = max_memory or default_memory_budget()
-    exported = path.suffix == ".tflite" or any(
+    exported = path.suffix in (".tflite", ".onnx") or any(
         (path / name).is_file() for name in ("saved_model.pb", "saved_model/1/saved_model.pb")
     )
     if exported and (tile_size or overlap is not None):
@@ -350,9 +369,12 @@ def load_translator(path, direction="a2b", max_memory=None, tile_size=None, over
             )
     elif path.suffix == ".tflite":
         return _tflite_translator(path, max_memory)
+    elif path.suffix == ".onnx":
+        return _onnx_translator(path, max_memory)
     elif path.suffix != ".keras":
         raise ValueError(
-            f"--model: {path} is not a .keras file, a work directory, a SavedModel directory or a .tflite file"
+            f"--model: {path} is not a .keras file, a work directory, a SavedModel directory, a .tflite or an "
+            ".onnx file"
         )
     generator = load_generator(path, direction)
     check_tiling(generator, tile_size, overlap)
@@ -432,3 +454,32 @@ def _tflite_translator(path, max_memory):
     widest = max(max(shape[0], shape[-1]) for shape in shapes)
     run = _exported_within_budget(run, widest, channels + output_channels, path, max_memory)
     return Translator(run, "tflite", channels, output_channels, path)
+
+
+def _onnx_translator(path, max_memory):
+    try:
+        import onnx
+        import onnxruntime  # noqa: F401  (onnx_session's)
+    except ImportError as error:
+        raise ValueError(
+            f"--model: {path}: an ONNX file needs onnx and onnxruntime ({error}): {ONNX_INSTALL}"
+        ) from None
+    from cyclegan_keras.export import onnx_session
+
+    try:
+        session = onnx_session(path)
+    except Exception as error:  # onnxruntime's own (InvalidProtobuf, InvalidGraph, ...) derive from Exception only
+        raise ValueError(f"--model: {path} is not a model onnxruntime can load: {error}") from None
+    (images,), (translated,) = session.get_inputs(), session.get_outputs()
+    channels, output_channels = images.shape[-1], translated.shape[-1]
+    # Conv weights (OIHW) bound the widest activation; kernel sides in the max only overestimate.
+    weights = onnx.load(str(path), load_external_data=False).graph.initializer
+    widest = max(max(w.dims) for w in weights if len(w.dims) == 4)
+    run = _exported_within_budget(
+        lambda batch: session.run([translated.name], {images.name: batch})[0],
+        widest,
+        channels + output_channels,
+        path,
+        max_memory,
+    )
+    return Translator(run, "onnx", channels, output_channels, path)

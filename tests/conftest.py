@@ -59,6 +59,29 @@ def run_cli(main, argv, capsys):
     return code, captured.out + captured.err
 
 
+def read_tensorboard(folder):
+    """`{tag: [(step, value), ...]}` of a TensorBoard folder as TensorBoard's own loader reads it.
+
+    Scalars are floats; images are the (width, height) of the PNG they hold.
+    """
+    import io
+
+    from PIL import Image
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
+    events = event_accumulator.EventAccumulator(str(folder), size_guidance={event_accumulator.TENSORS: 0})
+    events.Reload()
+    found = {}
+    for tag in events.Tags()[event_accumulator.TENSORS]:
+        images = events.SummaryMetadata(tag).plugin_data.plugin_name == "images"
+        found[tag] = []
+        for event in events.Tensors(tag):
+            value = tensor_util.make_ndarray(event.tensor_proto)
+            found[tag].append((event.step, Image.open(io.BytesIO(value[2])).size if images else float(value)))
+    return found
+
+
 @pytest.fixture(scope="session")
 def model_file(tmp_path_factory):
     """A saved tiny CycleGAN (`model.keras`), shared by the tests that only read it."""

@@ -62,6 +62,8 @@ def bad_values(action):
         return ["foo"]
     if action.type in PATH_CASES:
         return PATH_CASES[action.type]
+    if isinstance(action, cli_args.PretrainedName):
+        return ["horse2zebr", ""]
     if action.nargs == 0:  # --help and switches: no value to get wrong
         return []
     raise LookupError(f"{action.option_strings[0]} has no checking type or choices: add one to cli_args")
@@ -148,10 +150,10 @@ def base_argv(command, world, out):
 def with_flag(argv, flag, value):
     """`argv` with `flag` set to `value`; --from-torch takes --model's place."""
     argv = list(argv)
-    if flag == "--from-torch":
+    if flag in ("--from-torch", "--pretrained") and "--model" in argv:
         index = argv.index("--model")
         del argv[index : index + 2]
-    if flag == "--model" and "--fake" in argv:  # evaluate: one source or the other
+    if flag in ("--model", "--pretrained") and "--fake" in argv:  # evaluate: one source or the other
         index = argv.index("--fake")
         del argv[index : index + 2]
     if flag in argv:

@@ -273,7 +273,7 @@ def test_bad_inputs_give_one_line_and_exit_2(capsys, tmp_path, dataset, generato
     assert "--resize-mode: invalid choice: 'bicubic'" in bad(
         capsys, "--fake", a, "--real", b, "--resize-mode", "bicubic"
     )
-    assert "one of the arguments --model --fake is required" in bad(capsys, "--real", b)
+    assert "one of the arguments --model --fake --pretrained is required" in bad(capsys, "--real", b)
     assert "nope.keras not found" in bad(capsys, "--model", tmp_path / "nope.keras", "--input", a, "--truth", truth)
     (tmp_path / "notes.txt").write_text("x")
     assert "is not a .keras file, a work directory" in bad(

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from cyclegan_keras import export, files, networks
+from cyclegan_keras import export, files, networks, translation
 from cyclegan_keras.cli import export as export_cli
 from cyclegan_keras.inference import translate_images
 
@@ -97,9 +97,17 @@ def test_the_saved_model_lists_its_signatures(tmp_path, generator):
     assert outputs["serving_default"] == {"translated"} and "translated_png_bytes" in outputs["bytes"]
 
 
-def test_every_tflite_variant_runs_with_parity(tmp_path, generator):
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, generator):
+    """`(OUT, report)` of one export of every format and variant, verified in a fresh process."""
+    out = tmp_path_factory.mktemp("exported")
     samples = export.sample_images(generator, size=48, count=3)
-    report = export.export(generator, tmp_path, ("saved_model", "tflite"), export.TFLITE_VARIANTS, samples=samples)
+    formats = ("saved_model", "tflite", "onnx")
+    return out, export.export(generator, out, formats, export.TFLITE_VARIANTS, samples=samples)
+
+
+def test_every_tflite_variant_runs_with_parity(exported):
+    tmp_path, report = exported
     by_variant = {(a["format"], a["variant"]): a for a in report["artifacts"]}
     assert by_variant[("saved_model", "float32")]["max_abs_error"] < 1e-5
     assert by_variant[("tflite", "float32")]["max_abs_error"] < 1e-4
@@ -116,6 +124,47 @@ def test_every_tflite_variant_runs_with_parity(tmp_path, generator):
     saved = json.loads((tmp_path / "export_report.json").read_text())
     assert saved["samples"] == [[48, 48, 3], [42, 58, 3], [48, 48, 3]]
     assert saved["keras_latency_ms_per_image"] > 0
+
+
+def test_onnx_runs_at_any_batch_height_and_width(exported, generator, rng):
+    import onnxruntime
+
+    out, report = exported
+    (artifact,) = [a for a in report["artifacts"] if a["format"] == "onnx"]
+    assert artifact["path"] == "generator.onnx" and artifact["variant"] == "float32"
+    assert artifact["max_abs_error"] < 1e-4 and artifact["psnr_db"] > 80 and artifact["latency_ms_per_image"] > 0
+    assert artifact["input_shape"] == ["batch", "height", "width", 3] and artifact["opset"] >= 13
+    assert artifact["providers"][-1] == "CPUExecutionProvider" and "Conv" in artifact["ops"]
+    assert json.loads((out / "export_report.json").read_text())["artifacts"] == report["artifacts"]
+    session = onnxruntime.InferenceSession(str(out / "generator.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert [o.name for o in session.get_outputs()] == ["translated"]
+    # Sides that are not multiples of 4 are reflect-padded and cropped back inside the graph.
+    for shape in ((2, 32, 32, 3), (3, 46, 38, 3)):
+        images = rng.uniform(-1, 1, shape).astype("float32")
+        (outputs,) = session.run(None, {"images": images})
+        assert outputs.shape == shape
+        np.testing.assert_allclose(outputs, translate_images(generator, images), atol=1e-5)
+    # translate.py's loader (evaluate.py --model, export.py --eval-real) takes it as the other exports.
+    translator = translation.load_translator(out / "generator.onnx")
+    assert (translator.kind, translator.input_channels, translator.output_channels) == ("onnx", 3, 3)
+    np.testing.assert_allclose(translator(images), outputs, atol=1e-6)
+    (out / "broken.onnx").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match=r"broken.onnx is not a model onnxruntime can load"):
+        translation.load_translator(out / "broken.onnx")
+
+
+@pytest.mark.parametrize("package", export.ONNX_PACKAGES)
+def test_onnx_without_its_packages_says_what_to_install(package, tmp_path, model_file, generator, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, package, None)  # what `import package` meets when it is not installed
+    with pytest.raises(export.MissingPackage, match=f"needs the {package} package"):
+        export.export(generator, tmp_path / "library", ("onnx",))
+    with pytest.raises(SystemExit) as exit_:
+        export_cli.main(["--model", str(model_file), "--out", str(tmp_path / "out"), "--onnx"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and f"error: argument --onnx: the ONNX export needs the {package} package (" in error
+    assert error.endswith("pip install 'cyclegan-keras[onnx]', or pip install tf2onnx onnx onnxruntime")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "library").exists()
 
 
 def test_int8_unet_with_instance_norm_allocates_and_runs(tmp_path, rng):
@@ -175,8 +224,11 @@ def test_cli_exports_a_trained_cyclegan(tmp_path, capsys):
     files.Manifest(tmp_path / "out").finish(["saved_model/1"])  # written by an earlier export
     folder = tmp_path / "representative"
     folder.mkdir()
+    # Textured: on a one-colour image instance norm divides rounding noise by sqrt(eps), and the
+    # runtimes' reductions round differently (measured: ONNX Runtime 1.2 away from Keras, README).
     for i in range(3):
-        Image.fromarray(np.full((40, 30, 3), 60 * i, np.uint8)).save(folder / f"{i}.png")
+        image = np.random.default_rng(i).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+        Image.fromarray(image).save(folder / f"{i}.png")
     code = export_cli.main(
         [
             "--model",
@@ -191,20 +243,25 @@ def test_cli_exports_a_trained_cyclegan(tmp_path, capsys):
             str(folder),
             "--sample-size",
             "32",
+            "--onnx",
         ]
     )
-    output = capsys.readouterr().out
-    assert code == 0, output
-    assert "saved_model/1" in output and "generator_int8.tflite" in output
+    captured = capsys.readouterr()
+    output = captured.out
+    assert code == 0, captured.out + captured.err
+    assert "saved_model/1" in output and "generator_int8.tflite" in output and "generator.onnx [float32]" in output
     assert (tmp_path / "out" / "saved_model" / "1" / "saved_model.pb").exists()
     report = json.loads((tmp_path / "out" / "export_report.json").read_text())
     assert report["samples"] == [[32, 32, 3], [32, 32, 3]]
+    assert [a["format"] for a in report["artifacts"]] == ["saved_model", "tflite", "onnx"]
+    assert report["artifacts"][-1]["max_abs_error"] < 1e-4
     assert (tmp_path / "out" / "saved_model" / "2" / "keep.txt").read_text() == "version 2"
     assert not (tmp_path / "out" / "saved_model" / "1" / "stale.txt").exists()
     hidden = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
     assert hidden == [files.Manifest.NAME]  # no staging folder, no lock left
     # The same command again may replace these files (export checks this before any work) ...
-    outputs = export._outputs(("saved_model", "tflite"), ("int8",), save_generator=False)
+    outputs = export._outputs(("saved_model", "tflite", "onnx"), ("int8",), save_generator=False)
+    assert "generator.onnx" in outputs
     files.Manifest(tmp_path / "out").check(outputs)
     # ... but not once the user changed one.
     (tmp_path / "out" / "export_report.json").write_text("{}")

@@ -128,11 +128,16 @@ def test_a_generator_file_is_not_taken_for_inception_weights():
 
 def test_weights_are_found_by_flag_environment_and_cache(tmp_path, monkeypatch):
     monkeypatch.delenv(fid_inception.WEIGHTS_ENV_VAR, raising=False)
+    monkeypatch.delenv("CYCLEGAN_KERAS_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert fid_inception.find_weights() is None
     cached = tmp_path / "cache" / "cyclegan_keras" / "default_1.pt"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"x")
+    assert fid_inception.find_weights() == cached
+    monkeypatch.setenv("CYCLEGAN_KERAS_CACHE", str(tmp_path / "elsewhere"))  # the pretrained models' cache
+    assert fid_inception.find_weights() is None
+    monkeypatch.setenv("CYCLEGAN_KERAS_CACHE", str(cached.parent))
     assert fid_inception.find_weights() == cached
     from_env = tmp_path / "env.pth"
     from_env.write_bytes(b"x")

@@ -122,6 +122,16 @@ def test_dependencies_are_requirements_txt():
         assert not line.strip().startswith("-"), line
 
 
+def test_the_onnx_extra_is_in_the_dev_requirements():
+    # CI installs requirements-dev.txt, so the ONNX tests run with exactly the extra's lines.
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    dev = {line.strip() for line in (ROOT / "requirements-dev.txt").read_text().splitlines()}
+    from cyclegan_keras.config import ONNX_PACKAGES  # what `export.py --onnx` checks for
+
+    assert {re.split("[=<>]", requirement)[0] for requirement in extras["onnx"]} == set(ONNX_PACKAGES)
+    assert set(extras["onnx"]) <= dev
+
+
 def test_every_cli_is_a_console_script_and_a_shim():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {f"cyclegan-{name}": f"cyclegan_keras.cli.{name}:main" for name in CLI_NAMES}

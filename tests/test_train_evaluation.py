@@ -5,16 +5,13 @@ in test_evaluate.py): only the reading of the weights file is replaced.
 """
 
 import csv
-import glob
 import json
 import math
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-from conftest import TINY_TRAIN_FLAGS, run_cli
-from tensorflow.core.util import event_pb2
+from conftest import TINY_TRAIN_FLAGS, read_tensorboard, run_cli
 
 import train
 from cyclegan_keras import callbacks as cb
@@ -33,17 +30,6 @@ def run(capsys, *argv):
 def read_log(workdir):
     with open(workdir / "log.csv", newline="") as file:
         return list(csv.DictReader(file))
-
-
-def tensorboard_scalars(folder):
-    found = {}
-    for path in glob.glob(str(folder / "events.out.tfevents.*")):
-        for record in tf.data.TFRecordDataset(path):
-            event = event_pb2.Event.FromString(record.numpy())
-            for value in event.summary.value:
-                if value.tag.startswith("eval/"):
-                    found[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
-    return found
 
 
 @pytest.fixture
@@ -96,10 +82,21 @@ def test_eval_every_epoch_logs_scores_and_keeps_the_best_model(
     same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(best.weights, final.weights))
     assert same == (best_epoch == 3)
 
-    scalars = tensorboard_scalars(workdir / "tensorboard")
-    for epoch, row in enumerate(rows, 1):
-        for key in ("fid", "kid_mean", "psnr", "ssim", "mae"):
-            assert scalars[(f"eval/{key}", epoch)] == pytest.approx(float(row[key]), rel=1e-6)
+    # WORKDIR/tensorboard as TensorBoard reads it: every epoch's losses, rates, time, snapshot and scores.
+    logged = read_tensorboard(workdir / "tensorboard")
+    epochs = [1, 2, 3]
+
+    def at_epochs(key):
+        return [(epoch, pytest.approx(float(row[key]), rel=1e-6)) for epoch, row in zip(epochs, rows)]
+
+    for key in [k for k in rows[0] if k.endswith("loss")] + ["seconds_per_step"]:
+        assert logged[f"losses/{key}" if key.endswith("loss") else key] == at_epochs(key), key
+    assert logged["learning_rate/generator"] == at_epochs("lr")  # linear decay in epoch 3
+    assert logged["learning_rate/discriminator"] == logged["learning_rate/generator"]
+    assert len({value for _, value in logged["learning_rate/generator"]}) == 2
+    assert logged["snapshots"] == [(epoch, (6 * 32, 2 * 32)) for epoch in epochs]  # 2 pairs of 6 images
+    for key in ("fid", "kid_mean", "kid_std", "psnr", "ssim", "mae"):
+        assert logged[f"eval/{key}"] == at_epochs(key)
 
 
 def test_without_weights_psnr_against_the_true_mapping_chooses_the_best(

@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_CUT_FLAGS, TINY_TRAIN_FLAGS, tiny_cyclegan
+from conftest import TINY_CUT_FLAGS, TINY_TRAIN_FLAGS, read_tensorboard, tiny_cyclegan
 from PIL import Image
 
 from cyclegan_keras import callbacks as cb
@@ -442,6 +442,8 @@ def test_one_channel_to_three_trains_in_both_directions(tmp_path, dataroot, eage
     # input_nc is the model's domain A, whichever folder that is.
     assert model.generator_ab.input_shape[-1] == 1 and model.generator_ab.output_shape[-1] == 3
     assert model.generator_ba.input_shape[-1] == 3 and model.generator_ba.output_shape[-1] == 1
+    # TensorBoard's snapshot shows the grayscale columns as gray beside the RGB ones: one pair, 6 columns.
+    assert read_tensorboard(tmp_path / "run" / "tensorboard")["snapshots"] == [(1, (6 * 32, 32))]
 
 
 def test_an_old_config_with_atob_still_resumes(tmp_path, dataroot):
@@ -486,6 +488,16 @@ def test_a_nan_stop_then_a_lower_lr_resumes(tmp_path, dataroot, eager_steps, cap
     code, output = run_cli(train, [*flags, "--lr", 1e-4], capsys)
     assert code == 0, output
     assert "Resuming with lr changed: 0.5 -> 0.0001" in output and "Resumed from" in output
+    # The stopped epoch 2 is logged once, by the run that trained it to its end; the steps go on.
+    rows = cb.read_log(tmp_path / "run" / "log.csv")
+    assert [row["epoch"] for row in rows] == [1, 2] and [row["lr"] for row in rows] == ["0.5", "0.0001"]
+    logged = read_tensorboard(tmp_path / "run" / "tensorboard")
+    for name in ("cycle_loss", "gen_ab_loss", "disc_b_loss"):
+        assert logged[f"losses/{name}"] == [(e, pytest.approx(float(rows[e - 1][name]), rel=1e-6)) for e in (1, 2)]
+    for role in ("generator", "discriminator"):
+        assert logged[f"learning_rate/{role}"] == [(1, 0.5), (2, pytest.approx(1e-4))]
+    assert [step for step, _ in logged["seconds_per_step"]] == [1, 2]
+    assert logged["snapshots"] == [(1, (6 * 32, 2 * 32)), (2, (6 * 32, 2 * 32))]  # 2 pairs, 6 columns
 
 
 def test_a_nan_before_any_checkpoint_names_none(tmp_path, dataroot, eager_steps, capsys, monkeypatch):

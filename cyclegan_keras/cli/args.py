@@ -8,6 +8,7 @@ import glob
 import math
 import os
 import re
+import sys
 import zipfile
 from pathlib import Path
 
@@ -153,7 +154,7 @@ def fid_image_folder(text):
 
 
 def model_source(text):
-    """argparse type: a `.keras` file or work directory, a SavedModel directory (or export OUT) or a `.tflite` file."""
+    """argparse type: a `.keras` file or work directory, a SavedModel folder (or export OUT), `.tflite` or `.onnx`."""
     path = Path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text} not found")
@@ -165,11 +166,11 @@ def model_source(text):
                 f"{text} holds neither model.keras (a work directory) nor saved_model.pb (a SavedModel)"
             )
         return keras_model(text)
-    if path.suffix == ".tflite":
+    if path.suffix in (".tflite", ".onnx"):
         return text
     if path.suffix != ".keras":
         raise argparse.ArgumentTypeError(
-            f"{text} is not a .keras file, a work directory, a SavedModel directory or a .tflite file"
+            f"{text} is not a .keras file, a work directory, a SavedModel directory, a .tflite or an .onnx file"
         )
     return keras_model(text)
 
@@ -265,3 +266,60 @@ def add_memory_arguments(parser):
         help="pixels neighbouring tiles share and blend, >= 0 (default: the generator's receptive radius, "
         "87 for resnet_9blocks; 4x that gives tiles equal to the whole image)",
     )
+
+
+class PretrainedName(argparse.Action):
+    """--pretrained NAME: a name of `cyclegan_keras.pretrained` (checked now); `--pretrained list` prints them."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        from cyclegan_keras import pretrained
+
+        if value == "list":
+            try:
+                print(pretrained.listing(), flush=True)
+            except BrokenPipeError:  # `--pretrained list | head`: the reader has what it wanted
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            parser.exit(0)
+        try:
+            pretrained.get(value)
+        except ValueError as error:
+            parser.error(f"argument {option_string}: {error}")
+        setattr(namespace, self.dest, value)
+
+
+def add_pretrained_argument(group):
+    """--pretrained NAME, as translate.py, export.py and evaluate.py take it (in the group of their model flags)."""
+    group.add_argument(
+        "--pretrained",
+        action=PretrainedName,
+        metavar="NAME",
+        help="one of the authors' published generators, e.g. horse2zebra: downloaded and converted once into "
+        "$CYCLEGAN_KERAS_CACHE or ~/.cache/cyclegan_keras/, then used offline; 'list' prints the names",
+    )
+
+
+def lone_generator_problem(args):
+    """Why `--direction b2a` cannot apply (--pretrained, --from-torch: one generator), or None."""
+    if args.direction == "a2b":
+        return None
+    if getattr(args, "pretrained", None):
+        from cyclegan_keras import pretrained
+
+        other = pretrained.reverse(args.pretrained)
+        hint = f"; for the other way use --pretrained {other}" if other else ""
+        return (
+            f"argument --direction: --pretrained {args.pretrained} is one generator, which translates its own way{hint}"
+        )
+    if getattr(args, "from_torch", None):
+        return "argument --direction: a --from-torch file holds one generator, which translates its own direction"
+    return None
+
+
+def fetch_pretrained(parser, name):
+    """The cached `.keras` of --pretrained NAME (downloaded and converted on first use); a failure exits 1, one line."""
+    from cyclegan_keras import pretrained
+
+    try:
+        return str(pretrained.fetch(name))
+    except (pretrained.PretrainedError, ValueError) as error:  # ValueError: a bad $CYCLEGAN_KERAS_PRETRAINED_URL
+        parser.exit(1, f"error: argument --pretrained: {error}\n")

@@ -6,6 +6,8 @@
     python evaluate.py --fake results/ --real testB/ [--input testA/ for the baseline]
     # paired ground truth and the paper's Cityscapes label scores
     python evaluate.py --model photo2label.keras --input testA/ --truth testB/ --labels cityscapes
+    # one of the authors' generators by name (downloaded and converted once)
+    python evaluate.py --pretrained horse2zebra --input testA/ --real testB/
 
 FID/KID need the FID Inception weights (pt_inception-2015-12-05-6726825d.pth):
 --inception-weights, $CYCLEGAN_INCEPTION_WEIGHTS or ~/.cache/cyclegan_keras/;
@@ -25,9 +27,10 @@ from cyclegan_keras.config import RESIZE_MODES
 def parser():
     result = cli_args.ArgumentParser(description=__doc__)
     source = result.add_mutually_exclusive_group(required=True)
-    model_help = "a .keras file, work directory, SavedModel directory or .tflite file"
+    model_help = "a .keras file, work directory, SavedModel directory, .tflite or .onnx file"
     source.add_argument("--model", type=cli_args.model_source, help=model_help)
     source.add_argument("--fake", type=cli_args.image_folder, help="a folder of images already translated")
+    cli_args.add_pretrained_argument(source)
     cli_args.add_direction_argument(result)
     for flag, kind, text in (
         ("--input", cli_args.image_folder, "input-domain images: translated with --model; the identity baseline"),
@@ -59,21 +62,22 @@ def parser():
 
 
 def check_args(args):
-    if args.model and not args.input:
-        return "--model needs --input (the images to translate)"
+    if (args.model or args.pretrained) and not args.input:
+        return f"--{'model' if args.model else 'pretrained'} needs --input (the images to translate)"
     if not args.real and not args.truth:
         return "nothing to score: give --real (FID, KID) and/or --truth (PSNR, SSIM, MAE)"
     if args.labels and not args.truth:
         return "--labels needs --truth (the true label maps)"
     for flag in ("max_memory", "tile_size", "tile_overlap"):
-        if getattr(args, flag) is not None and not args.model:
-            return f"--{flag.replace('_', '-')} applies only with --model (it bounds the translation)"
-    return None
+        if getattr(args, flag) is not None and not (args.model or args.pretrained):
+            return f"--{flag.replace('_', '-')} applies only with --model or --pretrained (it bounds the translation)"
+    return cli_args.lone_generator_problem(args)
 
 
 @full_disk_exits_1
 def main(argv=None):
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
     problem = check_args(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -88,6 +92,8 @@ def main(argv=None):
     _env.import_tensorflow()
     from cyclegan_keras import inference, metrics, pth
 
+    if args.pretrained:
+        args.model = cli_args.fetch_pretrained(cli, args.pretrained)
     try:
         scores, notes = run(args)
     except inference.MemoryBudgetError as error:
@@ -166,6 +172,8 @@ def run(args):
             **scored,
         )
         source = {"model": str(args.model), "model_kind": translator.kind, "direction": args.direction}
+        if args.pretrained:
+            source["pretrained"] = args.pretrained
     else:
         fake_paths = data.list_image_files(args.fake)
         scores = metrics.evaluate_folders(

@@ -4,10 +4,11 @@
     python export.py --model runs/horse2zebra --direction BtoA --format tflite \\
         --tflite-quantization int8 --representative datasets/horse2zebra/testB --out exported/
     python export.py --from-torch horse2zebra.pth --out horse2zebra/
+    python export.py --pretrained horse2zebra --out horse2zebra/
 
 Writes OUT/saved_model/1/ (TF Serving), OUT/generator_<variant>.tflite (and
-OUT/generator.keras with --from-torch) once every artifact, reloaded in a fresh
-process, matches the Keras model; OUT/export_report.json has the figures. With
+OUT/generator.keras with --from-torch or --pretrained, OUT/generator.onnx with --onnx) once every
+artifact, reloaded in a fresh process, matches the Keras model; OUT/export_report.json has the figures. With
 --eval-real DIR the report also scores each artifact's translations: FID/KID
 against DIR (weights: --inception-weights, $CYCLEGAN_INCEPTION_WEIGHTS or
 ~/.cache/cyclegan_keras/) and PSNR/SSIM/MAE against Keras.
@@ -19,7 +20,7 @@ import sys
 from cyclegan_keras import _env, files
 from cyclegan_keras.cli import args as cli_args
 from cyclegan_keras.cli import full_disk_exits_1
-from cyclegan_keras.config import EXPORT_ALIASES, EXPORT_PRECISIONS, SERVING_MAX_PIXELS, TFLITE_VARIANTS
+from cyclegan_keras.config import EXPORT_ALIASES, EXPORT_PRECISIONS, ONNX_INSTALL, SERVING_MAX_PIXELS, TFLITE_VARIANTS
 
 MIN_SAMPLE_SIZE = 8  # the odd-sized parity sample is (size - 6) x (size + 10)
 
@@ -35,9 +36,16 @@ def parser():
     source.add_argument(
         "--from-torch", type=cli_args.torch_file, help="a PyTorch generator state dict (.pth) of the authors' code"
     )
+    cli_args.add_pretrained_argument(source)
     result.add_argument("--out", required=True, type=cli_args.output_folder, help="output folder")
     cli_args.add_direction_argument(result)
     result.add_argument("--format", default="all", choices=["saved_model", "tflite", "all"], help="default: all")
+    result.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write OUT/generator.onnx (any batch, height and width), verified with onnxruntime; "
+        f"needs the [onnx] extra: {ONNX_INSTALL}",
+    )
     result.add_argument(
         "--precision",
         default="float32",
@@ -112,8 +120,8 @@ def main(argv=None):
     args = cli.parse_args(argv)
     if args.tflite_quantization is not None and args.format == "saved_model":
         cli.error(f"argument --tflite-quantization: applies only with --format tflite or all. Received: {args.format}")
-    if args.from_torch and args.direction != "a2b":
-        cli.error("argument --direction: a --from-torch file holds one generator, which translates its own direction")
+    if cli_args.lone_generator_problem(args):
+        cli.error(cli_args.lone_generator_problem(args))
     for flag in ("eval_input", "inception_weights"):
         if getattr(args, flag) and not args.eval_real:
             cli.error(f"argument --{flag.replace('_', '-')}: applies only with --eval-real")
@@ -131,6 +139,11 @@ def main(argv=None):
     from cyclegan_keras import export
     from cyclegan_keras.data import DataError
 
+    if args.onnx:
+        try:
+            export.require_onnx()
+        except export.MissingPackage as error:
+            cli.error(f"argument --onnx: {error}")
     generator = load_source(cli, args)
     channels = generator.input_shape[-1]
     representative = samples = None
@@ -141,6 +154,7 @@ def main(argv=None):
             cli.error(f"argument --representative: {error}")
         samples = representative[:2]
     formats = ("saved_model", "tflite") if args.format == "all" else (args.format,)
+    formats += ("onnx",) if args.onnx else ()
     quantization = args.tflite_quantization or "float32"
     variants = TFLITE_VARIANTS if quantization == "all" else (quantization,)
     if samples is None:
@@ -154,7 +168,7 @@ def main(argv=None):
             variants,
             representative,
             samples,
-            save_generator=bool(args.from_torch),
+            save_generator=bool(args.from_torch or args.pretrained),
             precision=args.precision,
             max_pixels=args.max_pixels,
         )
@@ -263,7 +277,7 @@ def format_evaluation(report):
 
 
 def load_source(cli, args):
-    """The generator of --model or --from-torch; a file that does not load ends the command (exit 2)."""
+    """The generator of --model, --from-torch or --pretrained; a file that does not load ends the command (exit 2)."""
     if args.from_torch:
         from cyclegan_keras import convert
 
@@ -278,6 +292,8 @@ def load_source(cli, args):
             cli.error(f"argument --from-torch: {error}")
     from cyclegan_keras.translation import ModelLoadError, load_generator
 
+    if args.pretrained:
+        args.model = cli_args.fetch_pretrained(cli, args.pretrained)
     try:
         return load_generator(args.model, args.direction)
     except (FileNotFoundError, ModelLoadError) as error:

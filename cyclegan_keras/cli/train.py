@@ -102,7 +102,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("stopped before training started; run the same command to start it", file=sys.stderr)
         return INTERRUPTED
-    print(f"Done. Open {workdir}/snapshots/ and {workdir}/loss_curve.png; the model is {workdir}/model.keras")
+    print(
+        f"Done. Open {workdir}/snapshots/ and {workdir}/loss_curve.png "
+        f"(or: tensorboard --logdir {workdir}/tensorboard); the model is {workdir}/model.keras"
+    )
     return 0
 
 

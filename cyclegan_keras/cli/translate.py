@@ -3,6 +3,7 @@
     python translate.py --model runs/synthetic/model.keras --input photos/ --out translated/
     python translate.py --model runs/horse2zebra --direction BtoA --input 'zebras/*.jpg' --out horses/
     python translate.py --model horse2zebra/generator.keras --input horses/ --out zebras/ --preprocess resize
+    python translate.py --pretrained horse2zebra --input photo.jpg --out out/
 
 Each image keeps its own size (--preprocess none) or is resized to a
 --load-size square as the reference's test.py (--preprocess resize);
@@ -23,9 +24,9 @@ from cyclegan_keras.config import DEFAULT_LOAD_SIZE, INFERENCE_PREPROCESS
 
 def parser():
     result = cli_args.ArgumentParser(description=__doc__)
-    result.add_argument(
-        "--model", required=True, type=cli_args.keras_model, help="a .keras file or a training work directory"
-    )
+    source = result.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=cli_args.keras_model, help="a .keras file or a training work directory")
+    cli_args.add_pretrained_argument(source)
     result.add_argument(
         "--input",
         required=True,
@@ -69,6 +70,8 @@ def main(argv=None):
             f"argument --out: {args.out} is inside the input folder {args.input}: the translations would mix with "
             "the originals and be read as inputs next time; choose a folder outside it"
         )
+    if cli_args.lone_generator_problem(args):
+        cli.error(cli_args.lone_generator_problem(args))
     _env.import_tensorflow()
     from cyclegan_keras import inference, translation
     from cyclegan_keras.data import DataError
@@ -79,6 +82,8 @@ def main(argv=None):
         cli.error(f"argument --out: {error}")
     except DataError as error:
         cli.error(f"argument --input: {error}")
+    if args.pretrained:
+        args.model = cli_args.fetch_pretrained(cli, args.pretrained)
     try:
         generator = translation.load_generator(args.model, args.direction)
     except translation.ModelLoadError as error:
