@@ -1,14 +1,18 @@
-"""Seconds per CycleGAN training iteration, as the reference defines one.
+"""Seconds per training iteration and peak memory, per method, as each reference defines an iteration.
 
-batch 1 per replica, resnet_9blocks generators, basic PatchGAN
-discriminators, lsgan, pool 50, identity loss on; the timed path is
-`model.fit`. GFLOP/s take one iteration as 1.88 TFLOP at 256x256 and 0.47
-TFLOP at 128x128 (the reference's counts). Each precision and strategy is
-measured in the same run, so their ratios compare like with like; the JSON
-records the CPU model and its AMX/AVX512 flags.
+batch 1 per replica, resnet_9blocks generators, basic PatchGAN discriminators, lsgan, each method
+with its reference's settings (`training.build_model`, so `--models` takes any `config.MODELS`
+name): CycleGAN two generators, two discriminators, pool 50, identity loss on; CUT one generator,
+one discriminator, PatchNCE with the identity term; FastCUT without it, flips on. The timed path
+is `model.fit`. Each (method, size, precision, strategy) runs in a fresh process, so its peak RSS
+(and, on a GPU, TensorFlow's peak device memory) is its own; `rss_before_model_mb` is what that
+process held before building the model (TensorFlow itself). GFLOP/s take one CycleGAN iteration as
+1.88 TFLOP at 256x256 and 0.47 TFLOP at 128x128 (the reference's counts). The ratios at the end
+compare each method with the first, in the same run; the JSON records the CPU model and flags.
 
-    python bench/train_step.py [--sizes 128 256] [--precisions float32 mixed_bfloat16]
-                               [--strategies one_device mirrored] [--steps 5] [--jit]
+    python bench/train_step.py [--models cyclegan cut fastcut] [--sizes 128 256]
+                               [--precisions float32 mixed_bfloat16] [--strategies one_device mirrored]
+                               [--steps 5] [--jit]
 
 `mirrored` runs MirroredStrategy over two logical devices of this one
 machine (two GPUs where there are, else two logical CPUs): on a CPU it
@@ -16,11 +20,16 @@ cannot be faster, the figure shows the overhead of the replicated step.
 """
 
 import argparse
+import json
+import resource
+import subprocess
+import sys
 import time
 
 import common  # noqa: F401  (environment first)
 
 TFLOP_PER_ITERATION = {128: 0.47, 256: 1.88}
+RESULT_PREFIX = "RESULT "
 
 
 class StepTimer:
@@ -52,22 +61,30 @@ def make_strategy(name):
     return tf.distribute.MirroredStrategy(devices)
 
 
-def measure(size, steps, warmup, jit_compile, precision="float32", strategy_name="one_device"):
+def _rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def measure(model_name, size, steps, warmup, jit_compile, precision, strategy_name, generator, filters):
     import numpy as np
     import tensorflow as tf
 
-    from cyclegan_keras import CycleGAN, distribute, networks
+    from cyclegan_keras import distribute, training
 
     strategy = make_strategy(strategy_name)
+    before = _rss_mb()
+    config = training.make_config(
+        model=model_name,
+        generator=generator,
+        ngf=filters,
+        ndf=filters,
+        load_size=size,
+        crop_size=size,
+        precision=precision,
+        xla=jit_compile,
+    )
     with strategy.scope(), distribute.precision_policy(precision):
-        model = CycleGAN(
-            networks.build_generator("resnet_9blocks"),
-            networks.build_generator("resnet_9blocks"),
-            networks.build_discriminator("basic"),
-            networks.build_discriminator("basic"),
-            pool_size=50,
-        )
-        model.compile(jit_compile=jit_compile)
+        model = training.build_model(config)
     replicas = strategy.num_replicas_in_sync
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (2, 1, size, size, 3)).astype("float32")
@@ -77,45 +94,110 @@ def measure(size, steps, warmup, jit_compile, precision="float32", strategy_name
     times = timer.times[warmup:]
     seconds = float(np.median(times))
     result = {
+        "model": model_name,
         "size": size,
         "precision": precision,
         "strategy": strategy_name,
         "replicas": replicas,
+        "generator": generator,
+        "filters": filters,
         "jit_compile": jit_compile,
+        "parameters": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
         "steps_timed": len(times),
         "first_step_s": round(timer.times[0], 2),
         "seconds_per_iteration": round(seconds, 3),
         "seconds_min": round(min(times), 3),
+        "iterations_per_second": round(1 / seconds, 3),
         "images_per_second": round(replicas / seconds, 3),
+        "rss_before_model_mb": round(before),
+        "peak_rss_mb": round(_rss_mb()),
     }
-    if size in TFLOP_PER_ITERATION:
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        result["peak_gpu_memory_mb"] = round(tf.config.experimental.get_memory_info(gpus[0].name)["peak"] / 2**20)
+    if size in TFLOP_PER_ITERATION and model_name == "cyclegan" and filters == 64:
         result["gflops_per_second"] = round(replicas * TFLOP_PER_ITERATION[size] * 1000 / seconds, 1)
     return result
 
 
+def _in_fresh_process(job):
+    """One measurement in a new Python, so that its peak memory is its own."""
+    process = subprocess.run(
+        [sys.executable, __file__, "--job", json.dumps(job)], capture_output=True, text=True, check=False
+    )
+    lines = [line for line in process.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if process.returncode or not lines:
+        raise RuntimeError(f"{job} failed (exit {process.returncode}):\n{process.stderr[-3000:]}")
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])
+
+
+def _ratios(results):
+    """Each method's iterations per second and peak memory relative to the first method's, per setting."""
+    first = results[0]["model"]
+    key = lambda r: (r["size"], r["precision"], r["strategy"])  # noqa: E731
+    baseline = {key(r): r for r in results if r["model"] == first}
+    for result in results:
+        base = baseline.get(key(result))
+        if base is None or result["model"] == first:
+            continue
+        result[f"speed_vs_{first}"] = round(base["seconds_per_iteration"] / result["seconds_per_iteration"], 2)
+        for name in ("peak_rss_mb", "peak_gpu_memory_mb"):
+            if name in result:
+                result[f"{name}_vs_{first}"] = round(result[name] / base[name], 2)
+        extra = result["peak_rss_mb"] - result["rss_before_model_mb"]
+        base_extra = base["peak_rss_mb"] - base["rss_before_model_mb"]
+        result[f"model_rss_vs_{first}"] = round(extra / base_extra, 2) if base_extra > 0 else None
+        print(
+            f"{result['model']} at {result['size']}, {result['precision']}, {result['strategy']}: "
+            f"{result[f'speed_vs_{first}']}x {first}'s iterations/s, peak RSS {result['peak_rss_mb_vs_' + first]}x "
+            f"(above the process's start: {result[f'model_rss_vs_{first}']}x)"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["cyclegan"], help="cyclegan, cut, fastcut (config.MODELS)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--precisions", nargs="+", default=["float32"], help="float32, mixed_bfloat16, mixed_float16")
     parser.add_argument("--strategies", nargs="+", default=["one_device"], help="one_device, mirrored")
     parser.add_argument("--steps", type=int, default=5, help="timed iterations per size")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations (tracing)")
     parser.add_argument("--jit", action="store_true", help="compile the step with XLA")
+    parser.add_argument("--generator", default="resnet_9blocks", help="(smaller ones for a smoke run)")
+    parser.add_argument("--filters", type=int, default=64, help="ngf and ndf (smaller for a smoke run)")
     parser.add_argument("--out", default="bench/results/train_step.json")
+    parser.add_argument("--job", help=argparse.SUPPRESS)  # one measurement, in the process run for it
     args = parser.parse_args()
-    if "mirrored" in args.strategies:
-        import tensorflow as tf
+    if args.job:
+        job = json.loads(args.job)
+        if job["strategy_name"] == "mirrored":
+            import tensorflow as tf
 
-        if len(tf.config.list_physical_devices("GPU")) < 2:
-            cpu = tf.config.list_physical_devices("CPU")[0]
-            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+            if len(tf.config.list_physical_devices("GPU")) < 2:
+                cpu = tf.config.list_physical_devices("CPU")[0]
+                tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        print(RESULT_PREFIX + json.dumps(measure(**job)), flush=True)
+        return
     results = []
     for size in args.sizes:
         for strategy in args.strategies:
             for precision in args.precisions:
-                result = measure(size, args.steps, args.warmup, args.jit, precision, strategy)
-                print(result, flush=True)
-                results.append(result)
+                for model in args.models:
+                    job = dict(
+                        model_name=model,
+                        size=size,
+                        steps=args.steps,
+                        warmup=args.warmup,
+                        jit_compile=args.jit,
+                        precision=precision,
+                        strategy_name=strategy,
+                        generator=args.generator,
+                        filters=args.filters,
+                    )
+                    result = _in_fresh_process(job)
+                    print(result, flush=True)
+                    results.append(result)
+    _ratios(results)
     common.write_json(args.out, results)
 
 

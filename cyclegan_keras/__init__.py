@@ -1,4 +1,4 @@
-"""CycleGAN for Keras 3 on TensorFlow.
+"""CycleGAN (and CUT, FastCUT) for Keras 3 on TensorFlow.
 
 Importing the package checks the Keras backend and loads nothing else: public names and modules load
 on first use, so `--help` never starts TensorFlow. The Keras classes are registered for `load_model`
@@ -13,14 +13,27 @@ import sys
 
 __version__ = "0.1.0"
 
-__all__ = ["CycleGAN", "ImagePool", "InstanceNormalization", "Pix2Pix", "ReflectionPadding2D", "layers", "networks"]
+__all__ = [
+    "CUT",
+    "CycleGAN",
+    "ImagePool",
+    "InstanceNormalization",
+    "Pix2Pix",
+    "ReflectionPadding2D",
+    "layers",
+    "networks",
+]
 
 _CLASSES = {
+    "CUT": "cyclegan_keras.cut",
     "CycleGAN": "cyclegan_keras.model",
     "Pix2Pix": "cyclegan_keras.pix2pix",
+    "Downsample": "cyclegan_keras.layers",
     "ImagePool": "cyclegan_keras.image_pool",
     "InstanceNormalization": "cyclegan_keras.layers",
+    "PatchSampleMLP": "cyclegan_keras.cut",
     "ReflectionPadding2D": "cyclegan_keras.layers",
+    "Upsample": "cyclegan_keras.layers",
 }
 
 

@@ -9,7 +9,7 @@ import dataclasses
 import math
 
 # train.py --model: the methods of the authors' tools, sharing networks, data, loop and export.
-MODELS = ("cyclegan", "pix2pix")
+MODELS = ("cyclegan", "cut", "fastcut", "pix2pix")
 # The methods that learn from pairs (a2b only): their batches are pairs, cropped and flipped alike.
 PAIRED_MODELS = ("pix2pix",)
 # --dataset-mode: two sets of images (unpaired), A|B files split at the middle, two folders matched by name.
@@ -27,6 +27,7 @@ CHANNELS = (1, 3, 4)
 GENERATORS = ("resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128", "unet_64")
 DISCRIMINATORS = ("basic", "n_layers", "pixel")
 # What each generator needs of an input side: (a multiple of, at least); see tests/test_networks.py.
+RESNET_BLOCKS = {"resnet_9blocks": 9, "resnet_6blocks": 6}
 GENERATOR_SIZES = {
     "resnet_9blocks": (4, 8),
     "resnet_6blocks": (4, 8),
@@ -75,14 +76,34 @@ SYNTHETIC_DEFAULTS = dict(
     generator="resnet_6blocks", ngf=32, ndf=32, load_size=72, crop_size=64, n_epochs=3, n_epochs_decay=2
 )
 
+# CUT's settings (taesungp/contrastive-unpaired-translation), for --model cut and fastcut.
+CUT_SETTINGS = (
+    "lambda_nce",
+    "nce_idt",
+    "nce_layers",
+    "num_patches",
+    "nce_t",
+    "netf_nc",
+    "flip_equivariance",
+    "nce_includes_all_negatives_from_minibatch",
+    "no_antialias",
+    "no_antialias_up",
+)
 # The settings only some methods read, by method; one given to another method is refused.
 MODEL_SETTINGS = {
     "cyclegan": ("pool_size", "lambda_a", "lambda_b", "lambda_identity"),
+    "cut": CUT_SETTINGS,
+    "fastcut": CUT_SETTINGS,
     "pix2pix": ("lambda_l1",),
 }
-# Each method's own defaults (its reference's) for settings not given; the field defaults are CycleGAN's.
+# Each method's own defaults (its reference's) for settings not given; the field defaults are CycleGAN's
+# (and, for CUT's own settings, its parser's). CUT's --CUT_mode sets the two of CUT and FastCUT.
 MODEL_DEFAULTS = {
     "cyclegan": {},
+    "cut": dict(init_type="xavier", lambda_nce=1.0, nce_idt=True, n_epochs=200, n_epochs_decay=200),
+    "fastcut": dict(
+        init_type="xavier", lambda_nce=10.0, nce_idt=False, flip_equivariance=True, n_epochs=150, n_epochs_decay=50
+    ),
     "pix2pix": dict(
         generator="unet_256",
         norm="batch",
@@ -95,10 +116,27 @@ MODEL_DEFAULTS = {
 }
 # SYNTHETIC_DEFAULTS' exceptions by method: pix2pix keeps a U-Net, one whose 1x1 bottleneck fits 64x64.
 SYNTHETIC_MODEL_DEFAULTS = {"pix2pix": dict(generator="unet_64")}
+# The ResNet generator's layers CUT's PatchNCE reads by default (the reference's numbering).
+NCE_LAYERS = "0,4,8,12,16"
 
 
 class ConfigError(ValueError):
     """A setting the user gave is invalid; the message names the flag."""
+
+
+def parse_layers(text):
+    """CUT's `--nce_layers`, e.g. "0,4,8,12,16", as a tuple of increasing non-negative ints.
+
+    Raises:
+        ValueError: not such a list.
+    """
+    try:
+        layers = tuple(int(part) for part in str(text).split(","))
+    except ValueError:
+        layers = ()
+    if not layers or min(layers) < 0 or list(layers) != sorted(set(layers)):
+        raise ValueError(f"must be increasing layer indexes separated by commas, e.g. {NCE_LAYERS}. Received: {text!r}")
+    return layers
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -210,7 +248,9 @@ class TrainConfig:
 
     model: str = setting(
         "cyclegan",
-        "the method: cyclegan (unpaired, both directions) or pix2pix (pairs, the one direction of --direction)",
+        "the method: cyclegan (unpaired, both directions), cut or fastcut (unpaired, one direction: "
+        "contrastive unpaired translation, the reference's --model cut --CUT_mode CUT/FastCUT), pix2pix "
+        "(pairs, the one direction of --direction)",
         choices=MODELS,
     )
     dataset: str = setting(
@@ -278,12 +318,26 @@ class TrainConfig:
         0.5, "identity loss weight relative to the cycle weights (0 disables it)", minimum=0.0
     )
     lambda_l1: float = setting(100.0, "weight of the L1 loss |G(a) - b| to the pair's target", minimum=0.0)
+    lambda_nce: float = setting(1.0, "weight of CUT's PatchNCE loss (0: the GAN loss alone)", minimum=0.0)
+    nce_idt: bool = setting(False, "add PatchNCE between G(b) and b (the identity term), averaged with the main one")
+    nce_layers: str = setting(
+        NCE_LAYERS, "the generator's layers PatchNCE compares, in the reference's numbering", kind="layers"
+    )
+    num_patches: int = setting(256, "locations sampled per layer for PatchNCE", minimum=1)
+    nce_t: float = setting(0.07, "PatchNCE's temperature", above=0.0)
+    netf_nc: int = setting(256, "width of the MLP head over the features (the reference's --netF_nc)", minimum=1)
+    flip_equivariance: bool = setting(False, "flip the batch left-right at random before G and its query features back")
+    nce_includes_all_negatives_from_minibatch: bool = setting(
+        False, "PatchNCE's negatives from every image of the batch, not only the query's own"
+    )
+    no_antialias: bool = setting(False, "stride-2 convolutions instead of CUT's blurred Downsample")
+    no_antialias_up: bool = setting(False, "transposed convolutions instead of CUT's blurred Upsample and a conv")
     lr: float = setting(2e-4, "initial Adam learning rate", above=0.0)
     beta1: float = setting(0.5, "Adam beta_1", minimum=0.0, below=1.0)
     lr_policy: str = setting(
         "linear",
         "learning-rate schedule: linear (constant for --n-epochs, then linear decay), step (x0.1 every "
-        "--lr-decay-iters epochs), plateau (x0.2 after 5 epochs without a 1%% lower cycle loss), cosine "
+        "--lr-decay-iters epochs), plateau (x0.2 after 5 epochs without a 1%% lower cycle loss, CUT: NCE loss), cosine "
         "(to 0 over --n-epochs)",
         choices=LR_POLICIES,
     )
@@ -369,6 +423,8 @@ class TrainConfig:
                 f"The identity loss needs --input-nc equal to --output-nc ({self.input_nc} != "
                 f"{self.output_nc}): add --lambda-identity 0"
             )
+        if self.model in ("cut", "fastcut"):
+            self._check_cut()
         try:
             preprocessing = self.preprocessing("A")
         except ValueError as error:
@@ -401,6 +457,28 @@ class TrainConfig:
                 "folders: use --dataset-mode paired"
             )
 
+    def _check_cut(self):
+        if self.generator not in RESNET_BLOCKS:
+            raise ConfigError(
+                f"--generator {self.generator} cannot be used with --model {self.model}: PatchNCE reads the "
+                "encoder layers of the ResNet generator (resnet_9blocks, resnet_6blocks), as the reference"
+            )
+        try:
+            layers = parse_layers(self.nce_layers)
+        except ValueError as error:
+            raise ConfigError(f"--nce-layers {error}") from None
+        available = resnet_layer_count(RESNET_BLOCKS[self.generator], self.no_antialias, self.no_antialias_up)
+        if layers[-1] >= available:
+            raise ConfigError(
+                f"--nce-layers {self.nce_layers}: --generator {self.generator} has layers 0..{available - 1} "
+                "in the reference's numbering"
+            )
+        if self.nce_idt and self.lambda_nce > 0 and self.input_nc != self.output_nc:
+            raise ConfigError(
+                f"--nce-idt translates B images, so it needs --input-nc equal to --output-nc ({self.input_nc} != "
+                f"{self.output_nc}): add --no-nce-idt"
+            )
+
     @property
     def uses_folders(self):
         return self.dataroot is not None or self.train_a is not None
@@ -424,6 +502,11 @@ class TrainConfig:
             flip=not self.no_flip,
             channels=channels,
         )
+
+
+def resnet_layer_count(n_blocks, no_antialias=False, no_antialias_up=False):
+    """Modules in the reference's `ResnetGenerator.model` (CUT's), what --nce-layers indexes."""
+    return 4 + 2 * (3 if no_antialias else 4) + n_blocks + 2 * (3 if no_antialias_up else 4) + 3
 
 
 def _refused(name, model):

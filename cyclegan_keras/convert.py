@@ -8,7 +8,10 @@ statistics become the Keras layers' moving mean and variance.
 
 import re
 
+import numpy as np
+
 from cyclegan_keras import networks
+from cyclegan_keras.layers import blur_filter
 from cyclegan_keras.pth import (  # noqa: F401  (its errors are re-exported: load_torch_generator raises them)
     ConversionError,
     CorruptCheckpointError,
@@ -61,19 +64,24 @@ def infer_architecture(state):
         stem = state["model.1.weight"]
         if stem.shape[2:] != (7, 7):
             raise ConversionError(f"Expected a 7x7 first convolution (model.1.weight), found {stem.shape}")
-        last = 10 + len(blocks) + 7
-        if blocks != list(range(10, 10 + len(blocks))) or f"model.{last}.weight" not in state:
+        layout = _resnet_layout(state, len(blocks))
+        first = layout["blocks"]
+        if blocks != list(range(first, first + len(blocks))) or f"{layout['head_conv']}.weight" not in state:
             raise ConversionError(
                 f"Residual blocks at model.{blocks[0]}..model.{blocks[-1]} do not follow the reference's "
-                f"ResnetGenerator layout (blocks from model.10, final conv model.{last})"
+                f"ResnetGenerator layout (blocks from model.{first}, final conv {layout['head_conv']})"
             )
-        dropout = "model.10.conv_block.6.weight" in state  # Dropout shifts the second conv from 5 to 6
+        for key in layout["blurs"]:
+            _check_blur(state, key)
+        dropout = f"model.{first}.conv_block.6.weight" in state  # Dropout shifts the second conv from 5 to 6
         return "resnet", dict(
             n_blocks=len(blocks),
             filters=stem.shape[0],
             input_channels=stem.shape[1],
-            output_channels=state[f"model.{last}.weight"].shape[0],
+            output_channels=state[f"{layout['head_conv']}.weight"].shape[0],
             dropout=dropout,
+            antialias=layout["antialias"],
+            antialias_up=layout["antialias_up"],
         )
     if "model.0.weight" in state and state["model.0.weight"].shape[2:] in ((4, 4), (1, 1)):
         raise ConversionError(
@@ -87,15 +95,56 @@ def infer_architecture(state):
     )
 
 
+def _resnet_layout(state, n_blocks):
+    """Where the reference's ResnetGenerator keeps each weight: CUT's anti-aliased layers shift the indexes.
+
+    Anti-aliased (CUT's default), `Downsample` follows each down conv's ReLU (blocks from model.12, not
+    10) and each `Upsample` comes before a 3x3 conv (no ConvTranspose2d weight at its index); both keep
+    their fixed blur as a `filt` buffer, and the layout tells them apart even without it.
+    """
+    antialias = "model.7.weight" not in state and "model.8.weight" in state
+    first = 12 if antialias else 10
+    up = first + n_blocks
+    antialias_up = f"model.{up}.weight" not in state and f"model.{up + 1}.weight" in state
+    step = 4 if antialias_up else 3
+    convs = {"stem_conv": "model.1", "down0_conv": "model.4", "down1_conv": "model.8" if antialias else "model.7"}
+    for i in range(2):
+        convs[f"up{i}_conv"] = f"model.{up + i * step + (1 if antialias_up else 0)}"
+    blurs = ["model.7", "model.11"] if antialias else []
+    blurs += [f"model.{up}", f"model.{up + 4}"] if antialias_up else []
+    return dict(
+        antialias=antialias,
+        antialias_up=antialias_up,
+        blocks=first,
+        convs=convs,
+        blurs=blurs,
+        head_conv=f"model.{up + 2 * step + 1}",
+    )
+
+
+def _check_blur(state, key):
+    """A `Downsample`/`Upsample` buffer, if saved, must be the fixed filter our layers compute."""
+    filt = state.get(f"{key}.filt")
+    if filt is None:
+        return
+    size = filt.shape[-1]
+    expected = blur_filter(size) * (1 if size == 3 else 4)  # Downsample [1, 2, 1]; Upsample [1, 3, 3, 1] * stride**2
+    if filt.ndim != 4 or size not in (3, 4) or not np.allclose(filt, expected[None, None], atol=1e-6):
+        raise ConversionError(
+            f"{key}.filt is not the reference's fixed blur ([1, 2, 1] for Downsample, [1, 3, 3, 1] for "
+            f"Upsample); found shape {filt.shape}"
+        )
+
+
 def _resnet_weights(state, n_blocks, dropout):
+    layout = _resnet_layout(state, n_blocks)
     second = 6 if dropout else 5
-    conv_layers = {"stem_conv": "model.1", "down0_conv": "model.4", "down1_conv": "model.7"}
+    conv_layers = dict(layout["convs"])
     for i in range(n_blocks):
-        conv_layers[f"res{i}_conv0"] = f"model.{10 + i}.conv_block.1"
-        conv_layers[f"res{i}_conv1"] = f"model.{10 + i}.conv_block.{second}"
-    conv_layers["head_conv"] = f"model.{10 + n_blocks + 7}"
-    transposed = {"up0_conv": f"model.{10 + n_blocks}", "up1_conv": f"model.{10 + n_blocks + 3}"}
-    return conv_layers, transposed
+        conv_layers[f"res{i}_conv0"] = f"model.{layout['blocks'] + i}.conv_block.1"
+        conv_layers[f"res{i}_conv1"] = f"model.{layout['blocks'] + i}.conv_block.{second}"
+    conv_layers["head_conv"] = layout["head_conv"]
+    return conv_layers, layout["blurs"]
 
 
 def _unet_weights(num_downs):
@@ -120,16 +169,17 @@ def _unet_weights(num_downs):
 def state_dict_to_generator(state):
     """A Keras generator (from `cyclegan_keras.networks`) holding `state`'s weights."""
     kind, kwargs = infer_architecture(state)
-    norms = {}
+    norms, buffers = {}, []
     if kind == "resnet":
         generator = networks.resnet_generator(**kwargs)
-        conv_layers, transposed = _resnet_weights(state, kwargs["n_blocks"], kwargs["dropout"])
+        conv_layers, blurs = _resnet_weights(state, kwargs["n_blocks"], kwargs["dropout"])
+        buffers, transposed = [f"{key}.filt" for key in blurs], {}
     else:
         generator = networks.unet_generator(**kwargs)
         conv_layers, transposed, norms = _unet_weights(kwargs["num_downs"])
         if kwargs["norm"] != "batch":
             norms = {}  # instance norms without affine weights: nothing to carry
-    used = set()
+    used = set(key for key in buffers if key in state)  # the fixed blurs: checked, computed by our layers
     for layer_name, key in norms.items():
         # Keras's BatchNormalization weights: gamma, beta, moving mean, moving variance.
         names = ("weight", "bias", "running_mean", "running_var")

@@ -14,8 +14,8 @@ import tensorflow as tf
 
 from cyclegan_keras import ops
 from cyclegan_keras.files import format_bytes
-from cyclegan_keras.layers import InstanceNormalization
-from cyclegan_keras.networks import min_size, size_multiple
+from cyclegan_keras.layers import Downsample, InstanceNormalization, Upsample
+from cyclegan_keras.networks import downsampling, min_size, size_multiple, upsampling
 
 DEFAULT_MEMORY_FRACTION = 0.5
 # Peak allocation per byte of the graph's largest live set: measured 1.87-1.99 for resnet_9blocks,
@@ -121,12 +121,15 @@ def receptive_radius(generator):
     """Input pixels on each side that one output pixel of `generator` depends on (87 for resnet_9blocks)."""
     radius, step = 0, 1
     for layer in generator.layers:
-        if isinstance(layer, keras.layers.Conv2DTranspose):
-            radius += -(-(layer.kernel_size[0] - 1) // (2 * layer.strides[0])) * step
-            step = max(step // layer.strides[0], 1)
-        elif isinstance(layer, keras.layers.Conv2D):
-            radius += (layer.kernel_size[0] - 1) // 2 * step
-            step *= layer.strides[0]
+        up, down = upsampling(layer), downsampling(layer)
+        if isinstance(layer, (keras.layers.Conv2DTranspose, Upsample)):
+            size = layer.filter_size if isinstance(layer, Upsample) else layer.kernel_size[0]
+            radius += -(-(size - 1) // (2 * up)) * step
+            step = max(step // up, 1)
+        elif isinstance(layer, (keras.layers.Conv2D, Downsample)):
+            size = layer.filter_size if isinstance(layer, Downsample) else layer.kernel_size[0]
+            radius += (size - 1) // 2 * step
+            step *= down
     return radius
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -178,3 +180,139 @@ class BatchNormalization(keras.layers.BatchNormalization):
         beta = tf.cast(self.beta, x.dtype) if self.center else None
         outputs = keras.ops.batch_normalization(x, mean, variance, self.axis, beta, gamma, self.epsilon)
         return tf.cast(outputs, self.compute_dtype)
+
+
+def blur_filter(size: int):
+    """The reference's `get_filter`: the outer product of a binomial row ([1, 2, 1] for 3), summing to 1."""
+    if not 1 <= size <= 7:
+        raise ValueError(f"filter_size must be between 1 and 7 (the reference's filters). Received: filter_size={size}")
+    row = np.array([math.comb(size - 1, k) for k in range(size)], "float64")
+    kernel = np.outer(row, row)
+    return kernel / kernel.sum()
+
+
+class _Blur(keras.layers.Layer):
+    """A fixed per-channel blur (not a weight: the reference keeps it as the `filt` buffer)."""
+
+    def __init__(self, filter_size, strides, pad_mode, **kwargs):
+        super().__init__(**kwargs)
+        if pad_mode not in ops.PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {ops.PAD_MODES}. Received: pad_mode={pad_mode!r}")
+        if not isinstance(strides, int) or strides < 1:
+            raise ValueError(f"strides must be a positive int. Received: strides={strides!r}")
+        self.filter = blur_filter(filter_size)
+        self.filter_size = filter_size
+        self.strides = strides
+        self.pad_mode = pad_mode
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        if input_shape[-1] is None:
+            raise ValueError(f"{type(self).__name__} needs a known channel count. Received: input_shape={input_shape}")
+        self.channels = input_shape[-1]
+
+    def _depthwise(self, x, kernel, strides):
+        """`kernel` (k, k) on each channel of `x`, valid, as PyTorch's `conv2d(groups=channels)`."""
+        weights = np.repeat(kernel[:, :, None, None], self.channels, axis=2).astype("float32")
+        return tf.nn.depthwise_conv2d(x, tf.constant(weights, x.dtype), (1, strides, strides, 1), "VALID")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filter_size=self.filter_size, strides=self.strides, pad_mode=self.pad_mode)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="cyclegan_keras")
+class Downsample(_Blur):
+    """Anti-aliased downsampling (Zhang, ICML 2019) as the CUT reference's `Downsample`: pad, blur, subsample.
+
+    Pads `(filter_size - 1) / 2` (floor before, ceil after) by `pad_mode`, then convolves each channel
+    with `blur_filter(filter_size)` at stride `strides`: a `(h, w)` map becomes `(ceil(h / 2), ceil(w / 2))`
+    for the defaults.
+
+    Args:
+        filter_size: side of the binomial filter, 1 to 7 (3: [1, 2, 1]).
+        strides: the subsampling factor.
+        pad_mode: `"reflect"` (the reference's), `"replicate"` or `"zero"`.
+    """
+
+    def __init__(self, filter_size: int = 3, strides: int = 2, pad_mode: str = "reflect", **kwargs):
+        super().__init__(filter_size, strides, pad_mode, **kwargs)
+        self.padding = ((filter_size - 1) // 2, filter_size // 2)
+
+    def call(self, inputs):
+        padded = ops.pad_spatial(inputs, (self.padding, self.padding), self.pad_mode)
+        return self._depthwise(padded, self.filter, self.strides)
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        pad = sum(self.padding)
+
+        def side(size):
+            if size is None:
+                return None
+            if self.pad_mode == "reflect" and size <= max(self.padding):
+                raise ValueError(f"Downsample cannot reflect-pad a side of {size} by {max(self.padding)}")
+            return (size + pad - self.filter_size) // self.strides + 1
+
+        return (batch, side(height), side(width), channels)
+
+
+@keras.saving.register_keras_serializable(package="cyclegan_keras")
+class Upsample(_Blur):
+    """Anti-aliased upsampling as the CUT reference's `Upsample`: a transposed convolution with a fixed blur.
+
+    PyTorch: `conv_transpose2d(pad(x, 1), filt * strides**2, stride, padding=1 + (filter_size - 1) // 2)`,
+    then the first row and column dropped (and the last, for an even filter). Written as zero insertion
+    and a depthwise convolution (TFLite and XLA have no grouped transposed convolution); a `(h, w)` map
+    becomes `(2h, 2w)` for the defaults, the bilinear interpolation of the input with edges replicated.
+
+    Args:
+        filter_size: side of the binomial filter, 2 to 7 (4: [1, 3, 3, 1]).
+        strides: the upsampling factor.
+        pad_mode: `"replicate"` (the reference's), `"reflect"` or `"zero"`.
+    """
+
+    def __init__(self, filter_size: int = 4, strides: int = 2, pad_mode: str = "replicate", **kwargs):
+        if filter_size < 2:
+            raise ValueError(f"Upsample's filter_size must be at least 2. Received: filter_size={filter_size}")
+        super().__init__(filter_size, strides, pad_mode, **kwargs)
+        # The transposed convolution's padding, turned into the zero padding of its direct form.
+        self.inner_pad = filter_size - 2 - (filter_size - 1) // 2
+        self.crop = (1, 1 - filter_size % 2)
+
+    def call(self, inputs):
+        x = ops.pad_spatial(inputs, ((1, 1), (1, 1)), self.pad_mode)
+        for axis in (1, 2):
+            x = _insert_zeros(x, axis, self.strides)
+        pad = self.inner_pad
+        x = ops.pad_spatial(x, ((pad, pad), (pad, pad)), "zero") if pad > 0 else x
+        kernel = self.filter[::-1, ::-1] * self.strides**2  # a transposed convolution flips its kernel
+        x = self._depthwise(x, kernel, 1)
+        if pad < 0:  # only for filter sizes 2 and 3
+            x = ops.crop_spatial(x, ((-pad, -pad), (-pad, -pad)))
+        return ops.crop_spatial(x, (self.crop, self.crop))
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+
+        def side(size):
+            if size is None:
+                return None
+            inserted = (size + 1) * self.strides + 1
+            return inserted + 2 * self.inner_pad - self.filter_size + 1 - sum(self.crop)
+
+        return (batch, side(height), side(width), channels)
+
+
+def _insert_zeros(x, axis, strides):
+    """`strides - 1` zeros between the entries of `x` along `axis` (1 or 2): size n becomes strides * (n - 1) + 1."""
+    if strides == 1:
+        return x
+    shape = [x.shape[i] if x.shape[i] is not None else tf.shape(x)[i] for i in range(4)]
+    paddings = [[0, 0]] * 5
+    paddings[axis + 1] = [0, strides - 1]
+    spread = tf.pad(tf.expand_dims(x, axis + 1), paddings)
+    size = shape[axis] * strides
+    spread = tf.reshape(spread, [*shape[:axis], size, *shape[axis + 1 :]])
+    return spread[:, : size - strides + 1] if axis == 1 else spread[:, :, : size - strides + 1]

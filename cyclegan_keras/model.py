@@ -73,14 +73,15 @@ class GANModel(keras.Model):
 
     A subclass defines `generators`, `discriminators`, `_network_arguments` (its networks, for
     `get_config`), `snapshot_columns`, steps returning `self._update_trackers(losses)`, and a
-    `compile` calling this one.
+    `compile` calling this one; `missing_direction` if it learns one direction (why the other is
+    refused), `plateau_monitor` if the `plateau` learning-rate policy may watch one of its losses.
     """
 
     _network_arguments: tuple[str, ...] = ()
-    # Why a method has no generator for the other direction, told when it is asked for (None: it has both).
-    missing_direction_reason: str | None = None
-    # The epoch-mean loss the `plateau` learning-rate policy watches.
-    plateau_monitor: str = "cycle_loss"
+    # Why `generator(direction)` refuses a direction not in `generators` (None: it lists those it has).
+    missing_direction: str | None = None
+    # The epoch-mean loss that `callbacks.LearningRateSchedule("plateau")` watches for this method.
+    plateau_monitor: str | None = None
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -108,11 +109,8 @@ class GANModel(keras.Model):
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}. Received: direction={direction!r}")
         if direction not in self.generators:
-            reason = f": {self.missing_direction_reason}" if self.missing_direction_reason else ""
-            raise ValueError(
-                f"{type(self).__name__} translates {', '.join(self.generators)} only{reason}. "
-                f"Received: direction={direction!r}"
-            )
+            reason = self.missing_direction or f"{type(self).__name__} translates {', '.join(self.generators)} only"
+            raise ValueError(f"{reason}. Received: direction={direction!r}")
         return self.generators[direction]
 
     def translate(self, images: np.ndarray, direction: str = "a2b", **kwargs) -> np.ndarray:
@@ -289,6 +287,7 @@ class CycleGAN(GANModel):
     """
 
     _network_arguments = ("generator_ab", "generator_ba", "discriminator_a", "discriminator_b", "feature_extractor")
+    plateau_monitor = "cycle_loss"
 
     def __init__(
         self,

@@ -13,7 +13,15 @@ from collections.abc import Callable
 import keras
 
 from cyclegan_keras.config import NORMS
-from cyclegan_keras.layers import BatchNormalization, Dropout, InstanceNormalization, MaxLeakyReLU, ReflectionPadding2D
+from cyclegan_keras.layers import (
+    BatchNormalization,
+    Downsample,
+    Dropout,
+    InstanceNormalization,
+    MaxLeakyReLU,
+    ReflectionPadding2D,
+    Upsample,
+)
 
 
 def _check_norm(norm):
@@ -93,6 +101,8 @@ def resnet_generator(
     norm: str = "instance",
     dropout: bool = False,
     padding: str = "reflect",
+    antialias: bool = False,
+    antialias_up: bool = False,
     name: str | None = None,
 ) -> keras.Model:
     """ResNet generator: c7s1-64, d128, d256, R256 x n_blocks, u128, u64, c7s1-3, on [-1, 1] images.
@@ -103,6 +113,11 @@ def resnet_generator(
         norm: `"instance"`, `"batch"` or `"none"`.
         dropout: Dropout(0.5) in each residual block (off: the reference's `--no_dropout`).
         padding: `"reflect"`, `"replicate"` or `"zero"` in the residual blocks and the 7x7 convolutions.
+        antialias: each stride-2 convolution becomes a stride-1 one, its norm and ReLU, then a blurred
+            `Downsample` (`down{i}_blur`), as CUT's generator (the CUT reference's default; its
+            `--no_antialias` turns it off).
+        antialias_up: each transposed convolution becomes an `Upsample` (`up{i}_blur`, a fixed
+            [1, 3, 3, 1] blur) then a 3x3 convolution, as CUT's (`--no_antialias_up` turns it off).
 
     Returns:
         A `keras.Model` whose input height and width must be multiples of 4.
@@ -115,8 +130,10 @@ def resnet_generator(
     x = _padded_conv(inputs, filters, 7, 1, 3, use_bias, "stem_conv", pad_mode=padding)
     x = _norm_act(x, norm, "relu", "stem")
     for i in range(2):
-        x = _padded_conv(x, filters * 2 ** (i + 1), 3, 2, 1, use_bias, f"down{i}_conv")
+        x = _padded_conv(x, filters * 2 ** (i + 1), 3, 1 if antialias else 2, 1, use_bias, f"down{i}_conv")
         x = _norm_act(x, norm, "relu", f"down{i}")
+        if antialias:
+            x = Downsample(name=f"down{i}_blur")(x)
     for i in range(n_blocks):
         shortcut = x
         y = _padded_conv(x, filters * 4, 3, 1, 1, use_bias, f"res{i}_conv0", pad_mode=padding)
@@ -127,7 +144,11 @@ def resnet_generator(
         y = _norm_act(y, norm, None, f"res{i}_1")
         x = keras.layers.Add(name=f"res{i}_add")([shortcut, y])
     for i in range(2):
-        x = _conv_transpose(x, filters * 2 ** (1 - i), 3, 1, 1, use_bias, f"up{i}_conv")
+        if antialias_up:
+            x = Upsample(name=f"up{i}_blur")(x)
+            x = _padded_conv(x, filters * 2 ** (1 - i), 3, 1, 1, use_bias, f"up{i}_conv")
+        else:
+            x = _conv_transpose(x, filters * 2 ** (1 - i), 3, 1, 1, use_bias, f"up{i}_conv")
         x = _norm_act(x, norm, "relu", f"up{i}")
     x = _padded_conv(x, output_channels, 7, 1, 3, True, "head_conv", pad_mode=padding)
     return _float32_head(inputs, x, "tanh", "head_tanh", name or f"resnet_{n_blocks}blocks")
@@ -185,23 +206,30 @@ def patchgan_discriminator(
     filters: int = 64,
     input_channels: int = 3,
     norm: str = "instance",
+    antialias: bool = False,
     name: str | None = None,
 ) -> keras.Model:
     """PatchGAN discriminator: one real/fake logit (no sigmoid) per overlapping patch, `(batch, H', W', 1)`.
 
-    With `n_layers=3` (stride-2 convolutions) it is the reference's `basic` 70x70 PatchGAN.
+    With `n_layers=3` (stride-2 convolutions) it is the reference's `basic` 70x70 PatchGAN. With
+    `antialias` (CUT's default) each stride-2 convolution becomes a stride-1 one, its norm and
+    LeakyReLU, then a blurred `Downsample` (`conv{n}_blur`); the output has the same size.
     """
     _check_norm(norm)
     if n_layers < 1:
         raise ValueError(f"n_layers must be >= 1. Received: n_layers={n_layers}")
     use_bias = norm == "instance"
     inputs = keras.Input((None, None, input_channels), name="image")
-    x = _padded_conv(inputs, filters, 4, 2, 1, True, "conv0")
+    x = _padded_conv(inputs, filters, 4, 1 if antialias else 2, 1, True, "conv0")
     x = MaxLeakyReLU(0.2, name="conv0_lrelu")(x)
+    if antialias:
+        x = Downsample(name="conv0_blur")(x)
     for n in range(1, n_layers + 1):
-        strides = 2 if n < n_layers else 1
+        strides = 2 if n < n_layers and not antialias else 1
         x = _padded_conv(x, filters * min(2**n, 8), 4, strides, 1, use_bias, f"conv{n}")
         x = _norm_act(x, norm, "leaky_relu", f"conv{n}")
+        if antialias and n < n_layers:
+            x = Downsample(name=f"conv{n}_blur")(x)
     x = _padded_conv(x, 1, 4, 1, 1, True, "logits")
     return _float32_head(inputs, x, "linear", "logits_float32", name or f"patchgan_{n_layers}layers")
 
@@ -253,12 +281,30 @@ def build_discriminator(name: str, **kwargs) -> keras.Model:
     return _from_registry(DISCRIMINATORS, "discriminator", name)(**kwargs)
 
 
+def downsampling(layer) -> int:
+    """How many times smaller `layer` makes a map (1 for most; a stride-2 conv or `Downsample`: 2)."""
+    if isinstance(layer, (keras.layers.Conv2D, Downsample)):
+        return _stride(layer)
+    return 1
+
+
+def upsampling(layer) -> int:
+    """How many times larger `layer` makes a map (a stride-2 transposed conv or `Upsample`: 2)."""
+    if isinstance(layer, (keras.layers.Conv2DTranspose, Upsample)):
+        return _stride(layer)
+    return 1
+
+
+def _stride(layer):
+    strides = layer.strides
+    return strides if isinstance(strides, int) else strides[0]
+
+
 def size_multiple(network: keras.Model) -> int:
     """The number the input height and width must be a multiple of: the product of the strides."""
     multiple = 1
     for layer in network.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            multiple *= layer.strides[0]
+        multiple *= downsampling(layer)
     return multiple
 
 
@@ -269,10 +315,9 @@ def min_size(network: keras.Model) -> int:
     for layer in network.layers:
         if isinstance(layer, ReflectionPadding2D) and layer.mode == "reflect":
             needed = max(needed, (max(map(max, layer.padding)) + 1) * scale)
-        if isinstance(layer, keras.layers.Conv2D):
-            scale *= layer.strides[0]
-        elif isinstance(layer, keras.layers.Conv2DTranspose):
-            scale //= layer.strides[0]
+        if isinstance(layer, Downsample) and layer.pad_mode == "reflect":
+            needed = max(needed, (max(layer.padding) + 1) * scale)
+        scale = scale * downsampling(layer) // upsampling(layer)
     return -(-needed // multiple) * multiple
 
 
@@ -315,9 +360,10 @@ def receptive_field(network: keras.Model) -> int:
     """Receptive field in pixels of a stack of convolutions (70 for `basic`)."""
     field, jump = 1, 1
     for layer in network.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            field += (layer.kernel_size[0] - 1) * jump
-            jump *= layer.strides[0]
+        if isinstance(layer, (keras.layers.Conv2D, Downsample)):
+            size = layer.filter_size if isinstance(layer, Downsample) else layer.kernel_size[0]
+            field += (size - 1) * jump
+            jump *= downsampling(layer)
     return field
 
 
@@ -381,7 +427,8 @@ def init_weights(network, init_type="normal", gain=0.02, seed=None):
     """Re-initializes `network` in place as the reference's `init_weights` does (the builders use `normal`).
 
     Untruncated normals as PyTorch's; `kaiming` ignores `gain`; biases 0, batch-norm gamma N(1, gain).
-    Keras's fans of a `Conv2DTranspose` kernel `(kh, kw, out, in)` equal PyTorch's, so the scales match.
+    Keras's fans of a `Conv2DTranspose` kernel `(kh, kw, out, in)` equal PyTorch's, so the scales match,
+    and so do those of a `Dense` kernel `(in, out)` (PyTorch's `Linear` weight is `(out, in)`).
     """
     kernels = {
         "normal": lambda s: keras.initializers.RandomNormal(0.0, gain, seed=s),
@@ -393,7 +440,7 @@ def init_weights(network, init_type="normal", gain=0.02, seed=None):
         raise ValueError(f"init_type must be one of {tuple(kernels)}. Received: init_type={init_type!r}")
     for index, layer in enumerate(network.layers):
         layer_seed = None if seed is None else seed * 1000 + index
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose, keras.layers.Dense)):
             layer.kernel.assign(kernels[init_type](layer_seed)(layer.kernel.shape, layer.kernel.dtype))
             if layer.bias is not None:
                 layer.bias.assign(keras.ops.zeros_like(layer.bias))
@@ -402,3 +449,56 @@ def init_weights(network, init_type="normal", gain=0.02, seed=None):
             layer.gamma.assign(normal(layer.gamma.shape, layer.gamma.dtype))
             layer.beta.assign(keras.ops.zeros_like(layer.beta))
     return network
+
+
+def reference_layers(generator: keras.Model) -> list[str]:
+    """The layers of `generator` (built by `resnet_generator`) in the numbering of the reference's `nn.Sequential`.
+
+    Entry `i` names the Keras layer whose output is that of the reference's `model[i]` (CUT's
+    `nce_layers` index it; `0` is the stem's padding, `4` the first down convolution). Where the
+    reference has a module we do not (an `Identity` norm of `norm="none"`), the previous layer stands in.
+
+    Raises:
+        ValueError: `generator` is not a ResNet generator of this package.
+    """
+    names = {layer.name for layer in generator.layers}
+    if not {"stem_conv_pad", "stem_conv", "res0_add", "head_conv"} <= names:
+        raise ValueError(
+            "The reference's layer numbering (CUT's nce_layers) is that of its ResnetGenerator: expected a "
+            f"generator of networks.resnet_generator (layers stem_conv, res0_add, ...). Received: {generator.name!r}"
+        )
+
+    def norm_act(prefix, conv):
+        return [f"{prefix}_norm" if f"{prefix}_norm" in names else conv, f"{prefix}_relu"]
+
+    sequence = ["stem_conv_pad", "stem_conv", *norm_act("stem", "stem_conv")]
+    for i in range(2):
+        sequence += [f"down{i}_conv", *norm_act(f"down{i}", f"down{i}_conv")]
+        sequence += [f"down{i}_blur"] if f"down{i}_blur" in names else []
+    sequence += [f"res{i}_add" for i in range(len(names)) if f"res{i}_add" in names]
+    for i in range(2):
+        if f"up{i}_blur" in names:  # Upsample, then a convolution
+            sequence += [f"up{i}_blur", f"up{i}_conv", *norm_act(f"up{i}", f"up{i}_conv")]
+        else:  # one ConvTranspose2d, whose output is our crop's
+            sequence += [f"up{i}_conv_crop", *norm_act(f"up{i}", f"up{i}_conv_crop")]
+    return [*sequence, "head_conv_pad", "head_conv", "head_tanh"]
+
+
+def encoder_features(generator: keras.Model, layers: tuple[int, ...] = (0, 4, 8, 12, 16)) -> keras.Model:
+    """A model sharing `generator`'s layers that outputs the features at `layers` of the reference's numbering.
+
+    CUT's `netG(x, nce_layers, encode_only=True)`: with the defaults, the padded input, the two
+    down convolutions, the first residual block and the fifth (resnet_9blocks).
+
+    Raises:
+        ValueError: `generator` is not a ResNet generator, or a layer index is out of its range.
+    """
+    sequence = reference_layers(generator)
+    outside = [index for index in layers if not 0 <= index < len(sequence)]
+    if outside or not layers:
+        raise ValueError(
+            f"nce_layers must be indexes 0..{len(sequence) - 1} of the layers of generator {generator.name!r} in "
+            f"the reference's numbering. Received: {tuple(layers)}"
+        )
+    outputs = [generator.get_layer(sequence[index]).output for index in layers]
+    return keras.Model(generator.input, outputs, name=f"{generator.name}_features")

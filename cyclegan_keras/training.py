@@ -24,8 +24,10 @@ from cyclegan_keras.config import (  # noqa: F401  (re-exported: training is whe
     ConfigError,
     TrainConfig,
     make_config,
+    parse_layers,
     upgrade_settings,
 )
+from cyclegan_keras.cut import CUT, PatchSampleMLP
 from cyclegan_keras.model import CycleGAN
 from cyclegan_keras.pix2pix import Pix2Pix
 
@@ -103,8 +105,50 @@ def _build_pix2pix(config):
     return model
 
 
+def _build_cut(config):
+    """CUT or FastCUT (`config.model`), as the reference's `--model cut --CUT_mode ...`; the mode's defaults
+    come from `config.MODEL_DEFAULTS`."""
+    a, b = config.input_nc, config.output_nc
+    generator = networks.build_generator(
+        config.generator,
+        input_channels=a,
+        output_channels=b,
+        filters=config.ngf,
+        norm=config.norm,
+        dropout=config.dropout,
+        antialias=not config.no_antialias,
+        antialias_up=not config.no_antialias_up,
+    )
+    discriminator = dict(filters=config.ndf, norm=config.norm, antialias=not config.no_antialias)
+    if config.discriminator == "n_layers":
+        discriminator["n_layers"] = config.n_layers_d
+    elif config.discriminator == "pixel":
+        del discriminator["antialias"]  # 1x1 convolutions: nothing to blur (the reference's PixelDiscriminator)
+    discriminator = networks.build_discriminator(config.discriminator, input_channels=b, **discriminator)
+    nce_layers = parse_layers(config.nce_layers)
+    channels = [output.shape[-1] for output in networks.encoder_features(generator, nce_layers).outputs]
+    # The reference initialises netF as netG and netD (init_type, init_gain).
+    networks_ = _initialized([generator, discriminator, PatchSampleMLP(channels, config.netf_nc)], config)
+    model = CUT(*networks_, nce_layers=nce_layers, seed=config.seed)
+    objective = {name: getattr(config, name) for name in CUT_OBJECTIVE}
+    model.compile(**_optimizers(config), **objective, jit_compile=config.xla)
+    return model
+
+
+# The settings of CUT.compile, by their names in TrainConfig.
+CUT_OBJECTIVE = (
+    "gan_mode",
+    "lambda_nce",
+    "nce_idt",
+    "num_patches",
+    "nce_t",
+    "flip_equivariance",
+    "nce_includes_all_negatives_from_minibatch",
+)
+
+
 # config.model -> the function building its compiled model.
-BUILDERS = {"cyclegan": _build_cyclegan, "pix2pix": _build_pix2pix}
+BUILDERS = {"cyclegan": _build_cyclegan, "cut": _build_cut, "fastcut": _build_cut, "pix2pix": _build_pix2pix}
 
 
 def load_domains(config, phase):
@@ -222,7 +266,7 @@ def train(config, workdir, verbose=1, strategy=None):
         strategy: a `tf.distribute.Strategy` (None: the one `config.strategy` names).
 
     Returns:
-        The trained `CycleGAN`, also saved as `WORKDIR/model.keras`.
+        The trained model (`CycleGAN`, `CUT`), also saved as `WORKDIR/model.keras`.
 
     Raises:
         ConfigError, data.DataError: before any training, for bad settings or data.
@@ -331,6 +375,7 @@ def _train(config, workdir, run_dir, strategy, verbose):
             lr_decay_iters=config.lr_decay_iters,
             monitor=model.plateau_monitor,
             history_csv=workdir / "log.csv",
+            **({"monitor": model.plateau_monitor} if model.plateau_monitor else {}),
         ),
         *([evaluation] if evaluation else []),  # before the CSV log, which records its scores
         cb.CSVLog(run_dir / "log.csv", append=True),

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cyclegan_keras import data, files, networks
+from cyclegan_keras import cut, data, files, networks  # noqa: F401  (cut registers CUT for load_model)
 from cyclegan_keras.config import DEFAULT_LOAD_SIZE, DIRECTIONS, INFERENCE_PREPROCESS, ONNX_INSTALL
 from cyclegan_keras.files import format_bytes
 from cyclegan_keras.inference import (
@@ -44,12 +44,12 @@ LOCK = ".cyclegan_keras.lock"
 
 
 def load_generator(path, direction="a2b"):
-    """The generator for `direction` from a `.keras` file (a CycleGAN or a lone generator) or a work directory.
+    """The generator for `direction` from a `.keras` file (a CycleGAN, a CUT or a lone generator) or a work directory.
 
     Raises:
         FileNotFoundError: no model file at `path`.
         ModelLoadError: the file is not a readable Keras model.
-        ValueError: a bad `direction`, or `"b2a"` for a lone generator (it has its own direction only).
+        ValueError: a bad `direction`, or `"b2a"` for a lone generator or a CUT (they learn one direction).
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}. Received: direction={direction!r}")

@@ -15,13 +15,15 @@ tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
 )
 
-from cyclegan_keras import CycleGAN, networks  # noqa: E402
+from cyclegan_keras import CUT, CycleGAN, networks  # noqa: E402
 
 # train.py flags of the fast tier's runs: 4 filters, 32x32 crops, pool 3.
 TINY_TRAIN_FLAGS = [
     *("--generator", "resnet_6blocks", "--ngf", "4", "--ndf", "4"),
     *("--load-size", "36", "--crop-size", "32", "--pool-size", "3", "--snapshot-count", "2"),
 ]
+# The same for --model cut (which has no pool), 16 PatchNCE locations per layer.
+TINY_CUT_FLAGS = ["--model", "cut", *TINY_TRAIN_FLAGS[:10], "--snapshot-count", "2", "--num-patches", "16"]
 
 
 def tiny_cyclegan(pool_size=50, channels=3, **kwargs):
@@ -44,6 +46,17 @@ def tiny_pix2pix(dropout=False, input_channels=3, output_channels=3, seed=0):
         networks.unet_generator(5, 8, input_channels, output_channels, norm="batch", dropout=dropout),
         networks.patchgan_discriminator(filters=8, input_channels=input_channels + output_channels, norm="batch"),
         seed=seed,
+    )
+
+
+def tiny_cut(channels=3, **kwargs):
+    """The fast tier's CUT: 8 filters, one residual block, anti-aliased as the reference's."""
+    return CUT(
+        networks.resnet_generator(
+            n_blocks=1, filters=8, input_channels=channels, output_channels=channels, antialias=True, antialias_up=True
+        ),
+        networks.patchgan_discriminator(filters=8, input_channels=channels, antialias=True),
+        **kwargs,
     )
 
 

@@ -37,7 +37,15 @@ def test_architecture_is_inferred_from_the_keys():
     state = convert.read_state_dict(FIXTURES / "resnet_tiny.pth")
     assert convert.infer_architecture(state) == (
         "resnet",
-        dict(n_blocks=2, filters=4, input_channels=3, output_channels=3, dropout=False),
+        dict(
+            n_blocks=2,
+            filters=4,
+            input_channels=3,
+            output_channels=3,
+            dropout=False,
+            antialias=False,
+            antialias_up=False,
+        ),
     )
     assert state["model.1.weight"].shape == (4, 3, 7, 7) and state["model.1.weight"].dtype == np.float32
     unet = convert.read_state_dict(FIXTURES / "unet_tiny_legacy.pth")

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_cyclegan
+from conftest import tiny_cut, tiny_cyclegan
 
 from cyclegan_keras import callbacks, distribute
 
@@ -35,6 +35,25 @@ def test_mixed_precision_keeps_float32_where_it_matters(precision, rng):
     scaled = isinstance(model.generator_optimizer, keras.optimizers.LossScaleOptimizer)
     assert scaled == (precision == "mixed_float16")
     assert isinstance(model.discriminator_optimizer, keras.optimizers.LossScaleOptimizer) == scaled
+
+
+def test_cut_keeps_its_head_and_patch_nce_in_float32(rng):
+    with distribute.precision_policy("mixed_float16"):
+        scaled = tiny_cut()
+        scaled.compile()
+    assert isinstance(scaled.generator_optimizer, keras.optimizers.LossScaleOptimizer)
+    with distribute.precision_policy("mixed_bfloat16"):  # no loss scale skipping the first steps
+        model = tiny_cut()
+        model.compile(num_patches=16, flip_equivariance=True, run_eagerly=True)
+    assert model.generator_ab.get_layer("down0_blur").compute_dtype == "bfloat16"
+    assert all(layer.compute_dtype == "float32" for layer in model.patch_sampler.layers)
+    before = [np.array(v) for v in model.patch_sampler.weights]
+    history = model.fit(_batches(rng), steps_per_epoch=1, epochs=1, verbose=0).history
+    assert all(np.isfinite(values[-1]) for values in history.values())
+    assert all(not np.array_equal(np.array(v), b) for v, b in zip(model.patch_sampler.weights, before))
+    features = [tf.zeros((2, 4, 4, channels), "bfloat16") for channels in model.patch_sampler.channels]
+    ids = [tf.range(3)] * len(features)
+    assert all(output.dtype == "float32" for output in model.patch_sampler(features, sample_ids=ids))
 
 
 def test_mixed_float16_survives_save_and_load(rng, tmp_path):

@@ -46,6 +46,8 @@ def bad_values(action):
         return values
     if action.type is cli_args.direction:
         return ["foo", "CtoD", "AtoA", ""]
+    if action.type is cli_args.layer_indices:
+        return ["x", "4,0", "0,0", "-1", "0,,4", ""]
     if action.type in PATH_CASES:
         return PATH_CASES[action.type]
     if action.nargs == 0:  # --help and switches: no value to get wrong

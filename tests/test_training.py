@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN_FLAGS, read_tensorboard, tiny_cyclegan
+from conftest import TINY_CUT_FLAGS, TINY_TRAIN_FLAGS, read_tensorboard, tiny_cyclegan
 from PIL import Image
 
 from cyclegan_keras import callbacks as cb
@@ -238,7 +238,11 @@ PIX2PIX_FLAGS = [
 
 # Four train.py processes (two at once): the fast tier keeps the in-process lock and resume tests.
 @pytest.mark.slow
-@pytest.mark.parametrize("model_flags", [TINY_TRAIN_FLAGS, PIX2PIX_FLAGS], ids=["cyclegan", "pix2pix"])
+@pytest.mark.parametrize(
+    "model_flags",
+    [TINY_TRAIN_FLAGS, PIX2PIX_FLAGS, [*TINY_CUT_FLAGS, "--flip-equivariance"]],  # CUT: every random draw of its step
+    ids=["cyclegan", "pix2pix", "cut"],
+)
 def test_killed_run_resumes_to_the_same_result(tmp_path, dataroot, model_flags):
     # 3 epochs of 8 steps, checkpoints every 2 steps; killed at step 13
     # (epoch 2, step 5): resumes from epoch 2, step 4 and must end with the

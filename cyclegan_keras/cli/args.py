@@ -12,7 +12,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from cyclegan_keras.config import BATCH_NORM_MODES, DIRECTIONS, IMAGE_EXTENSIONS, LEGACY_DIRECTIONS, Range
+from cyclegan_keras.config import BATCH_NORM_MODES, DIRECTIONS, IMAGE_EXTENSIONS, LEGACY_DIRECTIONS, Range, parse_layers
 from cyclegan_keras.files import existing_ancestor
 
 FID_WEIGHTS_URL = (  # cyclegan_keras.fid_inception.FID_WEIGHTS_URL
@@ -46,6 +46,14 @@ def direction(text):
     """argparse type: a direction in either vocabulary, returned as `a2b`/`b2a`."""
     try:
         return parse_direction(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def layer_indices(text):
+    """argparse type: CUT's layer list ("0,4,8,12,16"), kept as the text (config.json stores it so)."""
+    try:
+        return ",".join(map(str, parse_layers(text)))
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 

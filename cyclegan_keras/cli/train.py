@@ -1,9 +1,10 @@
-"""Train a CycleGAN (or a pix2pix).
+"""Train a CycleGAN (or CUT, FastCUT: --model cut, fastcut; pix2pix on pairs: --model pix2pix).
 
     python train.py                                  # built-in synthetic data, minutes on a CPU
     python train.py --dataroot datasets/horse2zebra  # a folder with trainA/ trainB/ (testA/ testB/)
     python train.py --dataset horse2zebra --download # tensorflow-datasets' cycle_gan
     python train.py --model pix2pix --dataroot datasets/facades --direction b2a  # pairs: train/ of A|B files
+    python train.py --model cut --dataroot datasets/horse2zebra   # CUT, one direction (A -> B)
 
 Running the same command again resumes an interrupted run from its last
 checkpoint. Everything lands in --workdir; the trained model is
@@ -27,6 +28,7 @@ KIND_TYPES = {
     "image_folder": cli_args.image_folder,
     "output_folder": cli_args.output_folder,
     "direction": cli_args.direction,
+    "layers": cli_args.layer_indices,
 }
 
 

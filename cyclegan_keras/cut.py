@@ -1,0 +1,385 @@
+"""`CUT`, contrastive unpaired translation (CUT and FastCUT), trained by one `fit()`; its PatchNCE loss and MLP head.
+
+Park, Efros, Zhang, Zhu, "Contrastive Learning for Unpaired Image-to-Image Translation", ECCV 2020.
+The reference is the authors' code, taesungp/contrastive-unpaired-translation: `models/cut_model.py`
+(the step), `models/patchnce.py` (the loss) and `PatchSampleF` in `models/networks.py` (the head).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from cyclegan_keras import networks
+from cyclegan_keras.config import GAN_MODES
+from cyclegan_keras.distribute import replica_share
+from cyclegan_keras.losses import gan_loss, gradient_penalty
+from cyclegan_keras.model import GANModel
+
+NCE_LAYERS = (0, 4, 8, 12, 16)
+
+
+@keras.saving.register_keras_serializable(package="cyclegan_keras")
+class PatchSampleMLP(keras.Model):
+    """The reference's `PatchSampleF` as `mlp_sample`: feature vectors at given locations, projected, L2-normalised.
+
+    Per feature map: the vectors at `sample_ids` (indexes into the flattened height x width, the same
+    for every image of the batch), then `Dense(units) - ReLU - Dense(units)` of that map (made here for
+    known channel counts, where the reference makes them at the first forward pass), then `x / (|x| + 1e-7)`.
+    Computes in float32 whatever the global policy.
+
+    Args:
+        channels: the channel count of each feature map, in order.
+        units: width of both layers of each MLP (the reference's `--netF_nc`).
+    """
+
+    def __init__(self, channels: tuple[int, ...] | list[int], units: int = 256, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        channels = tuple(int(c) for c in channels)
+        if not channels or min(channels) < 1 or units < 1:
+            raise ValueError(f"channels and units must be positive. Received: channels={channels}, units={units}")
+        self.channels, self.units = channels, units
+        self.hidden, self.projections = [], []
+        for index, width in enumerate(channels):
+            hidden = _dense(units, "relu", f"mlp{index}_dense0")
+            projection = _dense(units, None, f"mlp{index}_dense1")
+            hidden.build((None, width))
+            projection.build((None, units))
+            self.hidden.append(hidden)
+            self.projections.append(projection)
+        self.built = True
+
+    def call(self, features, sample_ids):
+        """`features`: NHWC maps; `sample_ids`: int32 `(samples,)` per map. Returns `(batch * samples, units)` each."""
+        outputs = []
+        for feature, ids, hidden, projection in zip(features, sample_ids, self.hidden, self.projections):
+            feature = tf.cast(feature, "float32")
+            flat = tf.reshape(feature, (tf.shape(feature)[0], -1, feature.shape[-1]))
+            sampled = tf.reshape(tf.gather(flat, ids, axis=1), (-1, feature.shape[-1]))
+            x = projection(hidden(sampled))
+            outputs.append(x / (tf.sqrt(tf.reduce_sum(tf.square(x), axis=1, keepdims=True)) + 1e-7))
+        return outputs
+
+    def get_config(self):
+        return {**super().get_config(), "channels": list(self.channels), "units": self.units}
+
+
+def _dense(units, activation, name):
+    # N(0, 0.02) kernels as every network here before `training` applies --init-type (CUT: xavier).
+    init = keras.initializers.RandomNormal(0.0, 0.02)
+    return keras.layers.Dense(units, activation=activation, kernel_initializer=init, dtype="float32", name=name)
+
+
+def sample_ids(features, num_patches, seed):
+    """Per feature map, `min(num_patches, height * width)` distinct random locations: the reference's
+    `np.random.permutation(h * w)[:num_patches]`, one draw per map for the whole batch.
+
+    Args:
+        seed: a `keras.random.SeedGenerator` (training: its state is saved, so a resumed run draws on) or an int.
+    """
+    ids = []
+    for feature in features:
+        locations = feature.shape[1] * feature.shape[2] if None not in feature.shape[1:3] else None
+        if locations is None:
+            locations = tf.shape(feature)[1] * tf.shape(feature)[2]
+            count = tf.minimum(num_patches, locations)
+        else:
+            count = min(num_patches, locations)
+        # The top-k of uniform draws: a random subset in random order, as a permutation's head.
+        scores = keras.random.uniform((locations,), seed=seed)
+        ids.append(tf.math.top_k(scores, k=count, sorted=True).indices)
+    return ids
+
+
+def patch_nce_loss(query, key, batch_size, temperature=0.07, negatives_from_minibatch=False):
+    """The reference's `PatchNCELoss`: per query, cross-entropy of its positive key against the other keys.
+
+    Logits `[q . k+, q . k-...] / temperature`, the negatives being the other locations of the same
+    image (of the whole batch with `negatives_from_minibatch`), the query's own key among them set to
+    -10 (the reference's masked diagonal). It does not stop the key's gradient (the reference detaches
+    it inside; `CUT` computes the keys outside its gradient tape).
+
+    Args:
+        query, key: `(batch_size * samples, dim)`, row `b * samples + s` for image `b`, location `s`.
+
+    Returns:
+        The loss of each query, `(batch_size * samples,)` float32.
+    """
+    query, key = tf.cast(query, "float32"), tf.cast(key, "float32")
+    dim = query.shape[-1]
+    positive = tf.reduce_sum(query * key, axis=1, keepdims=True)
+    groups = 1 if negatives_from_minibatch else batch_size
+    query, key = tf.reshape(query, (groups, -1, dim)), tf.reshape(key, (groups, -1, dim))
+    negative = tf.matmul(query, key, transpose_b=True)
+    count = tf.shape(query)[1]
+    diagonal = tf.cast(tf.eye(count), tf.bool)[None]
+    negative = tf.reshape(tf.where(diagonal, tf.constant(-10.0), negative), (-1, count))
+    logits = tf.concat([positive, negative], axis=1) / temperature
+    labels = tf.zeros(tf.shape(logits)[:1], tf.int32)
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+
+def layer_mean_nce(queries, keys, sample_ids_, lambda_nce=1.0, nce_t=0.07, negatives_from_minibatch=False):
+    """`lambda_nce` times the mean PatchNCE loss of each layer's pooled queries and keys, averaged over layers.
+
+    The end of the reference's `calculate_NCE_loss`, given `PatchSampleMLP`'s outputs for the
+    features of G(x) (`queries`) and of x (`keys`) at the same `sample_ids_`.
+    """
+    total = 0.0
+    for query, key, locations in zip(queries, keys, sample_ids_):
+        batch = tf.shape(query)[0] // tf.shape(locations)[0]
+        total += tf.reduce_mean(patch_nce_loss(query, key, batch, nce_t, negatives_from_minibatch)) * lambda_nce
+    return total / len(queries)
+
+
+def _flipped(flip, images):
+    """`images` mirrored left-right where `flip` (a scalar bool tensor) is true."""
+    return tf.where(flip, tf.reverse(images, axis=[2]), images)
+
+
+@keras.saving.register_keras_serializable(package="cyclegan_keras")
+class CUT(GANModel):
+    """CUT and FastCUT: one generator A -> B, kept close to its input by a patchwise contrastive loss.
+
+    Park et al., ECCV 2020. Trains on `(real_a, real_b)` batches; one `train_step` is the reference's
+    `optimize_parameters`: G's forward once, a discriminator step on real_b and the (detached) fake_b,
+    then one step of G and the MLP head together against the updated D. The PatchNCE loss compares,
+    at `num_patches` random locations of each `nce_layers` feature map of G's encoder, the features of
+    G(a) (queries) with those of `a` (keys, no gradient); CUT adds the same between G(b) and `b`.
+    LSGAN, no image pool. Compile settings choose the mode: CUT is the default, FastCUT is
+    `compile(lambda_nce=10, nce_idt=False, flip_equivariance=True)`.
+
+    Args:
+        generator_ab: G, a `networks.resnet_generator` (CUT's has `antialias=True, antialias_up=True`).
+        discriminator_b: D, logits for B images (CUT's: `patchgan_discriminator(antialias=True)`).
+        patch_sampler: the MLP head (`PatchSampleMLP` over the `nce_layers` channels); None: one of 256 units.
+        nce_layers: indexes of G's layers in the reference's `nn.Sequential` numbering (see
+            `networks.reference_layers`) whose features PatchNCE compares.
+        seed: of the sample locations and the flips.
+    """
+
+    _network_arguments = ("generator_ab", "discriminator_b", "patch_sampler")
+    missing_direction = (
+        "CUT learns one direction, a2b (A -> B): it has no B -> A generator (train another with "
+        "--direction b2a for that)"
+    )
+    plateau_monitor = "nce_loss"
+
+    def __init__(
+        self,
+        generator_ab: keras.Model,
+        discriminator_b: keras.Model,
+        patch_sampler: PatchSampleMLP | None = None,
+        nce_layers: tuple[int, ...] = NCE_LAYERS,
+        seed: int = 0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.generator_ab = generator_ab
+        self.discriminator_b = discriminator_b
+        self.nce_layers = tuple(int(index) for index in nce_layers)
+        features = networks.encoder_features(generator_ab, self.nce_layers)
+        # Untracked: it shares G's layers, so saving it would store G's weights twice.
+        object.__setattr__(self, "_encoder", features)
+        channels = tuple(output.shape[-1] for output in features.outputs)
+        if patch_sampler is None:
+            patch_sampler = PatchSampleMLP(channels, name="patch_sampler")
+        if tuple(patch_sampler.channels) != channels:
+            raise ValueError(
+                f"patch_sampler takes features of {tuple(patch_sampler.channels)} channels, but the generator's "
+                f"layers {self.nce_layers} have {channels}"
+            )
+        self.patch_sampler = patch_sampler
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        # Keras saves no SeedGenerator; tracked as the model's variable, its state is (a resumed run draws on).
+        self.draw_state = self.seed_generator.state
+        self.seed = seed
+
+    @property
+    def generators(self):
+        return {"a2b": self.generator_ab}
+
+    @property
+    def discriminators(self):
+        return [self.discriminator_b]
+
+    @property
+    def generator_variables(self):
+        # One Adam over G and the head: Adam keeps moments per variable, so this is the reference's
+        # optimizer_G plus its optimizer_F (same lr and betas), also for the learning-rate schedule.
+        return [*self.generator_ab.trainable_variables, *self.patch_sampler.trainable_variables]
+
+    def snapshot_columns(self, real_a, real_b):
+        fake_b, idt_b = self.translate(real_a, "a2b"), self.translate(real_b, "a2b")
+        return dict(real_a=real_a, fake_b=fake_b, real_b=real_b, idt_b=idt_b)
+
+    def build(self, input_shape):
+        height, width = input_shape[1], input_shape[2]
+        if height is not None and width is not None:
+            self._check_image_size(height, width)
+
+    def compile(
+        self,
+        generator_optimizer: keras.optimizers.Optimizer | None = None,
+        discriminator_optimizer: keras.optimizers.Optimizer | None = None,
+        gan_mode: str = "lsgan",
+        lambda_gan: float = 1.0,
+        lambda_nce: float = 1.0,
+        nce_idt: bool = True,
+        num_patches: int = 256,
+        nce_t: float = 0.07,
+        flip_equivariance: bool = False,
+        nce_includes_all_negatives_from_minibatch: bool = False,
+        lambda_gp: float = 10.0,
+        **kwargs,
+    ) -> None:
+        """Configures the objective (CUT's by default) and the optimizers.
+
+        Args:
+            generator_optimizer: over G and the MLP head; `Adam(2e-4, beta_1=0.5, beta_2=0.999)` if None.
+            discriminator_optimizer: over D; the same Adam if None.
+            gan_mode: `"lsgan"` (the reference's), `"vanilla"` or `"wgangp"` (with the gradient penalty).
+            lambda_gan: weight of G's adversarial loss.
+            lambda_nce: weight of PatchNCE (CUT 1, FastCUT 10); 0 trains G by the GAN loss alone.
+            nce_idt: add PatchNCE between G(b) and b, averaged with the main one (CUT on, FastCUT off).
+            num_patches: locations sampled per feature map.
+            nce_t: the temperature.
+            flip_equivariance: G sees the batch mirrored with probability 0.5 and its query features are
+                mirrored back (FastCUT's regularization).
+            nce_includes_all_negatives_from_minibatch: negatives from every image of the batch (per
+                replica under `tf.distribute`), not only the query's own.
+            lambda_gp: gradient-penalty weight for `"wgangp"`.
+            **kwargs: to `keras.Model.compile`, which refuses its `optimizer`, `loss` and `*metrics` here.
+
+        Raises:
+            ValueError: on a setting out of range, or on an argument of `keras.Model.compile` it does not use.
+        """
+        # First, while the settings are all the locals but these.
+        objective = {
+            name: value
+            for name, value in locals().items()
+            if name not in ("self", "__class__", "generator_optimizer", "discriminator_optimizer", "kwargs")
+        }
+        if gan_mode not in GAN_MODES:
+            raise ValueError(f"gan_mode must be one of {GAN_MODES}. Received: gan_mode={gan_mode!r}")
+        for name, value in (("lambda_gan", lambda_gan), ("lambda_nce", lambda_nce), ("lambda_gp", lambda_gp)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0. Received: {name}={value}")
+        if num_patches < 1 or nce_t <= 0:
+            raise ValueError(f"num_patches must be >= 1 and nce_t > 0. Received: {num_patches}, {nce_t}")
+        g = self.generator_ab
+        if nce_idt and g.input_shape[-1] != g.output_shape[-1]:
+            raise ValueError(
+                "The identity NCE term translates B images, so it needs equal input and output channels: set "
+                f"nce_idt=False. Received a generator {g.input_shape} -> {g.output_shape}"
+            )
+        losses = ["gen_ab_loss", "nce_loss", *(["nce_idt_loss"] if nce_idt else []), "disc_b_loss"]
+        super().compile(generator_optimizer, discriminator_optimizer, objective=objective, losses=losses, **kwargs)
+
+    def _nce_keys(self, real, parts, seed):
+        """For each of the `parts` batches stacked in `real`: the sample ids, and the pooled keys (no gradient)."""
+        features = self._encoder(real, training=True)
+        ids, keys = [], []
+        for part in range(parts):
+            maps = [_part(feature, part, parts) for feature in features]
+            drawn = sample_ids(maps, self.objective["num_patches"], seed)
+            ids.append(drawn)
+            keys.append([tf.stop_gradient(key) for key in self.patch_sampler(maps, sample_ids=drawn)])
+        return ids, keys
+
+    def _nce_losses(self, fake, ids, keys, flip=None):
+        """PatchNCE of each part of `fake` (queries) against its keys: the reference's `calculate_NCE_loss`."""
+        o = self.objective
+        features = self._encoder(fake, training=True)
+        if flip is not None:  # back to the orientation of the keys' images
+            features = [_flipped(flip, feature) for feature in features]
+        losses = []
+        for part, (drawn, part_keys) in enumerate(zip(ids, keys)):
+            maps = [_part(feature, part, len(ids)) for feature in features]
+            queries = self.patch_sampler(maps, sample_ids=drawn)
+            losses.append(
+                layer_mean_nce(
+                    queries,
+                    part_keys,
+                    drawn,
+                    o["lambda_nce"],
+                    o["nce_t"],
+                    o["nce_includes_all_negatives_from_minibatch"],
+                )
+            )
+        return losses
+
+    def _discriminator_loss(self, real_b, fake_b, training):
+        """0.5 * (L(D(fake_b), fake) + L(D(real_b), real)), plus the WGAN-GP penalty."""
+        o, d = self.objective, self.discriminator_b
+        loss = 0.5 * (
+            gan_loss(d(fake_b, training=training), False, o["gan_mode"])
+            + gan_loss(d(real_b, training=training), True, o["gan_mode"])
+        )
+        if o["gan_mode"] == "wgangp" and o["lambda_gp"] > 0:
+            loss += o["lambda_gp"] * gradient_penalty(d, real_b, fake_b, self.seed_generator)
+        return loss
+
+    def _generator_losses(self, real_a, real_b, fake, ids, keys, flip, training):
+        """G's losses given its forward `fake` (of `real_a`, then `real_b` with nce_idt); returns (total, losses)."""
+        o = self.objective
+        fake_b = fake[: tf.shape(real_a)[0]]
+        losses = {"gen_ab_loss": gan_loss(self.discriminator_b(fake_b, training=training), True, o["gan_mode"])}
+        nce = self._nce_losses(fake, ids, keys, flip) if ids else [tf.constant(0.0)] * (1 + o["nce_idt"])
+        losses["nce_loss"] = nce[0]
+        if o["nce_idt"]:
+            losses["nce_idt_loss"] = nce[1]
+        return o["lambda_gan"] * losses["gen_ab_loss"] + tf.add_n(nce) / len(nce), losses
+
+    def _inputs(self, real_a, real_b):
+        """What G translates in a step: real_a, and real_b below it for the identity NCE term."""
+        return tf.concat([real_a, real_b], axis=0) if self.objective["nce_idt"] else real_a
+
+    def train_step(self, data):
+        real_a, real_b = self._unpack(data)
+        if not self.built:
+            self.build(real_a.shape)
+        o = self.objective
+        # Each replica's loss is its share of the global batch's; a LossScaleOptimizer scales it further.
+        share = replica_share()
+        real = self._inputs(real_a, real_b)
+        flip = keras.random.uniform((), seed=self.seed_generator) < 0.5 if o["flip_equivariance"] else None
+        # The keys need no tape: they depend on G's weights only, which change at the end of the step.
+        ids, keys = self._nce_keys(real, 1 + o["nce_idt"], self.seed_generator) if o["lambda_nce"] > 0 else ((), ())
+        with tf.GradientTape() as tape:
+            fake = self.generator_ab(real if flip is None else _flipped(flip, real), training=True)
+            with tape.stop_recording():  # the discriminator's step, between G's forward and its loss
+                fake_b = tf.stop_gradient(fake[: tf.shape(real_a)[0]])
+                with tf.GradientTape() as discriminator_tape:
+                    discriminator_loss = self._discriminator_loss(real_b, fake_b, True)
+                    scaled_loss = self.discriminator_optimizer.scale_loss(discriminator_loss * share)
+                gradients = discriminator_tape.gradient(scaled_loss, self.discriminator_variables)
+                self.discriminator_optimizer.apply_gradients(zip(gradients, self.discriminator_variables))
+            generator_loss, losses = self._generator_losses(real_a, real_b, fake, ids, keys, flip, True)
+            scaled_loss = self.generator_optimizer.scale_loss(generator_loss * share)
+        variables = self.generator_variables if ids else self.generator_ab.trainable_variables
+        gradients = tape.gradient(scaled_loss, variables)
+        self.generator_optimizer.apply_gradients(zip(gradients, variables))
+        losses["disc_b_loss"] = discriminator_loss
+        return self._update_trackers(losses)
+
+    def test_step(self, data):
+        real_a, real_b = self._unpack(data)
+        real = self._inputs(real_a, real_b)
+        # Locations from the fixed seed: evaluating must not move the training draws.
+        parts = 1 + self.objective["nce_idt"]
+        ids, keys = self._nce_keys(real, parts, self.seed) if self.objective["lambda_nce"] > 0 else ((), ())
+        fake = self.generator_ab(real, training=False)
+        _, losses = self._generator_losses(real_a, real_b, fake, ids, keys, None, False)
+        losses["disc_b_loss"] = self._discriminator_loss(real_b, fake[: tf.shape(real_a)[0]], False)
+        return self._update_trackers(losses)
+
+    def get_config(self):
+        return {**super().get_config(), "nce_layers": list(self.nce_layers), "seed": self.seed}
+
+
+def _part(images, part, parts):
+    """Batch rows `part` of `parts` equal parts of `images`."""
+    size = tf.shape(images)[0] // parts
+    return images[part * size : (part + 1) * size]
