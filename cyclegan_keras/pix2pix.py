@@ -46,7 +46,10 @@ class Pix2Pix(GANModel):
     """
 
     _network_arguments = ("generator_ab", "discriminator")
-    missing_direction = "pix2pix learns the one direction it was trained in (--direction picks it in train.py)"
+    missing_direction = (
+        "Pix2Pix translates a2b only: pix2pix learns the one direction it was trained in "
+        "(--direction picks it in train.py)"
+    )
     plateau_monitor = "l1_loss"
 
     def __init__(self, generator_ab: keras.Model, discriminator: keras.Model, seed: int = 0, **kwargs):

@@ -373,7 +373,6 @@ def _train(config, workdir, run_dir, strategy, verbose):
             config.n_epochs_decay,
             epoch_count=config.epoch_count,
             lr_decay_iters=config.lr_decay_iters,
-            monitor=model.plateau_monitor,
             history_csv=workdir / "log.csv",
             **({"monitor": model.plateau_monitor} if model.plateau_monitor else {}),
         ),
