@@ -1,6 +1,7 @@
 """CUT and FastCUT: the anti-aliased layers and networks, PatchNCE and the head against the authors'
 PyTorch code (fixtures from tests/torch_cut_reference.py), and the model's step, saving and resume."""
 
+import math
 from pathlib import Path
 
 import keras
@@ -33,6 +34,23 @@ def numpy_blur(x, kernel, stride):
             window = x[:, i * stride : i * stride + k, j * stride : j * stride + k]
             out[:, i, j] = np.einsum("nhwc,hw->nc", window, kernel)
     return out
+
+
+def numpy_upsample(x, size, stride):
+    """The reference's `Upsample` on NHWC `x`, from its definition: replicate-pad 1, transposed convolution
+    with `binomial * stride` on each axis, padding 1 + (size - 1) // 2, the first (and, even, last) output cut."""
+    row = np.array([math.comb(size - 1, k) for k in range(size)], "float64")
+    taps = row / row.sum() * stride
+    padding = 1 + (size - 1) // 2
+    for axis in (1, 2):
+        padded = np.moveaxis(np.pad(x, [(1, 1) if a == axis else (0, 0) for a in range(4)], mode="edge"), axis, 0)
+        full = np.zeros((stride * (len(padded) - 1) + size, *padded.shape[1:]))
+        for i, value in enumerate(padded):
+            for t in range(size):
+                full[stride * i + t] += taps[t] * value
+        out = full[padding : len(full) - padding][1:]
+        x = np.moveaxis(out if size % 2 else out[:-1], 0, axis)
+    return x
 
 
 # -- Layers -------------------------------------------------------------------------------
@@ -70,9 +88,14 @@ def test_blur_layers_config_symbolic_and_errors():
         assert not layer.weights  # fixed filters, as the reference's buffers
     assert Downsample()(keras.Input((None, 9, 6))).shape == (None, None, 5, 6)
     assert Upsample()(keras.Input((7, None, 6))).shape == (None, 14, None, 6)
-    for layer in (Upsample(strides=3), Upsample(filter_size=3), Downsample(filter_size=4, strides=3)):
-        output = np.asarray(layer(np.ones((1, 5, 4, 2), "float32")))
-        assert output.shape == layer.compute_output_shape((1, 5, 4, 2)), layer.get_config()
+    x = np.random.default_rng(0).normal(size=(1, 5, 4, 2)).astype("float32")
+    for size, stride in ((4, 2), (3, 2), (4, 3), (5, 2), (2, 2), (7, 3)):
+        layer = Upsample(filter_size=size, strides=stride)
+        output = np.asarray(layer(x))
+        np.testing.assert_allclose(output, numpy_upsample(x, size, stride), atol=1e-5, err_msg=(size, stride))
+        assert output.shape == layer.compute_output_shape(x.shape), layer.get_config()
+    down = Downsample(filter_size=4, strides=3)
+    assert np.asarray(down(x)).shape == down.compute_output_shape(x.shape)
     with pytest.raises(ValueError, match="pad_mode"):
         Downsample(pad_mode="circular")
     with pytest.raises(ValueError, match="filter_size must be at least 2"):
