@@ -34,3 +34,15 @@ def write_json(path, results):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine(), "results": results}, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def synthetic_task(size=32):
+    """The learning benchmarks' data: 64 + 64 training images, 16 held-out A images and their true B."""
+    from cyclegan_keras.data import synthetic_images, synthetic_mapping
+
+    def to_float(images):
+        return images.astype("float32") / 127.5 - 1.0
+
+    test_a = to_float(synthetic_images("A", 16, size, seed=3))
+    real_a, real_b = (to_float(synthetic_images(d, 64, size, seed=s)) for d, s in (("A", 1), ("B", 2)))
+    return real_a, real_b, test_a, synthetic_mapping(test_a, "a2b")

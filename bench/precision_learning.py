@@ -21,16 +21,8 @@ def run(precision, steps, seed=1):
     import tensorflow as tf
 
     from cyclegan_keras import CycleGAN, distribute, networks
-    from cyclegan_keras.data import synthetic_images, synthetic_mapping
 
-    def to_float(images):
-        return images.astype("float32") / 127.5 - 1.0
-
-    size = 32
-    real_a = to_float(synthetic_images("A", 64, size, seed=1))
-    real_b = to_float(synthetic_images("B", 64, size, seed=2))
-    test_a = to_float(synthetic_images("A", 16, size, seed=3))
-    truth_b = synthetic_mapping(test_a, "a2b")
+    real_a, real_b, test_a, truth_b = common.synthetic_task()
     keras.utils.set_random_seed(seed)
     with distribute.precision_policy(precision):
         model = CycleGAN(

@@ -252,7 +252,11 @@ def weights_of(network):
     return [np.array(v) for v in network.weights]
 
 
-def test_one_step_trains_the_generator_the_head_and_the_discriminator(rng):
+def test_one_step_trains_the_generator_the_head_and_the_discriminator(rng, tmp_path):
+    from PIL import Image
+
+    from cyclegan_keras.callbacks import ImageSnapshot
+
     model = tiny_cut()
     model.compile(num_patches=16, run_eagerly=True)
     data, a, b = unpaired(rng)
@@ -266,6 +270,11 @@ def test_one_step_trains_the_generator_the_head_and_the_discriminator(rng):
     assert int(model.generator_optimizer.iterations) == int(model.discriminator_optimizer.iterations) == 1
     # The head trains with G's optimizer (so the schedule sets its rate too).
     assert {v.path for v in model.patch_sampler.trainable_variables} <= {v.path for v in model.generator_variables}
+    snapshot = ImageSnapshot(a[:1], b[:1], tmp_path, cell_size=32)
+    snapshot.set_model(model)
+    snapshot.on_epoch_end(0, {name: values[-1] for name, values in history.items()})
+    with Image.open(tmp_path / "epoch_001.png") as grid:  # real_a | fake_b | real_b | idt_b
+        assert grid.size == (4 * 32, 32 + ImageSnapshot.TITLE_PIXELS)
 
 
 def test_losses_follow_the_objective(rng):
@@ -379,20 +388,16 @@ def _images(folder, count=2, size=(24, 20)):
 def test_train_py_trains_cut_and_translate_py_takes_its_one_direction(tmp_path, capsys, eager_steps):
     from PIL import Image
 
-    from cyclegan_keras.callbacks import ImageSnapshot
     from cyclegan_keras.cli import translate
 
     workdir = tmp_path / "run"
-    output = _train_cut(workdir, capsys)
+    output = _train_cut(workdir, capsys, "--snapshot-every-epochs", 0)  # the snapshot: test_one_step_...
     assert "Synthetic test set: mean |G(a) - true mapping|" in output
     header = (workdir / "log.csv").read_text().splitlines()[0].split(",")
     assert {"nce_loss", "nce_idt_loss", "gen_ab_loss", "disc_b_loss", "lr"} <= set(header)
     model = keras.models.load_model(workdir / "model.keras")
     assert type(model) is CUT and model.objective["nce_idt"] and model.objective["num_patches"] == 16
     assert model.generator_ab.get_layer("down0_blur") and model.discriminator_b.get_layer("conv0_blur")
-    with Image.open(workdir / "snapshots" / "epoch_001.png") as grid:  # real_a | fake_b | real_b | idt_b, 2 rows
-        cell = (grid.size[1] - ImageSnapshot.TITLE_PIXELS) // 2
-        assert grid.size[0] == 4 * cell
     inputs = _images(tmp_path / "inputs")
     code, output = run_cli(translate.main, ["--model", workdir, "--input", inputs, "--out", tmp_path / "out"], capsys)
     assert code == 0, output
