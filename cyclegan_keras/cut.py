@@ -11,9 +11,8 @@ import keras
 import tensorflow as tf
 
 from cyclegan_keras import networks
-from cyclegan_keras.config import GAN_MODES
 from cyclegan_keras.distribute import replica_share
-from cyclegan_keras.losses import gan_loss, gradient_penalty
+from cyclegan_keras.losses import gan_loss
 from cyclegan_keras.model import GANModel
 
 NCE_LAYERS = (0, 4, 8, 12, 16)
@@ -165,6 +164,7 @@ class CUT(GANModel):
         "--direction b2a for that)"
     )
     plateau_monitor = "nce_loss"
+    discriminator_sees_fake_first = True  # compute_D_loss: pred_fake, then pred_real
 
     def __init__(
         self,
@@ -214,11 +214,6 @@ class CUT(GANModel):
         fake_b, idt_b = self.translate(real_a, "a2b"), self.translate(real_b, "a2b")
         return dict(real_a=real_a, fake_b=fake_b, real_b=real_b, idt_b=idt_b)
 
-    def build(self, input_shape):
-        height, width = input_shape[1], input_shape[2]
-        if height is not None and width is not None:
-            self._check_image_size(height, width)
-
     def compile(
         self,
         generator_optimizer: keras.optimizers.Optimizer | None = None,
@@ -261,11 +256,7 @@ class CUT(GANModel):
             for name, value in locals().items()
             if name not in ("self", "__class__", "generator_optimizer", "discriminator_optimizer", "kwargs")
         }
-        if gan_mode not in GAN_MODES:
-            raise ValueError(f"gan_mode must be one of {GAN_MODES}. Received: gan_mode={gan_mode!r}")
-        for name, value in (("lambda_gan", lambda_gan), ("lambda_nce", lambda_nce), ("lambda_gp", lambda_gp)):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0. Received: {name}={value}")
+        self._check_objective(gan_mode, lambda_gan=lambda_gan, lambda_nce=lambda_nce, lambda_gp=lambda_gp)
         if num_patches < 1 or nce_t <= 0:
             raise ValueError(f"num_patches must be >= 1 and nce_t > 0. Received: {num_patches}, {nce_t}")
         g = self.generator_ab
@@ -310,17 +301,6 @@ class CUT(GANModel):
             )
         return losses
 
-    def _discriminator_loss(self, real_b, fake_b, training):
-        """0.5 * (L(D(fake_b), fake) + L(D(real_b), real)), plus the WGAN-GP penalty."""
-        o, d = self.objective, self.discriminator_b
-        loss = 0.5 * (
-            gan_loss(d(fake_b, training=training), False, o["gan_mode"])
-            + gan_loss(d(real_b, training=training), True, o["gan_mode"])
-        )
-        if o["gan_mode"] == "wgangp" and o["lambda_gp"] > 0:
-            loss += o["lambda_gp"] * gradient_penalty(d, real_b, fake_b, self.seed_generator)
-        return loss
-
     def _generator_losses(self, real_a, real_b, fake, ids, keys, flip, training):
         """G's losses given its forward `fake` (of `real_a`, then `real_b` with nce_idt); returns (total, losses)."""
         o = self.objective
@@ -341,8 +321,6 @@ class CUT(GANModel):
         if not self.built:
             self.build(real_a.shape)
         o = self.objective
-        # Each replica's loss is its share of the global batch's; a LossScaleOptimizer scales it further.
-        share = replica_share()
         real = self._inputs(real_a, real_b)
         flip = keras.random.uniform((), seed=self.seed_generator) < 0.5 if o["flip_equivariance"] else None
         # The keys need no tape: they depend on G's weights only, which change at the end of the step.
@@ -351,13 +329,14 @@ class CUT(GANModel):
             fake = self.generator_ab(real if flip is None else _flipped(flip, real), training=True)
             with tape.stop_recording():  # the discriminator's step, between G's forward and its loss
                 fake_b = tf.stop_gradient(fake[: tf.shape(real_a)[0]])
-                with tf.GradientTape() as discriminator_tape:
-                    discriminator_loss = self._discriminator_loss(real_b, fake_b, True)
-                    scaled_loss = self.discriminator_optimizer.scale_loss(discriminator_loss * share)
-                gradients = discriminator_tape.gradient(scaled_loss, self.discriminator_variables)
-                self.discriminator_optimizer.apply_gradients(zip(gradients, self.discriminator_variables))
+                discriminator_loss = self._step(
+                    self.discriminator_optimizer,
+                    self.discriminator_variables,
+                    lambda: self._discriminator_loss(self.discriminator_b, real_b, fake_b, True)[0],
+                )
             generator_loss, losses = self._generator_losses(real_a, real_b, fake, ids, keys, flip, True)
-            scaled_loss = self.generator_optimizer.scale_loss(generator_loss * share)
+            # Each replica's loss is its share of the global batch's; a LossScaleOptimizer scales it further.
+            scaled_loss = self.generator_optimizer.scale_loss(generator_loss * replica_share())
         variables = self.generator_variables if ids else self.generator_ab.trainable_variables
         gradients = tape.gradient(scaled_loss, variables)
         self.generator_optimizer.apply_gradients(zip(gradients, variables))
@@ -372,7 +351,9 @@ class CUT(GANModel):
         ids, keys = self._nce_keys(real, parts, self.seed) if self.objective["lambda_nce"] > 0 else ((), ())
         fake = self.generator_ab(real, training=False)
         _, losses = self._generator_losses(real_a, real_b, fake, ids, keys, None, False)
-        losses["disc_b_loss"] = self._discriminator_loss(real_b, fake[: tf.shape(real_a)[0]], False)
+        losses["disc_b_loss"], _, _ = self._discriminator_loss(
+            self.discriminator_b, real_b, fake[: tf.shape(real_a)[0]], False
+        )
         return self._update_trackers(losses)
 
     def get_config(self):

@@ -163,6 +163,48 @@ class GANModel(keras.Model):
         with tracking.DotNotTrackScope():
             self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in losses}
 
+    # The order of D's two forward passes in the reference's `backward_D` (it moves batch-norm statistics).
+    discriminator_sees_fake_first = False
+
+    def build(self, input_shape):
+        """Checks that training images of `input_shape` (a `real_a` batch's) fit the networks."""
+        height, width = input_shape[1], input_shape[2]
+        if height is not None and width is not None:
+            self._check_image_size(height, width)
+
+    @staticmethod
+    def _check_objective(gan_mode, **weights):
+        """Refuses an unknown `gan_mode` or a negative weight, naming the argument."""
+        if gan_mode not in GAN_MODES:
+            raise ValueError(f"gan_mode must be one of {GAN_MODES}. Received: gan_mode={gan_mode!r}")
+        for key, value in weights.items():
+            if value < 0:
+                raise ValueError(f"{key} must be >= 0. Received: {key}={value}")
+
+    def _discriminator_loss(self, discriminator, real, fake, training):
+        """The reference's D loss: `(total, real term, fake term)`, total = 0.5 * (real + fake) + WGAN-GP's penalty.
+
+        Reads `gan_mode` and `lambda_gp` of the compiled objective.
+        """
+        gan_mode, lambda_gp = self.objective["gan_mode"], self.objective.get("lambda_gp", 0.0)
+        terms = {}
+        for name in ("fake", "real") if self.discriminator_sees_fake_first else ("real", "fake"):
+            images = fake if name == "fake" else real
+            terms[name] = gan_loss(discriminator(images, training=training), name == "real", gan_mode)
+        total = 0.5 * (terms["real"] + terms["fake"])
+        if gan_mode == "wgangp" and lambda_gp > 0:
+            total += lambda_gp * gradient_penalty(discriminator, real, fake, self.seed_generator)
+        return total, terms["real"], terms["fake"]
+
+    def _step(self, optimizer, variables, loss_fn):
+        """One step of `optimizer` on `loss_fn()`, as this replica's share of the global batch's loss; returns it."""
+        with tf.GradientTape() as tape:
+            loss = loss_fn()
+            # A LossScaleOptimizer scales it further (float16).
+            scaled_loss = optimizer.scale_loss(loss * replica_share())
+        optimizer.apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))
+        return loss
+
     def _loss_scaled(self, optimizer):
         """`optimizer` in a `LossScaleOptimizer` when a network computes in float16 (its gradients underflow)."""
         networks = [*self.generators.values(), *self.discriminators]
@@ -373,11 +415,7 @@ class CycleGAN(GANModel):
         """
         # First, while the lambda_* arguments are all the locals, in the signature's order.
         weights = {name: value for name, value in locals().items() if name.startswith("lambda_")}
-        if gan_mode not in GAN_MODES:
-            raise ValueError(f"gan_mode must be one of {GAN_MODES}. Received: gan_mode={gan_mode!r}")
-        for key, value in weights.items():
-            if value < 0:
-                raise ValueError(f"{key} must be >= 0. Received: {key}={value}")
+        self._check_objective(gan_mode, **weights)
         same_channels = all(g.input_shape[-1] == g.output_shape[-1] for g in (self.generator_ab, self.generator_ba))
         if (lambda_identity > 0 or lambda_pixel > 0) and not same_channels:
             raise ValueError(
@@ -433,16 +471,6 @@ class CycleGAN(GANModel):
             total += losses["feature_loss"]
         return total, losses, fake_a, fake_b
 
-    def _discriminator_loss(self, discriminator, real, fake, training):
-        """0.5 * (L(D(real), real) + L(D(fake), fake)), plus the WGAN-GP penalty."""
-        loss = 0.5 * (
-            gan_loss(discriminator(real, training=training), True, self.gan_mode)
-            + gan_loss(discriminator(fake, training=training), False, self.gan_mode)
-        )
-        if self.gan_mode == "wgangp" and self.loss_weights["lambda_gp"] > 0:
-            loss += self.loss_weights["lambda_gp"] * gradient_penalty(discriminator, real, fake, self.seed_generator)
-        return loss
-
     def train_step(self, data):
         real_a, real_b = self._unpack(data)
         if not self.built:
@@ -458,21 +486,21 @@ class CycleGAN(GANModel):
 
         pooled_fake_a = self.pool_a(fake_a)
         pooled_fake_b = self.pool_b(fake_b)
-        with tf.GradientTape() as tape:
-            losses["disc_a_loss"] = self._discriminator_loss(self.discriminator_a, real_a, pooled_fake_a, True)
-            losses["disc_b_loss"] = self._discriminator_loss(self.discriminator_b, real_b, pooled_fake_b, True)
-            discriminator_loss = losses["disc_a_loss"] + losses["disc_b_loss"]
-            scaled_loss = self.discriminator_optimizer.scale_loss(discriminator_loss * share)
-        gradients = tape.gradient(scaled_loss, self.discriminator_variables)
-        self.discriminator_optimizer.apply_gradients(zip(gradients, self.discriminator_variables))
+
+        def discriminator_objective():
+            losses["disc_a_loss"], _, _ = self._discriminator_loss(self.discriminator_a, real_a, pooled_fake_a, True)
+            losses["disc_b_loss"], _, _ = self._discriminator_loss(self.discriminator_b, real_b, pooled_fake_b, True)
+            return losses["disc_a_loss"] + losses["disc_b_loss"]
+
+        self._step(self.discriminator_optimizer, self.discriminator_variables, discriminator_objective)
         return self._update_trackers(losses)
 
     def test_step(self, data):
         real_a, real_b = self._unpack(data)
         _, losses, fake_a, fake_b = self._generator_losses(real_a, real_b, False)
         # No pool at evaluation: it would change the training state.
-        losses["disc_a_loss"] = self._discriminator_loss(self.discriminator_a, real_a, fake_a, False)
-        losses["disc_b_loss"] = self._discriminator_loss(self.discriminator_b, real_b, fake_b, False)
+        losses["disc_a_loss"], _, _ = self._discriminator_loss(self.discriminator_a, real_a, fake_a, False)
+        losses["disc_b_loss"], _, _ = self._discriminator_loss(self.discriminator_b, real_b, fake_b, False)
         return self._update_trackers(losses)
 
     def get_config(self):

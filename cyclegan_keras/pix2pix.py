@@ -5,9 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from cyclegan_keras.config import GAN_MODES
 from cyclegan_keras.distribute import replica_share
-from cyclegan_keras.losses import gan_loss, gradient_penalty, l1_loss
+from cyclegan_keras.losses import gan_loss, l1_loss
 from cyclegan_keras.model import GANModel
 
 
@@ -51,6 +50,7 @@ class Pix2Pix(GANModel):
         "(--direction picks it in train.py)"
     )
     plateau_monitor = "l1_loss"
+    discriminator_sees_fake_first = True  # backward_D: pred_fake, then pred_real
 
     def __init__(self, generator_ab: keras.Model, discriminator: keras.Model, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
@@ -77,12 +77,6 @@ class Pix2Pix(GANModel):
     def snapshot_columns(self, real_a, real_b):
         return dict(input=real_a, output=self.translate(real_a, "a2b"), target=real_b)
 
-    def build(self, input_shape):
-        """Checks that training images of `input_shape` (a `real_a` batch's) fit the networks."""
-        height, width = input_shape[1], input_shape[2]
-        if height is not None and width is not None:
-            self._check_image_size(height, width)
-
     def compile(
         self,
         generator_optimizer: keras.optimizers.Optimizer | None = None,
@@ -101,35 +95,24 @@ class Pix2Pix(GANModel):
             lambda_gp: gradient-penalty weight for `"wgangp"`.
             **kwargs: to `keras.Model.compile`, which refuses its `optimizer`, `loss` and `*metrics` here.
         """
-        if gan_mode not in GAN_MODES:
-            raise ValueError(f"gan_mode must be one of {GAN_MODES}. Received: gan_mode={gan_mode!r}")
-        for key, value in (("lambda_l1", lambda_l1), ("lambda_gp", lambda_gp)):
-            if value < 0:
-                raise ValueError(f"{key} must be >= 0. Received: {key}={value}")
+        self._check_objective(gan_mode, lambda_l1=lambda_l1, lambda_gp=lambda_gp)
         losses = ["gen_ab_loss", "l1_loss", "disc_real_loss", "disc_fake_loss"]
         objective = dict(gan_mode=gan_mode, lambda_l1=lambda_l1, lambda_gp=lambda_gp)
         super().compile(generator_optimizer, discriminator_optimizer, objective=objective, losses=losses, **kwargs)
-        self.gan_mode, self.lambda_l1, self.lambda_gp = gan_mode, lambda_l1, lambda_gp
 
     def _discriminator_losses(self, real_a, real_b, fake_b, training):
         """The reference's `backward_D` terms: D's loss on the fake and on the real pair, and their 0.5-mean."""
         real_ab = tf.concat([real_a, tf.cast(real_b, real_a.dtype)], axis=-1)
         fake_ab = tf.concat([real_a, tf.cast(tf.stop_gradient(fake_b), real_a.dtype)], axis=-1)
-        losses = {
-            "disc_fake_loss": gan_loss(self.discriminator(fake_ab, training=training), False, self.gan_mode),
-            "disc_real_loss": gan_loss(self.discriminator(real_ab, training=training), True, self.gan_mode),
-        }
-        total = 0.5 * (losses["disc_fake_loss"] + losses["disc_real_loss"])
-        if self.gan_mode == "wgangp" and self.lambda_gp > 0:
-            total += self.lambda_gp * gradient_penalty(self.discriminator, real_ab, fake_ab, self.seed_generator)
-        return total, losses
+        total, real, fake = self._discriminator_loss(self.discriminator, real_ab, fake_ab, training)
+        return total, {"disc_fake_loss": fake, "disc_real_loss": real}
 
     def _generator_losses(self, real_a, real_b, fake_b, training):
         """The reference's `backward_G` terms: fool D on `(real_a, fake_b)`, and be near `real_b`."""
         fake_ab = tf.concat([real_a, tf.cast(fake_b, real_a.dtype)], axis=-1)
         losses = {
-            "gen_ab_loss": gan_loss(self.discriminator(fake_ab, training=training), True, self.gan_mode),
-            "l1_loss": self.lambda_l1 * l1_loss(fake_b, real_b),
+            "gen_ab_loss": gan_loss(self.discriminator(fake_ab, training=training), True, self.objective["gan_mode"]),
+            "l1_loss": self.objective["lambda_l1"] * l1_loss(fake_b, real_b),
         }
         return losses["gen_ab_loss"] + losses["l1_loss"], losses
 
@@ -138,19 +121,21 @@ class Pix2Pix(GANModel):
         if not self.built:
             # Without a strategy the TF trainer builds nothing before the first trace.
             self.build(real_a.shape)
-        # Each replica's loss is its share of the global batch's; a LossScaleOptimizer scales it further.
-        share = replica_share()
+        losses = {}
+
+        def discriminator_objective():
+            total, terms = self._discriminator_losses(real_a, real_b, fake_b, True)
+            losses.update(terms)
+            return total
+
         with tf.GradientTape() as generator_tape:
             fake_b = self.generator_ab(real_a, training=True)
             # The discriminator's step comes between G's forward pass and its loss, as in the reference.
             with generator_tape.stop_recording():
-                with tf.GradientTape() as tape:
-                    discriminator_loss, losses = self._discriminator_losses(real_a, real_b, fake_b, True)
-                    scaled_loss = self.discriminator_optimizer.scale_loss(discriminator_loss * share)
-                gradients = tape.gradient(scaled_loss, self.discriminator_variables)
-                self.discriminator_optimizer.apply_gradients(zip(gradients, self.discriminator_variables))
+                self._step(self.discriminator_optimizer, self.discriminator_variables, discriminator_objective)
             generator_loss, generator_losses = self._generator_losses(real_a, real_b, fake_b, True)
-            scaled_loss = self.generator_optimizer.scale_loss(generator_loss * share)
+            # Each replica's loss is its share of the global batch's; a LossScaleOptimizer scales it further.
+            scaled_loss = self.generator_optimizer.scale_loss(generator_loss * replica_share())
         gradients = generator_tape.gradient(scaled_loss, self.generator_variables)
         self.generator_optimizer.apply_gradients(zip(gradients, self.generator_variables))
         return self._update_trackers({**generator_losses, **losses})

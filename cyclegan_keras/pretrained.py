@@ -248,11 +248,9 @@ def _convert(name, entry, source, model, progress):
     try:
         generator = convert.load_torch_generator(source)
     except convert.ConversionError as error:
-        if entry.method == "cyclegan":
-            raise PretrainedError(f"{name}: {source} does not convert: {error}") from None
         raise PretrainedError(
-            f"{name} is a {method} generator ({architecture}), which this version's converter does not support "
-            f"yet: {error}. The download stays in {source} for a version that does"
+            f"{name} ({method}, {architecture}): {source} does not convert: {error}. The download is kept: "
+            "delete it to download it again"
         ) from None
     except (convert.CorruptCheckpointError, convert.UnsafePickleError) as error:
         raise PretrainedError(f"{name}: {error} (delete {source} and run again to download it again)") from None

@@ -17,6 +17,21 @@ tf.config.set_logical_device_configuration(
 
 from cyclegan_keras import CUT, CycleGAN, networks  # noqa: E402
 
+TWO_CPUS = ["/cpu:0", "/cpu:1"]
+
+
+@pytest.fixture(scope="session")
+def mirrored():
+    """The one MirroredStrategy over both logical CPUs, shared by every test of the process.
+
+    TensorFlow caches collective instances by key per process, and a second
+    MirroredStrategy over the same devices restarts its keys, so its
+    all-reduces can meet another's cached shapes ("Shape mismatch in the
+    collective instance"): a test that makes its own breaks the ones after it.
+    """
+    return tf.distribute.MirroredStrategy(TWO_CPUS)
+
+
 # train.py flags of the fast tier's runs: 4 filters, 32x32 crops, pool 3.
 TINY_TRAIN_FLAGS = [
     *("--generator", "resnet_6blocks", "--ngf", "4", "--ndf", "4"),

@@ -6,17 +6,6 @@ import pytest
 import tensorflow as tf
 from conftest import tiny_cut, tiny_cyclegan
 
-TWO_CPUS = ["/cpu:0", "/cpu:1"]
-
-
-@pytest.fixture(scope="module")
-def mirrored():
-    # One strategy for the whole module: TensorFlow caches collective
-    # instances by key per process, and a second MirroredStrategy over the
-    # same devices restarts its keys, so its all-reduces can meet another's
-    # cached shapes ("Shape mismatch in the collective instance").
-    return tf.distribute.MirroredStrategy(TWO_CPUS)
-
 
 def _batches(rng, steps, global_batch):
     a = rng.uniform(-1, 1, (steps * global_batch, 32, 32, 3)).astype("float32")

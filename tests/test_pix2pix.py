@@ -64,7 +64,7 @@ def test_save_load_round_trip_and_one_direction(rng, tmp_path):
     model.fit(a, b, batch_size=2, epochs=1, verbose=0)
     model.save(tmp_path / "pix2pix.keras")
     loaded = keras.models.load_model(tmp_path / "pix2pix.keras")
-    assert type(loaded) is Pix2Pix and (loaded.lambda_l1, loaded.gan_mode) == (50.0, "lsgan")
+    assert type(loaded) is Pix2Pix and (loaded.objective["lambda_l1"], loaded.objective["gan_mode"]) == (50.0, "lsgan")
     # translate uses the running statistics: the same after loading (and not the batch's statistics).
     columns = loaded.snapshot_columns(a, b)
     assert list(columns) == ["input", "output", "target"] and columns["target"] is b
@@ -79,7 +79,7 @@ def test_save_load_round_trip_and_one_direction(rng, tmp_path):
         Pix2Pix(model.generator_ab, tiny_pix2pix().discriminator)
 
 
-def test_two_replicas_average_their_steps_with_per_replica_batch_norm(rng):
+def test_two_replicas_average_their_steps_with_per_replica_batch_norm(rng, mirrored):
     # D's step comes first and sees G's untouched output, so with SGD, D after one step on two
     # replicas (one pair each, batch norm over each replica's own pair, as PyTorch's DataParallel)
     # is the mean of D after a one-device step on each pair alone. A loss summed over the replicas
@@ -109,7 +109,7 @@ def test_two_replicas_average_their_steps_with_per_replica_batch_norm(rng):
 
     one_device = compiled(tf.distribute.OneDeviceStrategy("/cpu:0"))
     alone = [stepped(one_device, a[i : i + 1], b[i : i + 1]) for i in (0, 1)]
-    together = stepped(compiled(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])), a, b)
+    together = stepped(compiled(mirrored), a, b)
     moved = max(np.abs(w - w0).max() for w, w0 in zip(alone[0], reference.discriminator.trainable_weights))
     assert moved > 1e-3
     for first, second, both in zip(*alone, together):

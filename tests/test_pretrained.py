@@ -338,7 +338,7 @@ def test_a_pix2pix_generator_converts_with_its_running_statistics(mirror):
     assert error < 1e-5 and generator.get_layer("down1_norm").moving_variance.numpy().min() > 0.5
 
 
-def test_a_method_the_converter_lacks_says_so(mirror):
+def test_a_file_that_does_not_convert_says_so_and_is_kept(mirror):
     # A state dict the converter has no generator for (a key renamed, the same length, CRCs rewritten).
     source = zipfile.ZipFile(io.BytesIO(PTH))
     renamed = io.BytesIO()
@@ -351,9 +351,8 @@ def test_a_method_the_converter_lacks_says_so(mirror):
         pretrained.fetch("pix2pix/facades_label2photo", progress=False)
     download, _, model = pretrained.paths("pix2pix/facades_label2photo")
     assert re.fullmatch(
-        r"pix2pix/facades_label2photo is a pix2pix generator \(unet_256, batch norm\), which this version's "
-        r"converter does not support yet: Not a reference generator: .*\. The download stays in "
-        rf"{re.escape(str(download))} for a version that does",
+        rf"pix2pix/facades_label2photo \(pix2pix, unet_256, batch norm\): {re.escape(str(download))} does not "
+        r"convert: Not a reference generator: .*\. The download is kept: delete it to download it again",
         one_line(error),
     )
     assert download.is_file() and not model.exists()
