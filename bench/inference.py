@@ -42,7 +42,7 @@ def main():
     from ai_edge_litert.interpreter import Interpreter
 
     from cyclegan_keras import export, networks
-    from cyclegan_keras.inference import padded_call
+    from cyclegan_keras.inference import onnx_session, padded_call
 
     keras.utils.set_random_seed(0)
     generator = networks.build_generator("resnet_9blocks")
@@ -61,7 +61,7 @@ def main():
             1000 * median_seconds(lambda: serving(images=tf.constant(image))["translated"].numpy(), args.runs), 1
         )
         onnx = next(a for a in report["artifacts"] if a["format"] == "onnx")
-        session = export.onnx_session(os.path.join(out, onnx["path"]))
+        session = onnx_session(os.path.join(out, onnx["path"]))
         results["onnx_ms"] = round(1000 * median_seconds(lambda: session.run(None, {"images": image}), args.runs), 1)
         results["onnx_mb"] = round(onnx["size_bytes"] / 2**20, 2)
         results["onnx_psnr_db"] = onnx["psnr_db"]

@@ -8,10 +8,12 @@ batch 4), trained the same number of steps on the same 64 + 64 images, and score
 `--every` steps. The error is in [-1, 1] units; lower is better. CUT's reference initialises with
 xavier at gain 0.02 (kernels about 10x smaller than CycleGAN's N(0, 0.02)), which slows the first
 hundreds of steps; `--also-normal-init` trains CUT and FastCUT a second time with CycleGAN's init,
-so that the objectives compare alone. Not a timing benchmark (the seconds include tracing).
+so that the objectives compare alone. PatchNCE's layer 0 is the input's pixels: matching the
+output's pixels to the input's resists a mapping that changes every colour, as this one does;
+`--also-nce-layers 4,8,12,16` trains them a third time without it. Not a timing benchmark (the seconds include tracing).
 
     python bench/learning_comparison.py [--steps 300] [--every 100] [--seeds 1] [--models cyclegan cut fastcut]
-                                        [--also-normal-init]
+                                        [--also-normal-init] [--also-nce-layers 4,8,12,16]
 """
 
 import argparse
@@ -20,7 +22,7 @@ import time
 import common  # noqa: F401  (environment first)
 
 
-def run(model_name, steps, every, seed, init_type=None):
+def run(model_name, steps, every, seed, **overrides):
     import numpy as np
     import tensorflow as tf
 
@@ -37,7 +39,7 @@ def run(model_name, steps, every, seed, init_type=None):
         crop_size=size,
         batch_size=4,
         seed=seed,
-        init_type=init_type,
+        **overrides,
     )
     model = training.build_model(config)
     data = tf.data.Dataset.from_tensor_slices((real_a, real_b)).shuffle(64, seed=seed).batch(4).repeat()
@@ -53,19 +55,13 @@ def run(model_name, steps, every, seed, init_type=None):
     return {
         "model": model_name,
         "init_type": config.init_type,
+        "overrides": overrides,
         "seed": seed,
         "steps": steps,
         "error_to_true_mapping": errors,
         "identity_error": round(float(np.mean(np.abs(test_a - truth_b))), 4),
         "seconds_incl_tracing": round(time.perf_counter() - start, 1),
     }
-
-
-def training_default(model):
-    """The init a method gets without --init-type (its reference's)."""
-    from cyclegan_keras.config import MODEL_DEFAULTS
-
-    return MODEL_DEFAULTS[model].get("init_type", "normal")
 
 
 def main():
@@ -75,24 +71,31 @@ def main():
     parser.add_argument("--every", type=int, default=100, help="score every this many steps")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--also-normal-init", action="store_true", help="CUT and FastCUT again with N(0, 0.02)")
+    parser.add_argument(
+        "--also-nce-layers", metavar="LAYERS", help="CUT and FastCUT again with these PatchNCE layers, e.g. 4,8,12,16"
+    )
     parser.add_argument("--out", default="bench/results/learning_comparison.json")
     args = parser.parse_args()
-    runs = [(model, None) for model in args.models]
+    runs = [(model, {}) for model in args.models]
+    variants = []  # CycleGAN's init is normal and it has no PatchNCE
     if args.also_normal_init:
-        runs += [(model, "normal") for model in args.models if model != "cyclegan"]  # CycleGAN's is normal
+        variants.append({"init_type": "normal"})
+    if args.also_nce_layers:
+        variants.append({"nce_layers": args.also_nce_layers})
+    runs += [(model, variant) for variant in variants for model in args.models if model != "cyclegan"]
     results = []
     for seed in args.seeds:
-        for model, init_type in runs:
-            result = run(model, args.steps, args.every, seed, init_type)
+        for model, overrides in runs:
+            result = run(model, args.steps, args.every, seed, **overrides)
             print(result, flush=True)
             results.append(result)
     summary = {}
-    for model, init_type in runs:
-        name = model if init_type is None else f"{model} (init {init_type})"
+    for model, overrides in runs:
+        name = model + "".join(f" ({key} {value})" for key, value in overrides.items())
         finals = [
             r["error_to_true_mapping"][args.steps]
             for r in results
-            if r["model"] == model and (init_type is None) == (r["init_type"] == training_default(model))
+            if (r["model"], r["overrides"]) == (model, overrides)
         ]
         summary[name] = round(sum(finals) / len(finals), 4)
     first = next(iter(summary))

@@ -1,9 +1,10 @@
 """Seconds per training iteration and peak memory, per method, as each reference defines an iteration.
 
-batch 1 per replica, resnet_9blocks generators, basic PatchGAN discriminators, lsgan, each method
-with its reference's settings (`training.build_model`, so `--models` takes any `config.MODELS`
-name): CycleGAN two generators, two discriminators, pool 50, identity loss on; CUT one generator,
-one discriminator, PatchNCE with the identity term; FastCUT without it, flips on. The timed path
+batch 1 per replica, basic PatchGAN discriminators, each method with its reference's settings
+(`training.build_model`, so `--models` takes any `config.MODELS` name) and generator: CycleGAN two
+resnet_9blocks generators, two discriminators, pool 50, identity loss on; CUT one generator, one
+discriminator, PatchNCE with the identity term; FastCUT without it, flips on; pix2pix a unet_256
+with batch norm and a conditional discriminator, vanilla GAN and L1. The timed path
 is `model.fit`. Each (method, size, precision, strategy) runs in a fresh process, so its peak RSS
 (and, on a GPU, TensorFlow's peak device memory) is its own; `rss_before_model_mb` is what that
 process held before building the model (TensorFlow itself). GFLOP/s take one CycleGAN iteration as
@@ -70,9 +71,11 @@ def measure(model_name, size, steps, warmup, jit_compile, precision, strategy_na
     import tensorflow as tf
 
     from cyclegan_keras import distribute, training
+    from cyclegan_keras.config import MODEL_DEFAULTS
 
     strategy = make_strategy(strategy_name)
     before = _rss_mb()
+    generator = generator or MODEL_DEFAULTS[model_name].get("generator", "resnet_9blocks")
     config = training.make_config(
         model=model_name,
         generator=generator,
@@ -163,7 +166,10 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="timed iterations per size")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations (tracing)")
     parser.add_argument("--jit", action="store_true", help="compile the step with XLA")
-    parser.add_argument("--generator", default="resnet_9blocks", help="(smaller ones for a smoke run)")
+    parser.add_argument(
+        "--generator",
+        help="for every method (default: each one's reference default: pix2pix unet_256, else resnet_9blocks)",
+    )
     parser.add_argument("--filters", type=int, default=64, help="ngf and ndf (smaller for a smoke run)")
     parser.add_argument("--out", default="bench/results/train_step.json")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # one measurement, in the process run for it

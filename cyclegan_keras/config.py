@@ -55,7 +55,6 @@ TFDS_CONFIGS = (
     "ukiyoe2photo",
     "vangogh2photo",
     "maps",
-    "cityscapes",
     "facades",
     "iphone2dslr_flower",
 )

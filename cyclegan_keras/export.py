@@ -33,7 +33,7 @@ from cyclegan_keras.config import (
     SERVING_MAX_PIXELS,
     TFLITE_VARIANTS,
 )
-from cyclegan_keras.inference import padded_call
+from cyclegan_keras.inference import onnx_session, padded_call
 
 FLOAT32_TOLERANCE = 1e-4
 
@@ -729,18 +729,6 @@ def _onnx_runner(path):
         "onnxruntime": onnxruntime.__version__,
         "providers": session.get_providers(),
     }
-
-
-ONNX_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")  # those of them that this onnxruntime has
-
-
-def onnx_session(path):
-    """An onnxruntime session of an exported `.onnx` file: on the GPU with onnxruntime-gpu, else the CPU."""
-    import onnxruntime
-
-    available = onnxruntime.get_available_providers()
-    providers = [provider for provider in ONNX_PROVIDERS if provider in available]
-    return onnxruntime.InferenceSession(str(path), providers=providers)
 
 
 _RUNNERS = {"saved_model": _saved_model_runner, "tflite": _tflite_runner, "onnx": _onnx_runner}

@@ -508,3 +508,15 @@ def translate_images(generator, images, batch_size=8, max_memory=None, tile_size
         for index in range(count):
             outputs[index] = _translate_tiled(generator, images[index], tiling)
     return outputs[0] if single else outputs
+
+
+ONNX_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")  # those of them that this onnxruntime has
+
+
+def onnx_session(path):
+    """An onnxruntime session of an exported `.onnx` file: on the GPU with onnxruntime-gpu, else the CPU."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    providers = [provider for provider in ONNX_PROVIDERS if provider in available]
+    return onnxruntime.InferenceSession(str(path), providers=providers)

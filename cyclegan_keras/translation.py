@@ -25,6 +25,7 @@ from cyclegan_keras.inference import (
     check_tiling,
     default_memory_budget,
     images_per_call,
+    onnx_session,
     translate_images,
 )
 from cyclegan_keras.model import GANModel
@@ -477,8 +478,6 @@ def _onnx_translator(path, max_memory):
         raise ValueError(
             f"--model: {path}: an ONNX file needs onnx and onnxruntime ({error}): {ONNX_INSTALL}"
         ) from None
-    from cyclegan_keras.export import onnx_session
-
     try:
         session = onnx_session(path)
     except Exception as error:  # onnxruntime's own (InvalidProtobuf, InvalidGraph, ...) derive from Exception only

@@ -128,6 +128,26 @@ def eager_steps(monkeypatch):
     the step's graph is what test_model.py, test_distribute.py and
     test_training.py's end-to-end run check.
     """
+    run_steps_eagerly(monkeypatch)
+
+
+@pytest.fixture
+def one_residual_block(monkeypatch):
+    """train.py's `--generator resnet_6blocks` (TINY_TRAIN_FLAGS) builds one residual block, in this process.
+
+    The fast tier's size (8 filters, 1 block) for the runs of the CLIs, whose
+    generator names are the reference's: a step of one block traces and runs
+    in about half the time. A run in a subprocess builds all six.
+    """
+    import functools
+
+    from cyclegan_keras import networks
+
+    monkeypatch.setitem(networks.GENERATORS, "resnet_6blocks", functools.partial(networks.resnet_generator, n_blocks=1))
+
+
+def run_steps_eagerly(monkeypatch):
+    """What `eager_steps` does, for a test that has undone its monkeypatches."""
     from cyclegan_keras.model import GANModel
 
     compile_ = GANModel.compile

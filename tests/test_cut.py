@@ -385,7 +385,9 @@ def _images(folder, count=2, size=(24, 20)):
     return folder
 
 
-def test_train_py_trains_cut_and_translate_py_takes_its_one_direction(tmp_path, capsys, eager_steps):
+def test_train_py_trains_cut_and_translate_py_takes_its_one_direction(
+    tmp_path, capsys, eager_steps, one_residual_block
+):
     from PIL import Image
 
     from cyclegan_keras.cli import translate

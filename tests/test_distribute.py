@@ -76,7 +76,7 @@ def test_cut_on_two_replicas_takes_the_step_of_one_device(rng, mirrored):
         np.testing.assert_allclose(w2, w1, atol=1e-5, err_msg=variable.path)
 
 
-def test_each_replica_keeps_its_own_pool(rng, mirrored):
+def test_each_replica_keeps_its_own_pool_and_the_model_saves_and_loads(rng, tmp_path, mirrored):
     strategy = mirrored
     reference = tiny_cyclegan(pool_size=2)
     reference.build((None, 32, 32, 3))
@@ -86,6 +86,12 @@ def test_each_replica_keeps_its_own_pool(rng, mirrored):
         assert pool.count.value.values[0].numpy() == pool.count.value.values[1].numpy() == 2
         assert np.abs(first - second).max() > 0.01, pool.name
         assert np.abs(first).max() > 0  # filled, not the initial zeros
+
+    model.save(tmp_path / "distributed.keras")
+    loaded = keras.models.load_model(tmp_path / "distributed.keras")
+    images = rng.uniform(-1, 1, (1, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(loaded.translate(images), model.translate(images), atol=1e-6)
+    assert int(loaded.generator_optimizer.iterations) == 4
 
 
 def test_replicas_draw_different_pool_numbers(mirrored):
@@ -107,18 +113,6 @@ def test_replicas_draw_different_pool_numbers(mirrored):
         images = tf.fill((1, 1, 1, 1), float(step))
         outputs.append([float(v.numpy().ravel()[0]) for v in query(images).values])
     assert any(first != second for first, second in outputs)
-
-
-def test_distributed_model_saves_and_loads(rng, tmp_path, mirrored):
-    strategy = mirrored
-    reference = tiny_cyclegan(pool_size=2)
-    reference.build((None, 32, 32, 3))
-    model, _ = _trained(strategy, reference.get_weights(), _batches(rng, 2, 2), 2, pool_size=2)
-    model.save(tmp_path / "distributed.keras")
-    loaded = keras.models.load_model(tmp_path / "distributed.keras")
-    images = rng.uniform(-1, 1, (1, 32, 32, 3)).astype("float32")
-    np.testing.assert_allclose(loaded.translate(images), model.translate(images), atol=1e-6)
-    assert int(loaded.generator_optimizer.iterations) == 2
 
 
 def test_sharded_pipelines_make_the_global_batches_of_one_pipeline():

@@ -30,7 +30,7 @@ def test_learns_the_true_mapping():
     initial = error()
     identity = float(np.mean(np.abs(test_a - truth_b)))
     data = tf.data.Dataset.from_tensor_slices((real_a, real_b)).shuffle(64, seed=0).batch(4)
-    model.fit(data.repeat(), steps_per_epoch=150, epochs=1, verbose=0)
+    model.fit(data.repeat(), steps_per_epoch=100, epochs=1, verbose=0)
     trained = error()
     print(f"mean |G(a) - T(a)|: initial {initial:.3f}, identity {identity:.3f}, trained {trained:.3f}")
     assert trained < 0.5 * initial

@@ -256,6 +256,8 @@ def test_full_size_training_step(rng):
     assert model.pool_a.images.shape == (50, 256, 256, 3)
 
 
+# One replica; the fast tier trains, saves and loads on two (test_distribute.py).
+@pytest.mark.slow
 def test_fit_under_tf_distribute(rng, tmp_path):
     # The optimizers are built in compile() and the pools are per-replica
     # (on-read) variables, so the model trains inside a strategy's scope.

@@ -155,6 +155,10 @@ def test_vocabularies_match_the_library():
     assert config_module.DIRECTIONS == model.DIRECTIONS == cli_args.DIRECTIONS
     assert config_module.PREPROCESS_MODES == data.PREPROCESS_MODES
     assert config_module.TFDS_CONFIGS == data.TFDS_CONFIGS
+    # --dataset offers what tensorflow-datasets' cycle_gan builds (its cityscapes was dropped: license)
+    import tensorflow_datasets as tfds
+
+    assert config_module.TFDS_CONFIGS == tuple(c.name for c in tfds.builder_cls("cycle_gan").BUILDER_CONFIGS)
     assert distribute.STRATEGIES is config_module.STRATEGIES and distribute.PRECISIONS is config_module.PRECISIONS
 
 

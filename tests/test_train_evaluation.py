@@ -17,6 +17,9 @@ import train
 from cyclegan_keras import callbacks as cb
 from cyclegan_keras import data, fid_inception, metrics, training
 
+# train.py's resnet_6blocks with one residual block in these runs (see conftest.one_residual_block).
+pytestmark = pytest.mark.usefixtures("one_residual_block")
+
 TINY = [
     *TINY_TRAIN_FLAGS,
     *("--synthetic-count", "4", "--steps-per-epoch", "2", "--n-epochs", "2", "--n-epochs-decay", "1"),

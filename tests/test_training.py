@@ -17,6 +17,9 @@ from cyclegan_keras import data
 from cyclegan_keras.cli import train, translate
 from cyclegan_keras.pix2pix import Pix2Pix  # noqa: F401  (registered for load_model)
 
+# train.py's resnet_6blocks with one residual block in these runs (see conftest.one_residual_block).
+pytestmark = pytest.mark.usefixtures("one_residual_block")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -207,6 +210,7 @@ def on_train_batch_end(self, batch, logs=None):
     return original(self, batch, logs)
 callbacks.StopOnNonFinite.on_train_batch_end = on_train_batch_end
 import train
+
 sys.exit(train.main(sys.argv[1:]))
 """
 
