@@ -5,8 +5,6 @@ on them) as SavedModel, every TFLite variant and ONNX, then times batch-1
 inference on 256x256 images: Keras (the padded tf.function), the reloaded
 SavedModel, each .tflite in ai_edge_litert with all CPU threads, and the
 .onnx in onnxruntime (its default threads: one per physical core).
-For comparison, the authors' PyTorch generator takes about 1.0 s per
-256x256 image on a 2-core CPU.
 
     python bench/inference.py [--runs 5]
 """

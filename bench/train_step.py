@@ -5,9 +5,12 @@ batch 1 per replica, basic PatchGAN discriminators, each method with its referen
 resnet_9blocks generators, two discriminators, pool 50, identity loss on; CUT one generator, one
 discriminator, PatchNCE with the identity term; FastCUT without it, flips on; pix2pix a unet_256
 with batch norm and a conditional discriminator, vanilla GAN and L1. The timed path
-is `model.fit`. Each (method, size, precision, strategy) runs in a fresh process, so its peak RSS
-(and, on a GPU, TensorFlow's peak device memory) is its own; `rss_before_model_mb` is what that
-process held before building the model (TensorFlow itself). GFLOP/s take one CycleGAN iteration as
+is `model.fit`. Each (method, size, precision, strategy) runs in a fresh process, so its peaks are
+its own: peak RSS (`rss_before_model_mb` is what the process held before building the model:
+TensorFlow itself) and TensorFlow's peak tensor memory (`peak_tensor_memory_mb`: on a CPU the
+process runs with `TF_CPU_ALLOCATOR_USE_BFC=true`, whose allocator counts it as a GPU's does; it
+leaves out the malloc arenas, thread stacks and libraries that RSS holds, so it is the figure that
+compares with GPU memory; `peak_gpu_memory_mb` on a GPU). GFLOP/s take one CycleGAN iteration as
 1.88 TFLOP at 256x256 and 0.47 TFLOP at 128x128 (the reference's counts). The ratios at the end
 compare each method with the first, in the same run; the JSON records the CPU model and flags.
 
@@ -22,6 +25,7 @@ cannot be faster, the figure shows the overhead of the replicated step.
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -118,6 +122,11 @@ def measure(model_name, size, steps, warmup, jit_compile, precision, strategy_na
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
         result["peak_gpu_memory_mb"] = round(tf.config.experimental.get_memory_info(gpus[0].name)["peak"] / 2**20)
+    else:  # the BFC allocator's count (see the module's docstring); none with TensorFlow's default CPU allocator
+        try:
+            result["peak_tensor_memory_mb"] = round(tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20)
+        except ValueError:
+            pass
     if size in TFLOP_PER_ITERATION and model_name == "cyclegan" and filters == 64:
         result["gflops_per_second"] = round(replicas * TFLOP_PER_ITERATION[size] * 1000 / seconds, 1)
     return result
@@ -125,8 +134,9 @@ def measure(model_name, size, steps, warmup, jit_compile, precision, strategy_na
 
 def _in_fresh_process(job):
     """One measurement in a new Python, so that its peak memory is its own."""
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true"}  # counts the CPU's tensor memory
     process = subprocess.run(
-        [sys.executable, __file__, "--job", json.dumps(job)], capture_output=True, text=True, check=False
+        [sys.executable, __file__, "--job", json.dumps(job)], capture_output=True, text=True, check=False, env=env
     )
     lines = [line for line in process.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if process.returncode or not lines:
@@ -144,7 +154,7 @@ def _ratios(results):
         if base is None or result["model"] == first:
             continue
         result[f"speed_vs_{first}"] = round(base["seconds_per_iteration"] / result["seconds_per_iteration"], 2)
-        for name in ("peak_rss_mb", "peak_gpu_memory_mb"):
+        for name in ("peak_rss_mb", "peak_tensor_memory_mb", "peak_gpu_memory_mb"):
             if name in result:
                 result[f"{name}_vs_{first}"] = round(result[name] / base[name], 2)
         extra = result["peak_rss_mb"] - result["rss_before_model_mb"]
@@ -154,6 +164,11 @@ def _ratios(results):
             f"{result['model']} at {result['size']}, {result['precision']}, {result['strategy']}: "
             f"{result[f'speed_vs_{first}']}x {first}'s iterations/s, peak RSS {result['peak_rss_mb_vs_' + first]}x "
             f"(above the process's start: {result[f'model_rss_vs_{first}']}x)"
+            + "".join(
+                f", peak {kind} memory {result[f'peak_{kind}_memory_mb_vs_{first}']}x"
+                for kind in ("tensor", "gpu")
+                if f"peak_{kind}_memory_mb_vs_{first}" in result
+            )
         )
 
 
