@@ -82,13 +82,13 @@ class NarrowConv2D(keras.layers.Conv2D):
 
     TensorFlow's CPU kernels for them (`Conv2DBackpropInput`, `Conv2DBackpropFilter`) build the
     im2col patches of the whole image: for a 7x7 64 -> 3 convolution of two 256x256 images 845 and
-    784 MB, in 0.44 and 0.61 s on 2 cores, the largest allocation of a training step. As forward
+    784 MB, in 0.42 and 0.58 s on 2 cores, the largest allocation of a training step. As forward
     convolutions the same sums take 63 MB each (the forward pass included), in 0.05 and 0.24 s
-    (`bench/conv_gradients.py`).
+    (`bench/conv_gradients.py`, `bench/results/conv_gradients.json`).
     The forward pass is the same convolution: outputs, saved weights and exports do not change, and
-    called with `training=False` (inference, export) it is Keras's `Conv2D` graph.
-    (For convolutions to many channels the forward form saves less, and in a whole step it raised
-    the peak: the networks use it for these only.)
+    called with `training=False` (inference, export) it is Keras's `Conv2D` graph. The networks use
+    it for convolutions to few channels only: tried on every stride-1 convolution, a whole step's
+    peak at 128x128 rose instead (a one-off check, not a benchmark kept in bench/).
     """
 
     def __init__(self, *args, **kwargs):
@@ -110,7 +110,7 @@ class NarrowConv2D(keras.layers.Conv2D):
         if not training:  # nothing to differentiate: Keras's own graph, as exports and inference have it
             return super().call(inputs)
         dtype = self.compute_dtype
-        outputs = conv2d_by_forward_gradients(tf.cast(inputs, dtype), tf.cast(tf.convert_to_tensor(self.kernel), dtype))
+        outputs = conv2d_by_forward_gradients(tf.cast(inputs, dtype), tf.cast(self.kernel, dtype))
         if self.use_bias:
             outputs = outputs + tf.cast(self.bias, dtype)
         return outputs if self.activation is None else self.activation(outputs)
