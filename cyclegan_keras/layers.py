@@ -77,61 +77,13 @@ class InstanceNormalization(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="cyclegan_keras")
 class NarrowConv2D(keras.layers.Conv2D):
-    """A stride-1 valid `Conv2D` to few channels (a generator's last 7x7 one to RGB, a discriminator's
-    logits) whose two gradients are computed as forward convolutions.
+    """A plain `Conv2D`, kept under this name so that `.keras` files saved with it still load.
 
-    TensorFlow's CPU kernels for them (`Conv2DBackpropInput`, `Conv2DBackpropFilter`) build the
-    im2col patches of the whole image: for a 7x7 64 -> 3 convolution of two 256x256 images 845 and
-    784 MB, in 0.42 and 0.58 s on 2 cores, the largest allocation of a training step. As forward
-    convolutions the same sums take 63 MB each (the forward pass included), in 0.05 and 0.24 s
-    (`bench/conv_gradients.py`, `bench/results/conv_gradients.json`).
-    The forward pass is the same convolution: outputs, saved weights and exports do not change, and
-    called with `training=False` (inference, export) it is Keras's `Conv2D` graph. The networks use
-    it for convolutions to few channels only: tried on every stride-1 convolution, a whole step's
-    peak at 128x128 rose instead (a one-off check, not a benchmark kept in bench/).
+    For a few days the generators' last convolution and the discriminators' logits computed their
+    gradients by forward convolutions: less memory on a CPU without AVX-512 (whose oneDNN kernels
+    build im2col buffers), but a process-killing oneDNN CHECK on CPUs with it, where TensorFlow's
+    kernels need no buffer anyway. The networks build `Conv2D`s again; the weights are the same.
     """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if (self.strides, self.padding, self.dilation_rate, self.groups, self.data_format) != (
-            (1, 1),
-            "valid",
-            (1, 1),
-            1,
-            "channels_last",
-        ):
-            raise ValueError(
-                "NarrowConv2D computes stride-1 valid channels_last convolutions without groups or dilation. "
-                f"Received: strides={self.strides}, padding={self.padding!r}, dilation_rate={self.dilation_rate}, "
-                f"groups={self.groups}, data_format={self.data_format!r}"
-            )
-
-    def call(self, inputs, training=False):
-        if not training:  # nothing to differentiate: Keras's own graph, as exports and inference have it
-            return super().call(inputs)
-        dtype = self.compute_dtype
-        outputs = conv2d_by_forward_gradients(tf.cast(inputs, dtype), tf.cast(self.kernel, dtype))
-        if self.use_bias:
-            outputs = outputs + tf.cast(self.bias, dtype)
-        return outputs if self.activation is None else self.activation(outputs)
-
-
-@tf.custom_gradient
-def conv2d_by_forward_gradients(inputs, kernel):
-    """`conv2d(inputs, kernel)`, stride 1, valid; its gradients by forward convolutions (see `NarrowConv2D`)."""
-
-    def gradients(upstream):
-        upstream = tf.cast(upstream, inputs.dtype)
-        height, width = kernel.shape[0], kernel.shape[1]
-        # d/d inputs: the full convolution of the upstream gradient with the kernel turned 180 degrees.
-        padded = tf.pad(upstream, [[0, 0], [height - 1, height - 1], [width - 1, width - 1], [0, 0]])
-        turned = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
-        d_inputs = tf.nn.conv2d(padded, turned, 1, "VALID")
-        # d/d kernel: batch and channels swap roles, the upstream gradient is the filter of the inputs.
-        d_kernel = tf.nn.conv2d(tf.transpose(inputs, [3, 1, 2, 0]), tf.transpose(upstream, [1, 2, 0, 3]), 1, "VALID")
-        return d_inputs, tf.transpose(d_kernel, [1, 2, 0, 3])
-
-    return tf.nn.conv2d(inputs, kernel, 1, "VALID"), gradients
 
 
 @keras.saving.register_keras_serializable(package="cyclegan_keras")

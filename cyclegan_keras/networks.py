@@ -19,13 +19,9 @@ from cyclegan_keras.layers import (
     Dropout,
     InstanceNormalization,
     MaxLeakyReLU,
-    NarrowConv2D,
     ReflectionPadding2D,
     Upsample,
 )
-
-# Stride-1 convolutions to at most this many channels (to an image, to logits) are `NarrowConv2D`s.
-NARROW_CONV_FILTERS = 4
 
 
 def _check_norm(norm):
@@ -54,9 +50,7 @@ def _padded_conv(x, filters, kernel_size, strides, padding, use_bias, name, pad_
         x = keras.layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
     elif padding:
         x = ReflectionPadding2D(padding, mode=pad_mode, name=f"{name}_pad")(x)
-    # To RGB or to logits: TensorFlow's own gradient kernels would hold the whole image's patches.
-    conv = NarrowConv2D if strides == 1 and filters <= NARROW_CONV_FILTERS else keras.layers.Conv2D
-    return conv(
+    return keras.layers.Conv2D(
         filters,
         kernel_size,
         strides=strides,
