@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -46,3 +47,19 @@ def synthetic_task(size=32):
     test_a = to_float(synthetic_images("A", 16, size, seed=3))
     real_a, real_b = (to_float(synthetic_images(d, 64, size, seed=s)) for d, s in (("A", 1), ("B", 2)))
     return real_a, real_b, test_a, synthetic_mapping(test_a, "a2b")
+
+
+RESULT_PREFIX = "RESULT "
+
+
+def in_fresh_process(script, job):
+    """Runs `script --job JOB` in a new Python, so that its peak memory is its own; returns the dict it printed
+    after `RESULT_PREFIX`. The process counts its tensor memory with TensorFlow's BFC allocator, as on a GPU."""
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true"}
+    process = subprocess.run(
+        [sys.executable, script, "--job", json.dumps(job)], capture_output=True, text=True, check=False, env=env
+    )
+    lines = [line for line in process.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if process.returncode or not lines:
+        raise RuntimeError(f"{job} failed (exit {process.returncode}):\n{process.stderr[-3000:]}")
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])

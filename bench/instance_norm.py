@@ -20,7 +20,7 @@ def build_generator(norm_factory):
 
     from cyclegan_keras import networks
 
-    with mock.patch.object(networks, "_norm", lambda norm, name: norm_factory(name)):
+    with mock.patch.object(networks, "_norm", lambda norm, name, lean_gradient=False: norm_factory(name)):
         keras.utils.set_random_seed(0)
         return networks.resnet_generator(n_blocks=6)
 

@@ -25,16 +25,12 @@ cannot be faster, the figure shows the overhead of the replicated step.
 
 import argparse
 import json
-import os
 import resource
-import subprocess
-import sys
 import time
 
-import common  # noqa: F401  (environment first)
+import common  # environment first
 
 TFLOP_PER_ITERATION = {128: 0.47, 256: 1.88}
-RESULT_PREFIX = "RESULT "
 
 
 class StepTimer:
@@ -132,18 +128,6 @@ def measure(model_name, size, steps, warmup, jit_compile, precision, strategy_na
     return result
 
 
-def _in_fresh_process(job):
-    """One measurement in a new Python, so that its peak memory is its own."""
-    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true"}  # counts the CPU's tensor memory
-    process = subprocess.run(
-        [sys.executable, __file__, "--job", json.dumps(job)], capture_output=True, text=True, check=False, env=env
-    )
-    lines = [line for line in process.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if process.returncode or not lines:
-        raise RuntimeError(f"{job} failed (exit {process.returncode}):\n{process.stderr[-3000:]}")
-    return json.loads(lines[-1][len(RESULT_PREFIX) :])
-
-
 def _ratios(results):
     """Each method's iterations per second and peak memory relative to the first method's, per setting."""
     first = results[0]["model"]
@@ -197,7 +181,7 @@ def main():
             if len(tf.config.list_physical_devices("GPU")) < 2:
                 cpu = tf.config.list_physical_devices("CPU")[0]
                 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        print(RESULT_PREFIX + json.dumps(measure(**job)), flush=True)
+        print(common.RESULT_PREFIX + json.dumps(measure(**job)), flush=True)
         return
     results = []
     for size in args.sizes:
@@ -215,7 +199,7 @@ def main():
                         generator=args.generator,
                         filters=args.filters,
                     )
-                    result = _in_fresh_process(job)
+                    result = common.in_fresh_process(__file__, job)
                     print(result, flush=True)
                     results.append(result)
     _ratios(results)

@@ -30,13 +30,16 @@ class InstanceNormalization(keras.layers.Layer):
         center, scale: learn a per-channel offset and scale (PyTorch `affine=True`).
     """
 
-    def __init__(self, epsilon: float = 1e-5, center: bool = False, scale: bool = False, **kwargs):
+    def __init__(
+        self, epsilon: float = 1e-5, center: bool = False, scale: bool = False, lean_gradient: bool = False, **kwargs
+    ):
         super().__init__(**kwargs)
         if epsilon <= 0:
             raise ValueError(f"epsilon must be positive. Received: epsilon={epsilon}")
         self.epsilon = epsilon
         self.center = center
         self.scale = scale
+        self.lean_gradient = lean_gradient
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
@@ -46,8 +49,16 @@ class InstanceNormalization(keras.layers.Layer):
         self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma") if self.scale else None
         self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta") if self.center else None
 
-    def call(self, inputs):
-        return self.normalize(inputs, *self.moments(inputs))
+    def call(self, inputs, training=None):
+        if not (training and self.lean_gradient):
+            return self.normalize(inputs, *self.moments(inputs))
+        outputs = normalized(inputs, self.epsilon)
+        if self.gamma is None and self.beta is None:
+            return outputs
+        x = tf.cast(outputs, "float32")
+        x = x * tf.cast(self.gamma, x.dtype) if self.gamma is not None else x
+        x = x + tf.cast(self.beta, x.dtype) if self.beta is not None else x
+        return tf.cast(x, self.compute_dtype)
 
     def moments(self, inputs):
         """`(mean, variance)` of each sample and channel over H and W, float32 `(n, 1, 1, c)`."""
@@ -71,8 +82,34 @@ class InstanceNormalization(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(epsilon=self.epsilon, center=self.center, scale=self.scale)
+        config.update(epsilon=self.epsilon, center=self.center, scale=self.scale, lean_gradient=self.lean_gradient)
         return config
+
+
+def normalized(x, epsilon=1e-5):
+    """`x` normalized per sample and channel over H and W (statistics in float32), in `x`'s dtype.
+
+    Its gradient keeps only the output and the inverse deviation: `dx = (dy - mean(dy) - y * mean(dy * y))
+    / std`, where TensorFlow's own keeps the input and the centred input as well. Not twice
+    differentiable (the second derivative through the statistics is lost): not for a discriminator
+    under a gradient penalty.
+    """
+
+    @tf.custom_gradient
+    def normalize(x):
+        x32 = tf.cast(x, "float32")
+        mean = _spatial_mean(x32)
+        inverse_std = tf.math.rsqrt(_spatial_mean(tf.math.squared_difference(x32, mean)) + epsilon)
+        y = tf.cast((x32 - mean) * inverse_std, x.dtype)
+
+        def gradient(dy):
+            y32, dy32 = tf.cast(y, "float32"), tf.cast(dy, "float32")
+            dx = inverse_std * (dy32 - _spatial_mean(dy32) - y32 * _spatial_mean(dy32 * y32))
+            return tf.cast(dx, x.dtype)
+
+        return y, gradient
+
+    return normalize(x)
 
 
 @keras.saving.register_keras_serializable(package="cyclegan_keras")
@@ -140,6 +177,7 @@ class MaxLeakyReLU(keras.layers.LeakyReLU):
 
     Grappler's remapper fuses Conv2D + BiasAdd + LeakyRelu though `LeakyReluGrad` reads the BiasAdd, so
     the pass fails and drops every fusion of the graph (tensorflow/tensorflow#42551); `Maximum` fuses none.
+    In training its gradient keeps only the input, where `Maximum`'s keeps the scaled input too.
 
     Args:
         negative_slope: in [0, 1].
@@ -150,8 +188,37 @@ class MaxLeakyReLU(keras.layers.LeakyReLU):
         if not 0.0 <= negative_slope <= 1.0:
             raise ValueError(f"negative_slope must be in [0, 1]. Received: negative_slope={negative_slope}")
 
-    def call(self, inputs):
-        return keras.ops.maximum(inputs, inputs * self.negative_slope)
+    def call(self, inputs, training=None):
+        if not training:
+            return keras.ops.maximum(inputs, inputs * self.negative_slope)
+        slope = tf.cast(self.negative_slope, inputs.dtype)
+
+        @tf.custom_gradient
+        def leaky_relu(x):
+            # Maximum's gradient, ties (x = 0) to x: twice differentiable as it (the mask has no gradient).
+            return tf.maximum(x, x * slope), lambda dy: tf.where(x >= 0, dy, dy * slope)
+
+        return leaky_relu(inputs)
+
+
+@keras.saving.register_keras_serializable(package="cyclegan_keras")
+class ReLU(keras.layers.ReLU):
+    """`keras.layers.ReLU` whose gradient in training reads its input, where TensorFlow's reads the output.
+
+    After an `InstanceNormalization(lean_gradient=True)`, whose gradient keeps its output (this
+    layer's input) anyway, the ReLU's output is freed once the next layer has read it: one
+    activation map fewer to keep per block. The same values and gradient (0 at exactly 0).
+    """
+
+    def call(self, inputs, training=None):
+        if not training or self.max_value is not None or self.negative_slope or self.threshold:
+            return super().call(inputs)
+        return _relu_reading_input(inputs)
+
+
+@tf.custom_gradient
+def _relu_reading_input(x):
+    return tf.nn.relu(x), lambda dy: tf.raw_ops.ReluGrad(gradients=dy, features=x)
 
 
 @keras.saving.register_keras_serializable(package="cyclegan_keras")
@@ -227,10 +294,27 @@ class _Blur(keras.layers.Layer):
             raise ValueError(f"{type(self).__name__} needs a known channel count. Received: input_shape={input_shape}")
         self.channels = input_shape[-1]
 
-    def _depthwise(self, x, kernel, strides):
-        """`kernel` (k, k) on each channel of `x`, valid, as PyTorch's `conv2d(groups=channels)`."""
-        weights = np.repeat(kernel[:, :, None, None], self.channels, axis=2).astype("float32")
-        return tf.nn.depthwise_conv2d(x, tf.constant(weights, x.dtype), (1, strides, strides, 1), "VALID")
+    def _blur(self, x, training):
+        """The filter on each channel of `x`, valid, as PyTorch's `conv2d(groups=channels)`.
+
+        In training its gradient keeps no activation: the filter is fixed, so only the input's gradient
+        is needed, and that needs only the input's shape (TensorFlow's keeps the input for the filter's).
+        """
+        weights = np.repeat(self.filter[:, :, None, None], self.channels, axis=2).astype("float32")
+        filter_ = tf.constant(weights, x.dtype)
+        strides = (1, self.strides, self.strides, 1)
+        if not training:
+            return tf.nn.depthwise_conv2d(x, filter_, strides, "VALID")
+        shape = x.shape if x.shape.is_fully_defined() else tf.shape(x)
+
+        @tf.custom_gradient
+        def blur(x):
+            def gradient(dy):
+                return tf.nn.depthwise_conv2d_backprop_input(shape, filter_, dy, strides, "VALID")
+
+            return tf.nn.depthwise_conv2d(x, filter_, strides, "VALID"), gradient
+
+        return blur(x)
 
     def get_config(self):
         config = super().get_config()
@@ -256,9 +340,9 @@ class Downsample(_Blur):
         super().__init__(filter_size, strides, pad_mode, **kwargs)
         self.padding = ((filter_size - 1) // 2, filter_size // 2)
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         padded = ops.pad_spatial(inputs, (self.padding, self.padding), self.pad_mode)
-        return self._depthwise(padded, self.filter, self.strides)
+        return self._blur(padded, training)
 
     def compute_output_shape(self, input_shape):
         batch, height, width, channels = input_shape

@@ -150,6 +150,18 @@ class GANModel(keras.Model):
                 "generators) and discriminator_optimizer (its discriminators). Its losses are reported as "
                 "metrics already. Received: " + ", ".join(f"{name}={kwargs[name]!r}" for name in refused)
             )
+        if objective.get("gan_mode") == "wgangp":
+            lean = [
+                f"{d.name}/{layer.name}"
+                for d in self.discriminators
+                for layer in d.layers
+                if getattr(layer, "lean_gradient", False)
+            ]
+            if lean:
+                raise ValueError(
+                    "gan_mode='wgangp' differentiates the discriminators twice, which the lean gradient of "
+                    f"{', '.join(lean)} cannot: build them with lean_gradient=False"
+                )
         # Keras's default optimizer would be an RMSprop that trains nothing (and is saved in every file).
         super().compile(optimizer=None, **kwargs)
         self.objective = dict(objective)

@@ -20,6 +20,7 @@ from cyclegan_keras.layers import (
     InstanceNormalization,
     MaxLeakyReLU,
     ReflectionPadding2D,
+    ReLU,
     Upsample,
 )
 
@@ -29,10 +30,10 @@ def _check_norm(norm):
         raise ValueError(f"norm must be one of {NORMS}. Received: norm={norm!r}")
 
 
-def _norm(norm, name):
+def _norm(norm, name, lean_gradient=False):
     """The normalization layer for `norm`, or None for `"none"`."""
     if norm == "instance":
-        return InstanceNormalization(name=name)
+        return InstanceNormalization(lean_gradient=lean_gradient, name=name)
     if norm == "batch":
         # PyTorch's momentum 0.1 is Keras's 0.9; gamma ~ N(1, 0.02) as the reference's init_weights.
         return BatchNormalization(
@@ -76,12 +77,15 @@ def _conv_transpose(x, filters, kernel_size, padding, output_padding, use_bias, 
     return keras.layers.Cropping2D((crop, crop), name=f"{name}_crop")(x)
 
 
-def _norm_act(x, norm, activation, name):
-    layer = _norm(norm, f"{name}_norm")
+def _norm_act(x, norm, activation, name, lean_gradient=False):
+    """`x`'s norm and activation. `lean_gradient`: the instance norm's gradient keeps only its output, which
+    its ReLU's gradient reads too (always for a generator; for a discriminator unless a gradient penalty
+    differentiates it twice)."""
+    layer = _norm(norm, f"{name}_norm", lean_gradient)
     if layer is not None:
         x = layer(x)
     if activation == "relu":
-        return keras.layers.ReLU(name=f"{name}_relu")(x)
+        return ReLU(name=f"{name}_relu")(x)
     if activation == "leaky_relu":
         return MaxLeakyReLU(0.2, name=f"{name}_lrelu")(x)
     return x
@@ -128,20 +132,20 @@ def resnet_generator(
     use_bias = norm == "instance"
     inputs = keras.Input((None, None, input_channels), name="image")
     x = _padded_conv(inputs, filters, 7, 1, 3, use_bias, "stem_conv", pad_mode=padding)
-    x = _norm_act(x, norm, "relu", "stem")
+    x = _norm_act(x, norm, "relu", "stem", lean_gradient=True)
     for i in range(2):
         x = _padded_conv(x, filters * 2 ** (i + 1), 3, 1 if antialias else 2, 1, use_bias, f"down{i}_conv")
-        x = _norm_act(x, norm, "relu", f"down{i}")
+        x = _norm_act(x, norm, "relu", f"down{i}", lean_gradient=True)
         if antialias:
             x = Downsample(name=f"down{i}_blur")(x)
     for i in range(n_blocks):
         shortcut = x
         y = _padded_conv(x, filters * 4, 3, 1, 1, use_bias, f"res{i}_conv0", pad_mode=padding)
-        y = _norm_act(y, norm, "relu", f"res{i}_0")
+        y = _norm_act(y, norm, "relu", f"res{i}_0", lean_gradient=True)
         if dropout:
             y = Dropout(0.5, name=f"res{i}_dropout")(y)
         y = _padded_conv(y, filters * 4, 3, 1, 1, use_bias, f"res{i}_conv1", pad_mode=padding)
-        y = _norm_act(y, norm, None, f"res{i}_1")
+        y = _norm_act(y, norm, None, f"res{i}_1", lean_gradient=True)
         x = keras.layers.Add(name=f"res{i}_add")([shortcut, y])
     for i in range(2):
         if antialias_up:
@@ -149,7 +153,7 @@ def resnet_generator(
             x = _padded_conv(x, filters * 2 ** (1 - i), 3, 1, 1, use_bias, f"up{i}_conv")
         else:
             x = _conv_transpose(x, filters * 2 ** (1 - i), 3, 1, 1, use_bias, f"up{i}_conv")
-        x = _norm_act(x, norm, "relu", f"up{i}")
+        x = _norm_act(x, norm, "relu", f"up{i}", lean_gradient=True)
     x = _padded_conv(x, output_channels, 7, 1, 3, True, "head_conv", pad_mode=padding)
     return _float32_head(inputs, x, "tanh", "head_tanh", name or f"resnet_{n_blocks}blocks")
 
@@ -188,14 +192,14 @@ def unet_generator(
             x = MaxLeakyReLU(0.2, name=f"down{k}_lrelu")(x)
         x = _padded_conv(x, inner[k], 4, 2, 1, use_bias, f"down{k}_conv")
         if 0 < k < innermost:
-            x = _norm_act(x, norm, None, f"down{k}")
+            x = _norm_act(x, norm, None, f"down{k}", lean_gradient=True)
     for k in reversed(range(num_downs)):
         if k < innermost:
             x = keras.layers.Concatenate(name=f"up{k}_concat")([skips[k + 1], x])
-        x = keras.layers.ReLU(name=f"up{k}_relu")(x)
+        x = ReLU(name=f"up{k}_relu")(x)
         x = _conv_transpose(x, outer[k], 4, 1, 0, use_bias if k > 0 else True, f"up{k}_conv")
         if k > 0:
-            x = _norm_act(x, norm, None, f"up{k}")
+            x = _norm_act(x, norm, None, f"up{k}", lean_gradient=True)
             if dropout and 4 <= k < innermost:
                 x = Dropout(0.5, name=f"up{k}_dropout")(x)
     return _float32_head(inputs, x, "tanh", "head_tanh", name or f"unet_{2**num_downs}")
@@ -207,6 +211,7 @@ def patchgan_discriminator(
     input_channels: int = 3,
     norm: str = "instance",
     antialias: bool = False,
+    lean_gradient: bool = False,
     name: str | None = None,
 ) -> keras.Model:
     """PatchGAN discriminator: one real/fake logit (no sigmoid) per overlapping patch, `(batch, H', W', 1)`.
@@ -214,6 +219,8 @@ def patchgan_discriminator(
     With `n_layers=3` (stride-2 convolutions) it is the reference's `basic` 70x70 PatchGAN. With
     `antialias` (CUT's default) each stride-2 convolution becomes a stride-1 one, its norm and
     LeakyReLU, then a blurred `Downsample` (`conv{n}_blur`); the output has the same size.
+    `lean_gradient`: instance norms whose gradient keeps only their output (not twice
+    differentiable: not under WGAN-GP's penalty).
     """
     _check_norm(norm)
     if n_layers < 1:
@@ -227,7 +234,7 @@ def patchgan_discriminator(
     for n in range(1, n_layers + 1):
         strides = 2 if n < n_layers and not antialias else 1
         x = _padded_conv(x, filters * min(2**n, 8), 4, strides, 1, use_bias, f"conv{n}")
-        x = _norm_act(x, norm, "leaky_relu", f"conv{n}")
+        x = _norm_act(x, norm, "leaky_relu", f"conv{n}", lean_gradient)
         if antialias and n < n_layers:
             x = Downsample(name=f"conv{n}_blur")(x)
     x = _padded_conv(x, 1, 4, 1, 1, True, "logits")
@@ -235,16 +242,23 @@ def patchgan_discriminator(
 
 
 def pixel_discriminator(
-    filters: int = 64, input_channels: int = 3, norm: str = "instance", name: str = "pixelgan"
+    filters: int = 64,
+    input_channels: int = 3,
+    norm: str = "instance",
+    lean_gradient: bool = False,
+    name: str = "pixelgan",
 ) -> keras.Model:
-    """1x1 PatchGAN (`pixel` in the reference): a real/fake logit per pixel."""
+    """1x1 PatchGAN (`pixel` in the reference): a real/fake logit per pixel.
+
+    `lean_gradient` as `patchgan_discriminator`'s.
+    """
     _check_norm(norm)
     use_bias = norm == "instance"
     inputs = keras.Input((None, None, input_channels), name="image")
     x = _padded_conv(inputs, filters, 1, 1, 0, True, "conv0")
     x = MaxLeakyReLU(0.2, name="conv0_lrelu")(x)
     x = _padded_conv(x, filters * 2, 1, 1, 0, use_bias, "conv1")
-    x = _norm_act(x, norm, "leaky_relu", "conv1")
+    x = _norm_act(x, norm, "leaky_relu", "conv1", lean_gradient)
     x = _padded_conv(x, 1, 1, 1, 0, use_bias, "logits")
     return _float32_head(inputs, x, "linear", "logits_float32", name)
 

@@ -59,10 +59,15 @@ def _optimizers(config):
 def _network_options(config):
     """The keyword arguments of `networks.build_generator` and `build_discriminator` that `config` sets."""
     generator = dict(filters=config.ngf, norm=config.norm, dropout=config.dropout)
-    discriminator = dict(filters=config.ndf, norm=config.norm)
+    discriminator = dict(filters=config.ndf, norm=config.norm, lean_gradient=_lean_discriminator(config))
     if config.discriminator == "n_layers":
         discriminator["n_layers"] = config.n_layers_d
     return generator, discriminator
+
+
+def _lean_discriminator(config):
+    """The discriminators' norms keep only their outputs for the gradient, except under WGAN-GP's penalty."""
+    return config.gan_mode != "wgangp"
 
 
 def _build_cyclegan(config):
@@ -119,7 +124,12 @@ def _build_cut(config):
         antialias=not config.no_antialias,
         antialias_up=not config.no_antialias_up,
     )
-    discriminator = dict(filters=config.ndf, norm=config.norm, antialias=not config.no_antialias)
+    discriminator = dict(
+        filters=config.ndf,
+        norm=config.norm,
+        antialias=not config.no_antialias,
+        lean_gradient=_lean_discriminator(config),
+    )
     if config.discriminator == "n_layers":
         discriminator["n_layers"] = config.n_layers_d
     elif config.discriminator == "pixel":
