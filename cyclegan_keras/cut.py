@@ -16,6 +16,7 @@ from cyclegan_keras.losses import gan_loss
 from cyclegan_keras.model import GANModel
 
 NCE_LAYERS = (0, 4, 8, 12, 16)
+NCE_LOSSES = ("nce_loss", "nce_idt_loss")  # of real_a's translation, of real_b's (the identity term)
 
 
 @keras.saving.register_keras_serializable(package="cyclegan_keras")
@@ -143,7 +144,9 @@ class CUT(GANModel):
 
     Park et al., ECCV 2020. Trains on `(real_a, real_b)` batches; one `train_step` is the reference's
     `optimize_parameters`: G's forward once, a discriminator step on real_b and the (detached) fake_b,
-    then one step of G and the MLP head together against the updated D. The PatchNCE loss compares,
+    then one step of G and the MLP head together against the updated D. The gradients of real_a's
+    terms and of the identity term are taken one after the other (`_tape_groups`), their sum the
+    reference's, and the keys are G's features of its input from that forward pass. The PatchNCE loss compares,
     at `num_patches` random locations of each `nce_layers` feature map of G's encoder, the features of
     G(a) (queries) with those of `a` (keys, no gradient); CUT adds the same between G(b) and `b`.
     LSGAN, no image pool. Compile settings choose the mode: CUT is the default, FastCUT is
@@ -180,8 +183,11 @@ class CUT(GANModel):
         self.discriminator_b = discriminator_b
         self.nce_layers = tuple(int(index) for index in nce_layers)
         features = networks.encoder_features(generator_ab, self.nce_layers)
-        # Untracked: it shares G's layers, so saving it would store G's weights twice.
+        # Untracked: they share G's layers, so saving them would store G's weights twice. `_translator`
+        # is G with its features of the input besides: the keys come with the translation.
         object.__setattr__(self, "_encoder", features)
+        translator = keras.Model(generator_ab.input, [generator_ab.output, *features.outputs], name="translator")
+        object.__setattr__(self, "_translator", translator)
         channels = tuple(output.shape[-1] for output in features.outputs)
         if patch_sampler is None:
             patch_sampler = PatchSampleMLP(channels, name="patch_sampler")
@@ -268,96 +274,110 @@ class CUT(GANModel):
         losses = ["gen_ab_loss", "nce_loss", *(["nce_idt_loss"] if nce_idt else []), "disc_b_loss"]
         super().compile(generator_optimizer, discriminator_optimizer, objective=objective, losses=losses, **kwargs)
 
-    def _nce_keys(self, real, parts, seed):
-        """For each of the `parts` batches stacked in `real`: the sample ids, and the pooled keys (no gradient)."""
-        features = self._encoder(real, training=True)
-        ids, keys = [], []
-        for part in range(parts):
-            maps = [_part(feature, part, parts) for feature in features]
-            drawn = sample_ids(maps, self.objective["num_patches"], seed)
-            ids.append(drawn)
-            keys.append([tf.stop_gradient(key) for key in self.patch_sampler(maps, sample_ids=drawn)])
-        return ids, keys
+    def _parts(self, real_a, real_b):
+        """What G translates in a step: real_a, and real_b for the identity NCE term."""
+        return [real_a, real_b] if self.objective["nce_idt"] else [real_a]
 
-    def _nce_losses(self, fake, ids, keys, flip=None):
-        """PatchNCE of each part of `fake` (queries) against its keys: the reference's `calculate_NCE_loss`."""
+    def _nce_keys(self, features, seed):
+        """The sample ids of `features` (one image batch's NCE feature maps), and the pooled keys (no gradient)."""
+        ids = sample_ids(features, self.objective["num_patches"], seed)
+        return ids, [tf.stop_gradient(key) for key in self.patch_sampler(features, sample_ids=ids)]
+
+    def _nce_loss(self, fake, ids, keys, flip, training):
+        """PatchNCE of `fake` (queries) against the keys of G's input: the reference's `calculate_NCE_loss`."""
         o = self.objective
-        features = self._encoder(fake, training=True)
+        features = self._encoder(fake, training=training)
         if flip is not None:  # back to the orientation of the keys' images
             features = [_flipped(flip, feature) for feature in features]
-        losses = []
-        for part, (drawn, part_keys) in enumerate(zip(ids, keys)):
-            maps = [_part(feature, part, len(ids)) for feature in features]
-            queries = self.patch_sampler(maps, sample_ids=drawn)
-            losses.append(
-                layer_mean_nce(
-                    queries,
-                    part_keys,
-                    drawn,
-                    o["lambda_nce"],
-                    o["nce_t"],
-                    o["nce_includes_all_negatives_from_minibatch"],
-                )
-            )
-        return losses
+        queries = self.patch_sampler(features, sample_ids=ids)
+        return layer_mean_nce(
+            queries, keys, ids, o["lambda_nce"], o["nce_t"], o["nce_includes_all_negatives_from_minibatch"]
+        )
 
-    def _generator_losses(self, real_a, real_b, fake, ids, keys, flip, training):
-        """G's losses given its forward `fake` (of `real_a`, then `real_b` with nce_idt); returns (total, losses)."""
-        o = self.objective
-        fake_b = fake[: tf.shape(real_a)[0]]
-        losses = {"gen_ab_loss": gan_loss(self.discriminator_b(fake_b, training=training), True, o["gan_mode"])}
-        nce = self._nce_losses(fake, ids, keys, flip) if ids else [tf.constant(0.0)] * (1 + o["nce_idt"])
-        losses["nce_loss"] = nce[0]
-        if o["nce_idt"]:
-            losses["nce_idt_loss"] = nce[1]
-        return o["lambda_gan"] * losses["gen_ab_loss"] + tf.add_n(nce) / len(nce), losses
+    def _tape_groups(self, parts):
+        """Which parts G translates under one gradient tape. Each its own where G treats every image alone
+        (no batch norm): the gradients add up to the same, but real_a's activations are freed before
+        real_b's are made, so CUT's identity term does not double the peak memory. With batch norm,
+        together, as the reference's `netG(cat(real_A, real_B))` normalizes them."""
+        batch_norm = any(isinstance(layer, keras.layers.BatchNormalization) for layer in self.generator_ab.layers)
+        return [list(range(parts))] if batch_norm else [[part] for part in range(parts)]
 
-    def _inputs(self, real_a, real_b):
-        """What G translates in a step: real_a, and real_b below it for the identity NCE term."""
-        return tf.concat([real_a, real_b], axis=0) if self.objective["nce_idt"] else real_a
+    def _discriminator_step(self, real_b, fake_b):
+        """One step of D on real_b and the (detached) fake_b; returns its loss."""
+        return self._step(
+            self.discriminator_optimizer,
+            self.discriminator_variables,
+            lambda: self._discriminator_loss(self.discriminator_b, real_b, fake_b, True)[0],
+        )
 
     def train_step(self, data):
         real_a, real_b = self._unpack(data)
         if not self.built:
             self.build(real_a.shape)
         o = self.objective
-        real = self._inputs(real_a, real_b)
+        parts = self._parts(real_a, real_b)
         flip = keras.random.uniform((), seed=self.seed_generator) < 0.5 if o["flip_equivariance"] else None
-        # The keys need no tape: they depend on G's weights only, which change at the end of the step.
-        ids, keys = self._nce_keys(real, 1 + o["nce_idt"], self.seed_generator) if o["lambda_nce"] > 0 else ((), ())
-        with tf.GradientTape() as tape:
-            fake = self.generator_ab(real if flip is None else _flipped(flip, real), training=True)
-            with tape.stop_recording():  # the discriminator's step, between G's forward and its loss
-                fake_b = tf.stop_gradient(fake[: tf.shape(real_a)[0]])
-                discriminator_loss = self._step(
-                    self.discriminator_optimizer,
-                    self.discriminator_variables,
-                    lambda: self._discriminator_loss(self.discriminator_b, real_b, fake_b, True)[0],
-                )
-            generator_loss, losses = self._generator_losses(real_a, real_b, fake, ids, keys, flip, True)
-            # Each replica's loss is its share of the global batch's; a LossScaleOptimizer scales it further.
-            scaled_loss = self.generator_optimizer.scale_loss(generator_loss * replica_share())
-        variables = self.generator_variables if ids else self.generator_ab.trainable_variables
-        gradients = tape.gradient(scaled_loss, variables)
+        nce = o["lambda_nce"] > 0
+        variables = self.generator_variables if nce else self.generator_ab.trainable_variables
+        losses = {name: tf.constant(0.0) for name in NCE_LOSSES[: len(parts)]}  # lambda_nce 0: none computed
+        gradients = None
+        for group in self._tape_groups(len(parts)) if nce else [[0]]:
+            real = tf.concat([parts[part] for part in group], axis=0)
+            if gradients is not None:  # not before the last part's gradients: its activations are freed first
+                with tf.control_dependencies([g for g in gradients if g is not None]):
+                    real = tf.identity(real)
+            with tf.GradientTape() as tape:
+                fake, *features = self._translator(real if flip is None else _flipped(flip, real), training=True)
+                loss = 0.0
+                if group[0] == 0:
+                    fake_b = fake[: tf.shape(real_a)[0]]
+                    with tape.stop_recording():  # the discriminator's step, between G's forward and its loss
+                        losses["disc_b_loss"] = self._discriminator_step(real_b, tf.stop_gradient(fake_b))
+                    losses["gen_ab_loss"] = gan_loss(self.discriminator_b(fake_b, training=True), True, o["gan_mode"])
+                    loss += o["lambda_gan"] * losses["gen_ab_loss"]
+                if nce and flip is not None:  # the keys are of the input as it came, not as G saw it (mirrored)
+                    with tape.stop_recording():
+                        features = tf.cond(flip, lambda: self._encoder(real, training=True), lambda: features)
+                for index, part in enumerate(group if nce else []):
+                    with tape.stop_recording():  # the keys: G's features of its input, made by the translation
+                        ids, keys = self._nce_keys([_part(f, index, len(group)) for f in features], self.seed_generator)
+                    fake_part = _part(fake, index, len(group))
+                    losses[NCE_LOSSES[part]] = self._nce_loss(fake_part, ids, keys, flip, True)
+                    loss += losses[NCE_LOSSES[part]] / len(parts)  # the reference's mean of the NCE terms
+                # Each replica's loss is its share of the global batch's; a LossScaleOptimizer scales it further.
+                scaled_loss = self.generator_optimizer.scale_loss(loss * replica_share())
+            part_gradients = tape.gradient(scaled_loss, variables)
+            gradients = (
+                part_gradients if gradients is None else [_sum(*pair) for pair in zip(gradients, part_gradients)]
+            )
         self.generator_optimizer.apply_gradients(zip(gradients, variables))
-        losses["disc_b_loss"] = discriminator_loss
         return self._update_trackers(losses)
 
     def test_step(self, data):
         real_a, real_b = self._unpack(data)
-        real = self._inputs(real_a, real_b)
-        # Locations from the fixed seed: evaluating must not move the training draws.
-        parts = 1 + self.objective["nce_idt"]
-        ids, keys = self._nce_keys(real, parts, self.seed) if self.objective["lambda_nce"] > 0 else ((), ())
-        fake = self.generator_ab(real, training=False)
-        _, losses = self._generator_losses(real_a, real_b, fake, ids, keys, None, False)
-        losses["disc_b_loss"], _, _ = self._discriminator_loss(
-            self.discriminator_b, real_b, fake[: tf.shape(real_a)[0]], False
-        )
+        o = self.objective
+        losses = {}
+        for part, real in enumerate(self._parts(real_a, real_b)):
+            fake, *features = self._translator(real, training=False)
+            if part == 0:
+                fake_b = fake
+                losses["gen_ab_loss"] = gan_loss(self.discriminator_b(fake_b, training=False), True, o["gan_mode"])
+            # Locations from the fixed seed: evaluating must not move the training draws.
+            if o["lambda_nce"] > 0:
+                ids, keys = self._nce_keys(features, self.seed)
+                losses[NCE_LOSSES[part]] = self._nce_loss(fake, ids, keys, None, False)
+            else:
+                losses[NCE_LOSSES[part]] = 0.0
+        losses["disc_b_loss"], _, _ = self._discriminator_loss(self.discriminator_b, real_b, fake_b, False)
         return self._update_trackers(losses)
 
     def get_config(self):
         return {**super().get_config(), "nce_layers": list(self.nce_layers), "seed": self.seed}
+
+
+def _sum(a, b):
+    """Two gradients of one variable added, either possibly None (the variable did not take part)."""
+    return b if a is None else a if b is None else a + b
 
 
 def _part(images, part, parts):

@@ -277,6 +277,39 @@ def test_one_step_trains_the_generator_the_head_and_the_discriminator(rng, tmp_p
         assert grid.size == (4 * 32, 32 + ImageSnapshot.TITLE_PIXELS)
 
 
+def test_the_identity_term_under_its_own_tape_takes_the_same_step(rng, monkeypatch):
+    # real_b's translation is made after real_a's gradients are taken (half the activations kept at once);
+    # the step must be the one of a single tape over both, as the reference's netG(cat(real_A, real_B)).
+    data, _, _ = unpaired(rng)
+    models = [tiny_cut(seed=3), tiny_cut(seed=3)]
+    models[1].set_weights(models[0].get_weights())
+    for model in models:
+        model.compile(keras.optimizers.SGD(0.5), keras.optimizers.SGD(0.5), num_patches=16, run_eagerly=True)
+    assert models[0]._tape_groups(2) == [[0], [1]]
+    monkeypatch.setattr(models[1], "_tape_groups", lambda parts: [list(range(parts))])
+    before = [np.array(v) for v in models[0].generator_variables]
+    split, together = (model.fit(data, epochs=1, verbose=0).history for model in models)
+    for name in CUT_LOSSES:
+        np.testing.assert_allclose(split[name], together[name], rtol=1e-5, err_msg=name)
+    for ours, theirs, old in zip(models[0].generator_variables, models[1].generator_variables, before, strict=True):
+        expected = np.array(theirs) - old  # SGD: the gradient, times the rate
+        np.testing.assert_allclose(
+            np.array(ours) - old, expected, atol=1e-5 * np.abs(expected).max() + 1e-6, err_msg=ours.path
+        )
+    with_batch_norm = CUT(networks.resnet_generator(1, 4, norm="batch"), networks.patchgan_discriminator(filters=4))
+    assert with_batch_norm._tape_groups(2) == [[0, 1]]  # its statistics are of both parts, as the reference's
+
+
+def test_the_keys_come_with_the_translation(rng):
+    # The step takes the keys (G's features of real_a) from G's forward pass instead of a second encoder pass.
+    model = tiny_cut()
+    x = rng.uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
+    fake, *features = model._translator(x, training=True)
+    np.testing.assert_array_equal(fake, model.generator_ab(x, training=True))
+    for ours, theirs in zip(features, networks.encoder_features(model.generator_ab)(x, training=True), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
 def test_losses_follow_the_objective(rng):
     # evaluate() draws the locations from the fixed seed: recompute each loss from the parts.
     model = tiny_cut(seed=5)
