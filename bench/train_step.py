@@ -7,7 +7,8 @@ discriminator, PatchNCE with the identity term; FastCUT without it, flips on; pi
 with batch norm and a conditional discriminator, vanilla GAN and L1. The timed path
 is `model.fit`. Each (method, size, precision, strategy) runs in a fresh process, so its peaks are
 its own: peak RSS (`rss_before_model_mb` is what the process held before building the model:
-TensorFlow itself) and TensorFlow's peak tensor memory (`peak_tensor_memory_mb`: on a CPU the
+TensorFlow itself) and TensorFlow's peak tensor memory (`peak_tensor_memory_mb`, and
+`step_peak_tensor_memory_mb`, the median timed step's own peak, steadier from run to run: on a CPU the
 process runs with `TF_CPU_ALLOCATOR_USE_BFC=true`, whose allocator counts it as a GPU's does; it
 leaves out the malloc arenas, thread stacks and libraries that RSS holds, so it is the figure that
 compares with GPU memory; `peak_gpu_memory_mb` on a GPU). GFLOP/s take one CycleGAN iteration as
@@ -34,22 +35,52 @@ TFLOP_PER_ITERATION = {128: 0.47, 256: 1.88}
 
 
 class StepTimer:
-    def __init__(self):
-        self.times = []
+    """Each step's seconds and, where TensorFlow counts the device's tensor memory, each step's own peak
+    (the counter is reset as a step begins; `process_peak_mb` keeps the highest since the process began)."""
+
+    def __init__(self, device=None):
+        self.times, self.step_peaks_mb = [], []
+        self.device, self.process_peak_mb = device, 0.0
+
+    def _peak_mb(self):
+        import tensorflow as tf
+
+        peak = tf.config.experimental.get_memory_info(self.device)["peak"] / 2**20
+        self.process_peak_mb = max(self.process_peak_mb, peak)
+        return peak
 
     def __call__(self):
         import keras
+        import tensorflow as tf
 
         timer = self
 
         class Callback(keras.callbacks.Callback):
             def on_train_batch_begin(self, batch, logs=None):
+                if timer.device:
+                    timer._peak_mb()
+                    tf.config.experimental.reset_memory_stats(timer.device)
                 timer.start = time.perf_counter()
 
             def on_train_batch_end(self, batch, logs=None):
                 timer.times.append(time.perf_counter() - timer.start)
+                if timer.device:
+                    timer.step_peaks_mb.append(timer._peak_mb())
 
         return Callback()
+
+
+def _memory_device():
+    """The device whose tensor memory TensorFlow counts: the first GPU, the CPU under the BFC allocator, or None."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    device = gpus[0].name if gpus else "CPU:0"
+    try:
+        tf.config.experimental.get_memory_info(device)
+    except ValueError:  # TensorFlow's default CPU allocator counts nothing
+        return None
+    return device
 
 
 def make_strategy(name):
@@ -92,7 +123,8 @@ def measure(model_name, size, steps, warmup, jit_compile, precision, strategy_na
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (2, 1, size, size, 3)).astype("float32")
     data = tf.data.Dataset.from_tensors((images[0][0], images[1][0])).repeat().batch(replicas, drop_remainder=True)
-    timer = StepTimer()
+    device = _memory_device()
+    timer = StepTimer(device)
     model.fit(data, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[timer()], shuffle=False)
     times = timer.times[warmup:]
     seconds = float(np.median(times))
@@ -115,14 +147,11 @@ def measure(model_name, size, steps, warmup, jit_compile, precision, strategy_na
         "rss_before_model_mb": round(before),
         "peak_rss_mb": round(_rss_mb()),
     }
-    gpus = tf.config.list_logical_devices("GPU")
-    if gpus:
-        result["peak_gpu_memory_mb"] = round(tf.config.experimental.get_memory_info(gpus[0].name)["peak"] / 2**20)
-    else:  # the BFC allocator's count (see the module's docstring); none with TensorFlow's default CPU allocator
-        try:
-            result["peak_tensor_memory_mb"] = round(tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20)
-        except ValueError:
-            pass
+    if device:  # the BFC allocator's count (see the module's docstring)
+        kind = "gpu" if "GPU" in device else "tensor"
+        result[f"peak_{kind}_memory_mb"] = round(timer._peak_mb())
+        # The median timed step's own peak: the first step's (tracing) and the allocator's run-to-run noise left out.
+        result[f"step_peak_{kind}_memory_mb"] = round(float(np.median(timer.step_peaks_mb[warmup:])))
     if size in TFLOP_PER_ITERATION and model_name == "cyclegan" and filters == 64:
         result["gflops_per_second"] = round(replicas * TFLOP_PER_ITERATION[size] * 1000 / seconds, 1)
     return result
@@ -138,7 +167,13 @@ def _ratios(results):
         if base is None or result["model"] == first:
             continue
         result[f"speed_vs_{first}"] = round(base["seconds_per_iteration"] / result["seconds_per_iteration"], 2)
-        for name in ("peak_rss_mb", "peak_tensor_memory_mb", "peak_gpu_memory_mb"):
+        for name in (
+            "peak_rss_mb",
+            "peak_tensor_memory_mb",
+            "peak_gpu_memory_mb",
+            "step_peak_tensor_memory_mb",
+            "step_peak_gpu_memory_mb",
+        ):
             if name in result:
                 result[f"{name}_vs_{first}"] = round(result[name] / base[name], 2)
         extra = result["peak_rss_mb"] - result["rss_before_model_mb"]
@@ -149,7 +184,8 @@ def _ratios(results):
             f"{result[f'speed_vs_{first}']}x {first}'s iterations/s, peak RSS {result['peak_rss_mb_vs_' + first]}x "
             f"(above the process's start: {result[f'model_rss_vs_{first}']}x)"
             + "".join(
-                f", peak {kind} memory {result[f'peak_{kind}_memory_mb_vs_{first}']}x"
+                f", peak {kind} memory {result[f'peak_{kind}_memory_mb_vs_{first}']}x (per step: "
+                f"{result[f'step_peak_{kind}_memory_mb_vs_{first}']}x)"
                 for kind in ("tensor", "gpu")
                 if f"peak_{kind}_memory_mb_vs_{first}" in result
             )
