@@ -63,3 +63,19 @@ def in_fresh_process(script, job):
     if process.returncode or not lines:
         raise RuntimeError(f"{job} failed (exit {process.returncode}):\n{process.stderr[-3000:]}")
     return json.loads(lines[-1][len(RESULT_PREFIX) :])
+
+
+def learning_record(model, init_type, seed, steps, errors, test_a, truth_b, seconds, **settings):
+    """One learning run's JSON: the error to the true mapping at each scored step, beside the input's own."""
+    import numpy as np
+
+    return {
+        "model": model,
+        "init_type": init_type,
+        **settings,
+        "seed": seed,
+        "steps": steps,
+        "error_to_true_mapping": errors,
+        "identity_error": round(float(np.mean(np.abs(test_a - truth_b))), 4),
+        "seconds": round(seconds, 1),
+    }
