@@ -8,7 +8,7 @@ runs forward + backward (L1 to the input, gradients of every weight) in a fresh 
 peak tensor memory (BFC allocator, as on a GPU) is its own; seconds are the mean of `--steps` after
 one warm-up (tracing). The two gradients are checked equal on the first setting.
 
-    python bench/lean_gradients.py [--size 256] [--batches 1 2] [--steps 3]
+    python bench/lean_gradients.py [--size 256] [--batches 1 2] [--steps 3] [--precision mixed_bfloat16]
 """
 
 import argparse
@@ -23,14 +23,15 @@ GENERATORS = {
 }
 
 
-def measure(generator, size, batch, lean, steps):
+def measure(generator, size, batch, lean, steps, precision="float32"):
     import numpy as np
     import tensorflow as tf
 
-    from cyclegan_keras import networks
+    from cyclegan_keras import distribute, networks
 
     tf.keras.utils.set_random_seed(0)
-    g = networks.resnet_generator(9, 64, **GENERATORS[generator])
+    with distribute.precision_policy(precision):
+        g = networks.resnet_generator(9, 64, **GENERATORS[generator])
     x = tf.random.uniform((batch, size, size, 3), -1, 1, seed=1)
 
     @tf.function
@@ -58,6 +59,7 @@ def main():
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--precision", default="float32", help="float32, mixed_bfloat16, mixed_float16")
     parser.add_argument("--out", default="bench/results/lean_gradients.json")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -67,7 +69,7 @@ def main():
     rows = []
     for generator in GENERATORS:
         for batch in args.batches:
-            job = dict(generator=generator, size=args.size, batch=batch, steps=args.steps)
+            job = dict(generator=generator, size=args.size, batch=batch, steps=args.steps, precision=args.precision)
             tensorflows = common.in_fresh_process(__file__, {**job, "lean": False})
             lean = common.in_fresh_process(__file__, {**job, "lean": True})
             # Sums of |gradient| per kernel: the same gradients, to float32 round-off.
@@ -78,6 +80,7 @@ def main():
             row = {
                 "generator": generator,
                 "size": args.size,
+                "precision": args.precision,
                 "batch": batch,
                 "tensorflow_gradients": tensorflows,
                 "lean_gradients": lean,
