@@ -138,6 +138,12 @@ def _flipped(flip, images):
     return tf.where(flip, tf.reverse(images, axis=[2]), images)
 
 
+def _mirrored(flip, ids, feature):
+    """Where `flip`: the flattened locations `ids` of `feature`'s map mirrored left-right, (h, w) -> (h, W - 1 - w)."""
+    width = feature.shape[2] if feature.shape[2] is not None else tf.shape(feature)[2]
+    return tf.where(flip, ids - ids % width + (width - 1 - ids % width), ids)
+
+
 @keras.saving.register_keras_serializable(package="cyclegan_keras")
 class CUT(GANModel):
     """CUT and FastCUT: one generator A -> B, kept close to its input by a patchwise contrastive loss.
@@ -287,9 +293,9 @@ class CUT(GANModel):
         """PatchNCE of `fake` (queries) against the keys of G's input: the reference's `calculate_NCE_loss`."""
         o = self.objective
         features = self._encoder(fake, training=training)
-        if flip is not None:  # back to the orientation of the keys' images
-            features = [_flipped(flip, feature) for feature in features]
-        queries = self.patch_sampler(features, sample_ids=ids)
+        # Mirrored, the reference flips the query maps back; sampling them at the mirrored locations is the same.
+        query_ids = ids if flip is None else [_mirrored(flip, i, feature) for i, feature in zip(ids, features)]
+        queries = self.patch_sampler(features, sample_ids=query_ids)
         return layer_mean_nce(
             queries, keys, ids, o["lambda_nce"], o["nce_t"], o["nce_includes_all_negatives_from_minibatch"]
         )
@@ -327,7 +333,12 @@ class CUT(GANModel):
                 with tf.control_dependencies([g for g in gradients if g is not None]):
                     real = tf.identity(real)
             with tf.GradientTape() as tape:
-                fake, *features = self._translator(real if flip is None else _flipped(flip, real), training=True)
+                # The keys are G's features of its input, from the translation itself, or of the input as it
+                # came where G saw it mirrored.
+                fake, *key_features = self._translator(real if flip is None else _flipped(flip, real), training=True)
+                if flip is not None and nce:
+                    with tape.stop_recording():
+                        key_features = tf.cond(flip, lambda: self._encoder(real, training=True), lambda: key_features)
                 loss = 0.0
                 if group[0] == 0:
                     fake_b = fake[: tf.shape(real_a)[0]]
@@ -335,12 +346,10 @@ class CUT(GANModel):
                         losses["disc_b_loss"] = self._discriminator_step(real_b, tf.stop_gradient(fake_b))
                     losses["gen_ab_loss"] = gan_loss(self.discriminator_b(fake_b, training=True), True, o["gan_mode"])
                     loss += o["lambda_gan"] * losses["gen_ab_loss"]
-                if nce and flip is not None:  # the keys are of the input as it came, not as G saw it (mirrored)
-                    with tape.stop_recording():
-                        features = tf.cond(flip, lambda: self._encoder(real, training=True), lambda: features)
                 for index, part in enumerate(group if nce else []):
-                    with tape.stop_recording():  # the keys: G's features of its input, made by the translation
-                        ids, keys = self._nce_keys([_part(f, index, len(group)) for f in features], self.seed_generator)
+                    with tape.stop_recording():
+                        maps = [_part(feature, index, len(group)) for feature in key_features]
+                        ids, keys = self._nce_keys(maps, self.seed_generator)
                     fake_part = _part(fake, index, len(group))
                     losses[NCE_LOSSES[part]] = self._nce_loss(fake_part, ids, keys, flip, True)
                     loss += losses[NCE_LOSSES[part]] / len(parts)  # the reference's mean of the NCE terms

@@ -11,7 +11,7 @@ import tensorflow as tf
 from conftest import TINY_CUT_FLAGS, run_cli, tiny_cut
 
 from cyclegan_keras import convert, networks
-from cyclegan_keras.cut import CUT, PatchSampleMLP, layer_mean_nce, patch_nce_loss, sample_ids
+from cyclegan_keras.cut import CUT, PatchSampleMLP, _mirrored, layer_mean_nce, patch_nce_loss, sample_ids
 from cyclegan_keras.layers import Downsample, Upsample, blur_filter
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -308,6 +308,19 @@ def test_the_keys_come_with_the_translation(rng):
     np.testing.assert_array_equal(fake, model.generator_ab(x, training=True))
     for ours, theirs in zip(features, networks.encoder_features(model.generator_ab)(x, training=True), strict=True):
         np.testing.assert_array_equal(ours, theirs)
+
+
+def test_mirrored_locations_sample_the_flipped_map(rng):
+    # FastCUT's mirrored steps sample the query maps at mirrored locations instead of flipping the maps back.
+    feature = tf.constant(rng.normal(size=(2, 5, 7, 3)).astype("float32"))
+    ids = tf.constant([0, 6, 7, 20, 34])
+
+    def sampled(maps, locations):
+        return tf.gather(tf.reshape(maps, (2, -1, 3)), locations, axis=1)
+
+    flipped = sampled(tf.reverse(feature, axis=[2]), ids)
+    np.testing.assert_array_equal(sampled(feature, _mirrored(tf.constant(True), ids, feature)), flipped)
+    np.testing.assert_array_equal(_mirrored(tf.constant(False), ids, feature), ids)
 
 
 def test_losses_follow_the_objective(rng):
