@@ -42,7 +42,7 @@ class StepTimer:
         self.times, self.step_peaks_mb = [], []
         self.device, self.process_peak_mb = device, 0.0
 
-    def _peak_mb(self):
+    def peak_mb(self):
         import tensorflow as tf
 
         peak = tf.config.experimental.get_memory_info(self.device)["peak"] / 2**20
@@ -58,14 +58,14 @@ class StepTimer:
         class Callback(keras.callbacks.Callback):
             def on_train_batch_begin(self, batch, logs=None):
                 if timer.device:
-                    timer._peak_mb()
+                    timer.peak_mb()
                     tf.config.experimental.reset_memory_stats(timer.device)
                 timer.start = time.perf_counter()
 
             def on_train_batch_end(self, batch, logs=None):
                 timer.times.append(time.perf_counter() - timer.start)
                 if timer.device:
-                    timer.step_peaks_mb.append(timer._peak_mb())
+                    timer.step_peaks_mb.append(timer.peak_mb())
 
         return Callback()
 
@@ -149,7 +149,7 @@ def measure(model_name, size, steps, warmup, jit_compile, precision, strategy_na
     }
     if device:  # the BFC allocator's count (see the module's docstring)
         kind = "gpu" if "GPU" in device else "tensor"
-        result[f"peak_{kind}_memory_mb"] = round(timer._peak_mb())
+        result[f"peak_{kind}_memory_mb"] = round(timer.peak_mb())
         # The median timed step's own peak: the first step's (tracing) and the allocator's run-to-run noise left out.
         result[f"step_peak_{kind}_memory_mb"] = round(float(np.median(timer.step_peaks_mb[warmup:])))
     if size in TFLOP_PER_ITERATION and model_name == "cyclegan" and filters == 64:

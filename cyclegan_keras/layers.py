@@ -54,11 +54,8 @@ class InstanceNormalization(keras.layers.Layer):
             return self.normalize(inputs, *self.moments(inputs))
         outputs = normalized(inputs, self.epsilon)
         if self.gamma is None and self.beta is None:
-            return outputs
-        x = tf.cast(outputs, "float32")
-        x = x * tf.cast(self.gamma, x.dtype) if self.gamma is not None else x
-        x = x + tf.cast(self.beta, x.dtype) if self.beta is not None else x
-        return tf.cast(x, self.compute_dtype)
+            return outputs  # kept by its gradient: no float32 copy
+        return self._scaled(tf.cast(outputs, "float32"))
 
     def moments(self, inputs):
         """`(mean, variance)` of each sample and channel over H and W, float32 `(n, 1, 1, c)`."""
@@ -70,7 +67,10 @@ class InstanceNormalization(keras.layers.Layer):
     def normalize(self, inputs, mean, variance):
         """`inputs` normalized with the given statistics (tiled inference passes the whole image's)."""
         x = tf.cast(inputs, "float32")
-        outputs = (x - mean) * tf.math.rsqrt(variance + self.epsilon)
+        return self._scaled((x - mean) * tf.math.rsqrt(variance + self.epsilon))
+
+    def _scaled(self, outputs):
+        """The normalized float32 `outputs` times gamma plus beta, where learned, in the compute dtype."""
         if self.gamma is not None:
             outputs = outputs * tf.cast(self.gamma, outputs.dtype)
         if self.beta is not None:

@@ -13,6 +13,7 @@ from cyclegan_keras.layers import (
     NarrowConv2D,
     ReflectionPadding2D,
     ReLU,
+    normalized,
 )
 
 
@@ -224,11 +225,20 @@ def test_downsample_gradient_in_training_is_tensorflows(rng, pad_mode):
     ],
     ids=["resnet_antialiased", "unet"],
 )
-def test_generators_train_on_lean_gradients_equal_to_tensorflows(rng, build):
+def test_generators_train_on_lean_gradients_equal_to_tensorflows(rng, build, monkeypatch):
+    from cyclegan_keras import layers
+
     generator = build()
     lean = [layer for layer in generator.layers if isinstance(layer, InstanceNormalization)]
     assert lean and all(layer.lean_gradient for layer in lean)
     x = tf.constant(rng.uniform(-1, 1, (2, 32, 32, 3)).astype("float32"))
+    calls = []
+    monkeypatch.setattr(layers, "normalized", lambda *args: calls.append(1) or normalized(*args))
+    generator(x, training=True)  # the flag reaches every norm through the functional model
+    assert len(calls) == len(lean)
+    generator(x, training=False)
+    assert len(calls) == len(lean)
+    monkeypatch.undo()
 
     def kernel_gradients(training):
         with tf.GradientTape() as tape:
